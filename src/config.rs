@@ -1,0 +1,867 @@
+//! Configuration: the TOML file and `COHORTFLOW_*` environment overrides,
+//! read into raw serde structs (unknown keys refused) and then validated
+//! into a [`Config`] that can no longer be wrong. Every error names the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use jiff::SignedDuration;
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+
+use crate::event::FieldNames;
+
+/// Prefix of the environment variables that override config keys:
+/// `COHORTFLOW_HISTORY_DAYS=40`, `COHORTFLOW_HTTP__LISTEN=0.0.0.0:9464`.
+pub const ENV_PREFIX: &str = "COHORTFLOW_";
+
+/// The most funnel steps (ClickHouse's `windowFunnel` allows 32 too).
+pub const MAX_STEPS: usize = 32;
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override could not be read or has the wrong shape.
+    #[error("{0}")]
+    Load(String),
+    /// A value that parses but is impossible.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `funnel[0].window`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw shape, as written in the file.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// IANA time zone in which business days are counted.
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    /// Where snapshots live (used by `run`).
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    /// How far behind the newest event time the watermark trails.
+    #[serde(default = "default_lateness")]
+    allowed_lateness: String,
+    /// How many days of state are kept behind the watermark.
+    #[serde(default = "default_history_days")]
+    history_days: u32,
+    /// How far ahead of the wall clock an event may be.
+    #[serde(default = "default_future_skew")]
+    max_future_skew: String,
+    /// How many business days of dated series are exported.
+    #[serde(default = "default_export_days")]
+    export_days: u32,
+    /// The most users remembered; beyond it new users are not tracked.
+    #[serde(default = "default_max_users")]
+    max_users: u64,
+    /// Use the Kafka message timestamp when an event has no `ts` field.
+    #[serde(default)]
+    use_message_timestamp: bool,
+    #[serde(default)]
+    fields: RawFields,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    kafka: Option<RawKafka>,
+    #[serde(default)]
+    retention: Vec<RawRetention>,
+    #[serde(default)]
+    funnel: Vec<RawFunnel>,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cohortflow")
+}
+fn default_lateness() -> String {
+    "10m".into()
+}
+fn default_history_days() -> u32 {
+    35
+}
+fn default_future_skew() -> String {
+    "5m".into()
+}
+fn default_export_days() -> u32 {
+    31
+}
+fn default_max_users() -> u64 {
+    50_000_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFields {
+    #[serde(default = "d_user_id")]
+    user_id: String,
+    #[serde(default = "d_event")]
+    event: String,
+    #[serde(default = "d_ts")]
+    ts: String,
+    #[serde(default = "d_props")]
+    props: String,
+}
+fn d_user_id() -> String {
+    "user_id".into()
+}
+fn d_event() -> String {
+    "event".into()
+}
+fn d_ts() -> String {
+    "ts".into()
+}
+fn d_props() -> String {
+    "props".into()
+}
+impl Default for RawFields {
+    fn default() -> Self {
+        RawFields {
+            user_id: d_user_id(),
+            event: d_event(),
+            ts: d_ts(),
+            props: d_props(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_listen")]
+    listen: String,
+}
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: String,
+    #[serde(default = "default_log_level")]
+    level: String,
+}
+fn default_log_format() -> String {
+    "human".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    #[serde(default = "default_brokers")]
+    brokers: String,
+    topics: Vec<String>,
+    #[serde(default = "default_group")]
+    group_id: String,
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
+    #[serde(default)]
+    options: BTreeMap<String, toml::Value>,
+}
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group() -> String {
+    "cohortflow".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    name: String,
+    #[serde(default = "star")]
+    cohort_event: String,
+    #[serde(default = "star")]
+    return_event: String,
+    #[serde(default = "default_days")]
+    days: Vec<u32>,
+    #[serde(default = "default_mode")]
+    mode: String,
+}
+fn star() -> String {
+    "*".into()
+}
+fn default_days() -> Vec<u32> {
+    vec![1, 3, 7, 14, 30]
+}
+fn default_mode() -> String {
+    "on".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunnel {
+    name: String,
+    window: String,
+    #[serde(default = "default_funnel_mode")]
+    mode: String,
+    steps: Vec<RawStep>,
+}
+fn default_funnel_mode() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStep {
+    Name(String),
+    Full(RawStepFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepFull {
+    event: String,
+    #[serde(default, rename = "where")]
+    filter: BTreeMap<String, toml::Value>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated shape.
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What the engine needs.
+    pub engine: EngineConfig,
+    /// Where `/metrics` and the JSON API are served.
+    pub listen: SocketAddr,
+    /// Where snapshots are written.
+    pub state_dir: PathBuf,
+    /// Log output format.
+    pub log_json: bool,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log_level: String,
+    /// The Kafka source, when configured.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Kafka settings (used by `run`).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Where rejected messages are forwarded, if anywhere.
+    pub dead_letter_topic: Option<String>,
+    /// Passed to librdkafka unchanged.
+    pub options: BTreeMap<String, String>,
+}
+
+/// Everything the engine's definitions and time semantics depend on.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Names of the event fields.
+    pub fields: FieldNames,
+    /// Use the Kafka message timestamp when `ts` is absent.
+    pub use_message_timestamp: bool,
+    /// The business-day time zone.
+    pub timezone: TimeZone,
+    /// Its IANA name, for display.
+    pub timezone_name: String,
+    /// Watermark = newest event time minus this.
+    pub allowed_lateness_ms: i64,
+    /// Events older than watermark minus this many days are too late.
+    pub history_days: u32,
+    /// Events further ahead of the wall clock are too early.
+    pub max_future_skew_ms: i64,
+    /// Dated series exported, counted back from the watermark's day.
+    pub export_days: u32,
+    /// Cap on remembered users.
+    pub max_users: u64,
+    /// Retention definitions.
+    pub retention: Vec<RetentionDef>,
+    /// Funnel definitions.
+    pub funnels: Vec<FunnelDef>,
+}
+
+/// An event selector: a name, or any event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventMatch {
+    /// Any event (`"*"`).
+    Any,
+    /// One event name, exactly.
+    Named(String),
+}
+
+impl EventMatch {
+    fn parse(s: &str) -> Self {
+        if s == "*" {
+            EventMatch::Any
+        } else {
+            EventMatch::Named(s.to_owned())
+        }
+    }
+
+    /// Whether an event of this name matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            EventMatch::Any => true,
+            EventMatch::Named(n) => n == name,
+        }
+    }
+
+    /// The text form (`*` or the name).
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventMatch::Any => "*",
+            EventMatch::Named(n) => n,
+        }
+    }
+}
+
+/// How a return on day N is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionMode {
+    /// A return event on business day D+N exactly.
+    On,
+    /// A return event on any business day ≥ D+N (unbounded retention).
+    OnOrAfter,
+}
+
+impl RetentionMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionMode::On => "on",
+            RetentionMode::OnOrAfter => "on_or_after",
+        }
+    }
+}
+
+/// One named retention definition.
+#[derive(Debug, Clone)]
+pub struct RetentionDef {
+    /// Label value `retention`.
+    pub name: String,
+    /// The event whose first occurrence sets the cohort day.
+    pub cohort_event: EventMatch,
+    /// The event that counts as a return.
+    pub return_event: EventMatch,
+    /// The N of each DN figure, ascending, distinct, ≥ 1.
+    pub days: Vec<u32>,
+    /// How returns are counted.
+    pub mode: RetentionMode,
+}
+
+/// How a funnel chains its steps (ClickHouse `windowFunnel` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunnelMode {
+    /// Steps at equal timestamps chain; one event may fill several steps.
+    Default,
+    /// One event fills at most one step.
+    StrictOnce,
+    /// Each step strictly later than the one before.
+    StrictIncrease,
+}
+
+impl FunnelMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunnelMode::Default => "default",
+            FunnelMode::StrictOnce => "strict_once",
+            FunnelMode::StrictIncrease => "strict_increase",
+        }
+    }
+}
+
+/// A property value a step filter compares with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterValue {
+    /// Equal to a string prop.
+    Str(String),
+    /// Equal to a numeric prop.
+    Num(f64),
+    /// Equal to a boolean prop.
+    Bool(bool),
+}
+
+/// One funnel step.
+#[derive(Debug, Clone)]
+pub struct StepDef {
+    /// The event that fills it.
+    pub event: EventMatch,
+    /// Property equalities that must all hold.
+    pub filter: Vec<(String, FilterValue)>,
+}
+
+impl StepDef {
+    /// The label value `step_name`.
+    pub fn label(&self) -> &str {
+        self.event.as_str()
+    }
+}
+
+/// One named funnel.
+#[derive(Debug, Clone)]
+pub struct FunnelDef {
+    /// Label value `funnel`.
+    pub name: String,
+    /// Conversion window, milliseconds, end included.
+    pub window_ms: i64,
+    /// Chaining mode.
+    pub mode: FunnelMode,
+    /// Ordered steps (1..=32).
+    pub steps: Vec<StepDef>,
+}
+
+impl Config {
+    /// Reads `path` (if any) with environment overrides and validates it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Parses TOML text without environment overrides (tests, `check-config` of a string).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            // figment prefixes every key with its profile; users never see profiles.
+            let text = e.to_string().replace("key \"default.", "key \"");
+            ConfigError::Load(text)
+        })?;
+        raw.validate()
+    }
+}
+
+fn duration_ms(key: &str, text: &str) -> Result<i64, ConfigError> {
+    // Days are taken as 24 hours: windows and lateness are spans of time.
+    let d: SignedDuration = text
+        .parse::<jiff::Span>()
+        .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+        .map_err(|e| {
+            invalid(
+                key,
+                format!("`{text}` is not a duration such as \"10m\", \"1h\" or \"1d\": {e}"),
+            )
+        })?;
+    if d.is_negative() {
+        return Err(invalid(key, "must not be negative"));
+    }
+    i64::try_from(d.as_millis()).map_err(|_| invalid(key, "is too large"))
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let timezone = TimeZone::get(&self.timezone).map_err(|e| {
+            invalid(
+                "timezone",
+                format!("`{}` is not a known IANA time zone: {e}", self.timezone),
+            )
+        })?;
+        let allowed_lateness_ms = duration_ms("allowed_lateness", &self.allowed_lateness)?;
+        if allowed_lateness_ms > DAY_MS {
+            return Err(invalid("allowed_lateness", "must be at most 1d"));
+        }
+        let max_future_skew_ms = duration_ms("max_future_skew", &self.max_future_skew)?;
+        // Per-user activity is a 128-day bitmap: the horizon, a 30-day MAU
+        // window behind it and the lateness must fit (see engine::days).
+        if !(2..=90).contains(&self.history_days) {
+            return Err(invalid("history_days", "must be between 2 and 90"));
+        }
+        if !(1..=400).contains(&self.export_days) {
+            return Err(invalid("export_days", "must be between 1 and 400"));
+        }
+        if self.max_users == 0 {
+            return Err(invalid("max_users", "must be at least 1"));
+        }
+        let listen: SocketAddr = self.http.listen.parse().map_err(|e| {
+            invalid(
+                "http.listen",
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:9464: {e}",
+                    self.http.listen
+                ),
+            )
+        })?;
+        let log_json = match self.log.format.as_str() {
+            "human" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}` is not one of \"human\", \"json\""),
+                ));
+            }
+        };
+        let fields = FieldNames {
+            user_id: self.fields.user_id,
+            event: self.fields.event,
+            ts: self.fields.ts,
+            props: self.fields.props,
+        };
+        for (key, v) in [
+            ("fields.user_id", &fields.user_id),
+            ("fields.event", &fields.event),
+            ("fields.ts", &fields.ts),
+            ("fields.props", &fields.props),
+        ] {
+            if v.is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        let distinct: HashSet<&String> =
+            [&fields.user_id, &fields.event, &fields.ts, &fields.props]
+                .into_iter()
+                .collect();
+        if distinct.len() != 4 {
+            return Err(invalid("fields", "the four field names must differ"));
+        }
+
+        let mut retention = Vec::new();
+        let mut names = HashSet::new();
+        let raw_retention = if self.retention.is_empty() {
+            vec![RawRetention {
+                name: "new_users".into(),
+                cohort_event: star(),
+                return_event: star(),
+                days: default_days(),
+                mode: default_mode(),
+            }]
+        } else {
+            self.retention
+        };
+        for (i, r) in raw_retention.into_iter().enumerate() {
+            let key = |k: &str| format!("retention[{i}].{k}");
+            if r.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}` is defined twice", r.name),
+                ));
+            }
+            for (k, v) in [
+                ("cohort_event", &r.cohort_event),
+                ("return_event", &r.return_event),
+            ] {
+                if v.is_empty() {
+                    return Err(invalid(
+                        key(k),
+                        "must not be empty (use \"*\" for any event)",
+                    ));
+                }
+            }
+            let mode = match r.mode.as_str() {
+                "on" => RetentionMode::On,
+                "on_or_after" => RetentionMode::OnOrAfter,
+                "rolling_24h" => {
+                    return Err(invalid(
+                        key("mode"),
+                        "\"rolling_24h\" is not supported yet; use \"on\" or \"on_or_after\"",
+                    ));
+                }
+                other => {
+                    return Err(invalid(
+                        key("mode"),
+                        format!("`{other}` is not one of \"on\", \"on_or_after\""),
+                    ));
+                }
+            };
+            let mut days = r.days.clone();
+            days.sort_unstable();
+            days.dedup();
+            if days.is_empty() || days.len() != r.days.len() || days[0] == 0 {
+                return Err(invalid(
+                    key("days"),
+                    "must be a non-empty list of distinct days ≥ 1",
+                ));
+            }
+            let max = days[days.len() - 1];
+            if max + 2 > self.history_days {
+                return Err(invalid(
+                    key("days"),
+                    format!(
+                        "day {max} needs history_days ≥ {} (history_days is {})",
+                        max + 2,
+                        self.history_days
+                    ),
+                ));
+            }
+            retention.push(RetentionDef {
+                name: r.name,
+                cohort_event: EventMatch::parse(&r.cohort_event),
+                return_event: EventMatch::parse(&r.return_event),
+                days,
+                mode,
+            });
+        }
+
+        let mut funnels = Vec::new();
+        let mut names = HashSet::new();
+        for (i, f) in self.funnel.into_iter().enumerate() {
+            let key = |k: &str| format!("funnel[{i}].{k}");
+            if f.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(f.name.clone()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}` is defined twice", f.name),
+                ));
+            }
+            let window_ms = duration_ms(&key("window"), &f.window)?;
+            if window_ms == 0 || window_ms > 30 * DAY_MS {
+                return Err(invalid(
+                    key("window"),
+                    "must be more than 0 and at most 30d",
+                ));
+            }
+            let mode = match f.mode.as_str() {
+                "default" => FunnelMode::Default,
+                "strict_once" => FunnelMode::StrictOnce,
+                "strict_increase" => FunnelMode::StrictIncrease,
+                other => {
+                    return Err(invalid(
+                        key("mode"),
+                        format!(
+                            "`{other}` is not one of \"default\", \"strict_once\", \"strict_increase\""
+                        ),
+                    ));
+                }
+            };
+            if f.steps.is_empty() || f.steps.len() > MAX_STEPS {
+                return Err(invalid(
+                    key("steps"),
+                    format!("must have 1 to {MAX_STEPS} steps"),
+                ));
+            }
+            let mut steps = Vec::new();
+            for (j, s) in f.steps.into_iter().enumerate() {
+                let skey = format!("funnel[{i}].steps[{j}]");
+                let (event, raw_filter) = match s {
+                    RawStep::Name(n) => (n, BTreeMap::new()),
+                    RawStep::Full(full) => (full.event, full.filter),
+                };
+                if event.is_empty() {
+                    return Err(invalid(format!("{skey}.event"), "must not be empty"));
+                }
+                let mut filter = Vec::new();
+                for (prop, value) in raw_filter {
+                    let v = match value {
+                        toml::Value::String(s) => FilterValue::Str(s),
+                        toml::Value::Integer(n) => FilterValue::Num(n as f64),
+                        toml::Value::Float(x) => FilterValue::Num(x),
+                        toml::Value::Boolean(b) => FilterValue::Bool(b),
+                        _ => {
+                            return Err(invalid(
+                                format!("{skey}.where.{prop}"),
+                                "must be a string, a number or a boolean",
+                            ));
+                        }
+                    };
+                    filter.push((prop, v));
+                }
+                steps.push(StepDef {
+                    event: EventMatch::parse(&event),
+                    filter,
+                });
+            }
+            funnels.push(FunnelDef {
+                name: f.name,
+                window_ms,
+                mode,
+                steps,
+            });
+        }
+
+        let kafka = match self.kafka {
+            None => None,
+            Some(k) => {
+                if k.topics.is_empty() || k.topics.iter().any(String::is_empty) {
+                    return Err(invalid(
+                        "kafka.topics",
+                        "must list at least one non-empty topic",
+                    ));
+                }
+                if k.group_id.is_empty() {
+                    return Err(invalid("kafka.group_id", "must not be empty"));
+                }
+                if k.brokers.is_empty() {
+                    return Err(invalid("kafka.brokers", "must not be empty"));
+                }
+                let mut options = BTreeMap::new();
+                for (name, v) in k.options {
+                    let text = match v {
+                        toml::Value::String(s) => s,
+                        toml::Value::Integer(n) => n.to_string(),
+                        toml::Value::Float(x) => x.to_string(),
+                        toml::Value::Boolean(b) => b.to_string(),
+                        _ => {
+                            return Err(invalid(
+                                format!("kafka.options.\"{name}\""),
+                                "must be a string, a number or a boolean",
+                            ));
+                        }
+                    };
+                    options.insert(name, text);
+                }
+                Some(KafkaConfig {
+                    brokers: k.brokers,
+                    topics: k.topics,
+                    group_id: k.group_id,
+                    dead_letter_topic: k.dead_letter_topic.filter(|t| !t.is_empty()),
+                    options,
+                })
+            }
+        };
+
+        Ok(Config {
+            engine: EngineConfig {
+                fields,
+                use_message_timestamp: self.use_message_timestamp,
+                timezone,
+                timezone_name: self.timezone,
+                allowed_lateness_ms,
+                history_days: self.history_days,
+                max_future_skew_ms,
+                export_days: self.export_days,
+                max_users: self.max_users,
+                retention,
+                funnels,
+            },
+            listen,
+            state_dir: self.state_dir,
+            log_json,
+            log_level: self.log.level,
+            kafka,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::from_toml_str(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_works() {
+        let c = Config::from_toml_str(
+            r#"
+            timezone = "UTC"
+            [[retention]]
+            name = "new_users"
+            cohort_event = "*"
+            return_event = "*"
+            days = [1, 7, 30]
+            [[funnel]]
+            name = "checkout"
+            window = "1h"
+            steps = ["view", "add_to_cart", { event = "order", where = { channel = "ads" } }]
+            [http]
+            listen = "127.0.0.1:9464"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.engine.retention[0].days, vec![1, 7, 30]);
+        assert_eq!(c.engine.funnels[0].window_ms, 3_600_000);
+        assert_eq!(
+            c.engine.funnels[0].steps[2].filter,
+            vec![("channel".into(), FilterValue::Str("ads".into()))]
+        );
+        assert_eq!(c.engine.history_days, 35);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(
+            err("colour = 1").contains("colour"),
+            "{}",
+            err("colour = 1")
+        );
+        assert!(err("[http]\nlisten = 5").contains("http.listen"));
+        assert!(err("timezone = \"Mars/Olympus\"").contains("`timezone`"));
+        assert!(err("[http]\nlisten = \"nowhere\"").contains("`http.listen`"));
+        assert!(err("history_days = 1").contains("`history_days`"));
+        assert!(err("allowed_lateness = \"soon\"").contains("`allowed_lateness`"));
+        let e = err("[[retention]]\nname = \"r\"\ndays = [1, 40]");
+        assert!(e.contains("`retention[0].days`"), "{e}");
+        let e = err("[[retention]]\nname = \"r\"\nmode = \"sometimes\"");
+        assert!(e.contains("`retention[0].mode`"), "{e}");
+        let e = err("[[funnel]]\nname = \"f\"\nwindow = \"0s\"\nsteps = [\"a\"]");
+        assert!(e.contains("`funnel[0].window`"), "{e}");
+        let e = err(
+            "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{ event = \"a\", where = { x = [1] } }]",
+        );
+        assert!(e.contains("`funnel[0].steps[0].where.x`"), "{e}");
+        let e = err(
+            "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]\n[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]",
+        );
+        assert!(e.contains("`funnel[1].name`"), "{e}");
+        let e = err("[kafka]\ntopics = []");
+        assert!(e.contains("`kafka.topics`"), "{e}");
+    }
+
+    #[test]
+    fn defaults_give_one_retention_definition() {
+        let c = Config::from_toml_str("").expect("valid");
+        assert_eq!(c.engine.retention.len(), 1);
+        assert_eq!(c.engine.retention[0].days, vec![1, 3, 7, 14, 30]);
+        assert!(c.engine.funnels.is_empty());
+    }
+}

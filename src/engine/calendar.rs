@@ -1,0 +1,116 @@
+//! Business days: calendar dates in the configured IANA time zone.
+//!
+//! A [`Day`] is the number of days from 1970-01-01 to the civil date, so
+//! consecutive dates are consecutive numbers whatever the zone's offsets.
+//! The zone arithmetic is jiff's; this module only caches the bounds of the
+//! day looked up last, since nearly every event falls on the same day as the
+//! one before it.
+
+use std::cell::Cell;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+/// A business day: days since 1970-01-01 of the civil date in the zone.
+pub type Day = i32;
+
+/// Maps timestamps to business days and back.
+#[derive(Debug, Clone)]
+pub struct Calendar {
+    tz: TimeZone,
+    /// The last day looked up: (start ms, end ms, day). A cache only.
+    last: Cell<(i64, i64, Day)>,
+}
+
+const UNIX_EPOCH_DATE: Date = jiff::civil::date(1970, 1, 1);
+
+impl Calendar {
+    /// A calendar in `tz`.
+    pub fn new(tz: TimeZone) -> Self {
+        Calendar {
+            tz,
+            last: Cell::new((0, 0, 0)),
+        }
+    }
+
+    /// The business day of an event time (epoch ms within [1970, 2100)).
+    pub fn day_of(&self, ts_ms: i64) -> Day {
+        let (start, end, day) = self.last.get();
+        if ts_ms >= start && ts_ms < end {
+            return day;
+        }
+        let day = match Timestamp::from_millisecond(ts_ms) {
+            Ok(ts) => {
+                let date = ts.to_zoned(self.tz.clone()).date();
+                day_number(date)
+            }
+            // Out of jiff's range: cannot happen for validated events.
+            Err(_) => (ts_ms.div_euclid(86_400_000)) as Day,
+        };
+        let start = self.day_start_ms(day);
+        let end = self.day_start_ms(day + 1);
+        self.last.set((start, end, day));
+        day
+    }
+
+    /// Epoch ms of the first instant of `day` in the zone.
+    pub fn day_start_ms(&self, day: Day) -> i64 {
+        let date = date_of(day);
+        match date.to_zoned(self.tz.clone()) {
+            Ok(z) => z.timestamp().as_millisecond(),
+            Err(_) => i64::from(day) * 86_400_000,
+        }
+    }
+
+    /// The civil date of `day`, formatted `YYYY-MM-DD`.
+    pub fn label(day: Day) -> String {
+        date_of(day).to_string()
+    }
+}
+
+/// Days from 1970-01-01 to `date`.
+pub fn day_number(date: Date) -> Day {
+    (date - UNIX_EPOCH_DATE).get_days()
+}
+
+/// The civil date of a day number.
+pub fn date_of(day: Day) -> Date {
+    UNIX_EPOCH_DATE
+        .checked_add(jiff::Span::new().days(i64::from(day)))
+        .unwrap_or(UNIX_EPOCH_DATE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_follow_the_zone() {
+        let utc = Calendar::new(TimeZone::UTC);
+        let sh = Calendar::new(TimeZone::get("Asia/Shanghai").expect("zone"));
+        // 2026-11-20T20:00:00Z is 2026-11-21 04:00 in Shanghai.
+        let ts = 1_795_204_800_000;
+        assert_eq!(Calendar::label(utc.day_of(ts)), "2026-11-20");
+        assert_eq!(Calendar::label(sh.day_of(ts)), "2026-11-21");
+        assert_eq!(sh.day_of(ts), utc.day_of(ts) + 1);
+        // Shanghai's 2026-11-21 starts at 2026-11-20T16:00:00Z.
+        assert_eq!(sh.day_start_ms(sh.day_of(ts)), 1_795_190_400_000);
+        assert_eq!(utc.day_of(0), 0);
+        assert_eq!(utc.day_of(86_399_999), 0);
+        assert_eq!(utc.day_of(86_400_000), 1);
+    }
+
+    #[test]
+    fn dst_days_are_23_and_25_hours() {
+        let ny = Calendar::new(TimeZone::get("America/New_York").expect("zone"));
+        let d = day_number(jiff::civil::date(2026, 3, 8));
+        assert_eq!(ny.day_start_ms(d + 1) - ny.day_start_ms(d), 23 * 3_600_000);
+        let d = day_number(jiff::civil::date(2026, 11, 1));
+        assert_eq!(ny.day_start_ms(d + 1) - ny.day_start_ms(d), 25 * 3_600_000);
+        let start = ny.day_start_ms(d);
+        assert_eq!(ny.day_of(start - 1), d - 1);
+        assert_eq!(ny.day_of(start), d);
+        assert_eq!(ny.day_of(start + 25 * 3_600_000 - 1), d);
+    }
+}

@@ -1,0 +1,284 @@
+//! Funnel levels: ClickHouse's `windowFunnel(W)` for one user and one entry
+//! day, over the user's buffered funnel events.
+//!
+//! A user's events that can fill a step are kept as [`Hit`]s (time and the
+//! set of steps the event can fill), sorted and deduplicated, so that the
+//! level of any entry day can be recomputed exactly whatever order the
+//! events arrived in. Levels only ever grow as events are added, in every
+//! mode, which is what lets the engine drop old hits: a recomputed level is
+//! combined with the stored one by `max`.
+
+use crate::config::FunnelMode;
+
+/// One event of a user that fills at least one step of a funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hit {
+    /// Event time, epoch ms.
+    pub ts: i64,
+    /// Bit k set when the event can fill step k+1 (before the entry-day
+    /// restriction of step 1).
+    pub mask: u32,
+}
+
+/// The best chain found for an entry day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    /// Steps reached (0 = did not enter).
+    pub level: usize,
+    /// `reached[k]` = milliseconds from step 1 to step k+1 on the chain
+    /// that reached level k+1.
+    pub reached: [i64; crate::config::MAX_STEPS],
+}
+
+impl Chain {
+    fn none() -> Self {
+        Chain {
+            level: 0,
+            reached: [0; crate::config::MAX_STEPS],
+        }
+    }
+}
+
+/// The level of the entry day `[day_start, day_end)`: step 1 only from
+/// events in that range, later steps at any time within `window` ms
+/// (inclusive) of the chain's step 1. `hits` is sorted by time.
+pub fn level(
+    hits: &[Hit],
+    day_start: i64,
+    day_end: i64,
+    window: i64,
+    steps: usize,
+    mode: FunnelMode,
+) -> Chain {
+    let from = hits.partition_point(|h| h.ts < day_start);
+    let until = hits.partition_point(|h| h.ts <= day_end.saturating_add(window));
+    let hits = &hits[from..until];
+    match mode {
+        FunnelMode::Default => level_default(hits, day_end, window, steps),
+        FunnelMode::StrictOnce | FunnelMode::StrictIncrease => {
+            let mut best = Chain::none();
+            let mut previous_start = None;
+            for (i, h) in hits.iter().enumerate() {
+                if h.ts >= day_end {
+                    break;
+                }
+                if h.mask & 1 == 0 || previous_start == Some(h.ts) {
+                    continue;
+                }
+                previous_start = Some(h.ts);
+                let chain = level_from(&hits[i..], window, steps, mode);
+                if chain.level > best.level {
+                    best = chain;
+                    if best.level == steps {
+                        break;
+                    }
+                }
+            }
+            best
+        }
+    }
+}
+
+/// ClickHouse's single pass: for each step the latest chain start that
+/// reaches it. In this mode a later start never does worse, so the pass
+/// finds the true maximum. Equal timestamps are taken in step order.
+fn level_default(hits: &[Hit], day_end: i64, window: i64, steps: usize) -> Chain {
+    // (first, last) of the chain that reached step k+1, if any.
+    let mut reached: [Option<(i64, i64)>; crate::config::MAX_STEPS] =
+        [None; crate::config::MAX_STEPS];
+    let mut i = 0;
+    while i < hits.len() {
+        let ts = hits[i].ts;
+        let mut union = 0u32;
+        while i < hits.len() && hits[i].ts == ts {
+            union |= hits[i].mask;
+            i += 1;
+        }
+        for k in 0..steps {
+            if union & (1 << k) == 0 {
+                continue;
+            }
+            if k == 0 {
+                if ts < day_end {
+                    reached[0] = Some((ts, ts));
+                }
+            } else if let Some((first, _)) = reached[k - 1] {
+                if ts <= first + window {
+                    reached[k] = Some((first, ts));
+                    if k + 1 == steps {
+                        return chain_of(&reached, steps);
+                    }
+                }
+            }
+        }
+    }
+    chain_of(&reached, steps)
+}
+
+fn chain_of(reached: &[Option<(i64, i64)>], steps: usize) -> Chain {
+    let mut chain = Chain::none();
+    for (k, r) in reached.iter().take(steps).enumerate() {
+        if let Some((first, last)) = r {
+            chain.level = k + 1;
+            chain.reached[k] = last - first;
+        }
+    }
+    chain
+}
+
+/// The greedy chain from the step-1 event at `hits[0]`: at each timestamp,
+/// advance as far as the mode allows. Being further along at the same time
+/// is never worse, so greedy is optimal for a fixed start.
+fn level_from(hits: &[Hit], window: i64, steps: usize, mode: FunnelMode) -> Chain {
+    let start = hits[0].ts;
+    let mut chain = Chain::none();
+    let mut i = 0;
+    while i < hits.len() && hits[i].ts <= start + window {
+        let ts = hits[i].ts;
+        let group_start = i;
+        while i < hits.len() && hits[i].ts == ts {
+            i += 1;
+        }
+        let group = &hits[group_start..i];
+        let before = chain.level;
+        chain.level = match mode {
+            FunnelMode::StrictIncrease => {
+                let union = group.iter().fold(0, |m, h| m | h.mask);
+                if ts == start {
+                    1
+                } else if union & (1 << chain.level) != 0 {
+                    chain.level + 1
+                } else {
+                    chain.level
+                }
+            }
+            _ => chain.level + distinct_run(group, chain.level, steps),
+        };
+        for k in before..chain.level {
+            chain.reached[k] = ts - start;
+        }
+        if chain.level == steps {
+            break;
+        }
+    }
+    chain
+}
+
+/// How many consecutive steps from `from` on can be filled by distinct
+/// events of one timestamp group: a bipartite matching, grown one step at a
+/// time (Kuhn's augmenting paths). Groups are tiny: distinct masks at one ms.
+fn distinct_run(group: &[Hit], from: usize, steps: usize) -> usize {
+    let mut owner: Vec<Option<usize>> = vec![None; group.len()];
+    let mut run = 0;
+    while from + run < steps {
+        let mut seen = vec![false; group.len()];
+        if !augment(group, from + run, &mut owner, &mut seen) {
+            break;
+        }
+        run += 1;
+    }
+    run
+}
+
+fn augment(group: &[Hit], step: usize, owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
+    for (j, h) in group.iter().enumerate() {
+        if h.mask & (1 << step) == 0 || seen[j] {
+            continue;
+        }
+        seen[j] = true;
+        let free = match owner[j] {
+            None => true,
+            Some(other) => augment(group, other, owner, seen),
+        };
+        if free {
+            owner[j] = Some(step);
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(ts: i64, steps: &[usize]) -> Hit {
+        Hit {
+            ts,
+            mask: steps.iter().fold(0, |m, s| m | 1 << s),
+        }
+    }
+
+    fn lv(hits: &[Hit], mode: FunnelMode) -> usize {
+        let mut hits = hits.to_vec();
+        hits.sort();
+        level(&hits, 0, 100, 10, 3, mode).level
+    }
+
+    #[test]
+    fn window_includes_its_end() {
+        assert_eq!(
+            lv(&[h(0, &[0]), h(5, &[1]), h(10, &[2])], FunnelMode::Default),
+            3
+        );
+        assert_eq!(
+            lv(&[h(0, &[0]), h(5, &[1]), h(11, &[2])], FunnelMode::Default),
+            2
+        );
+    }
+
+    #[test]
+    fn later_start_rescues_the_chain() {
+        assert_eq!(
+            lv(
+                &[h(0, &[0]), h(9, &[0]), h(12, &[1]), h(15, &[2])],
+                FunnelMode::Default
+            ),
+            3
+        );
+    }
+
+    #[test]
+    fn equal_timestamps_chain_in_step_order() {
+        assert_eq!(
+            lv(&[h(3, &[2]), h(3, &[1]), h(3, &[0])], FunnelMode::Default),
+            3
+        );
+        assert_eq!(lv(&[h(3, &[0, 1, 2])], FunnelMode::Default), 3);
+        assert_eq!(lv(&[h(3, &[0, 1, 2])], FunnelMode::StrictOnce), 1);
+        assert_eq!(
+            lv(&[h(3, &[0, 1]), h(3, &[1, 2])], FunnelMode::StrictOnce),
+            2
+        );
+        // Filling step 2 with the {2,3} event would strand step 3.
+        assert_eq!(
+            lv(
+                &[h(3, &[0]), h(3, &[1, 2]), h(3, &[1])],
+                FunnelMode::StrictOnce
+            ),
+            3
+        );
+        assert_eq!(
+            lv(
+                &[h(3, &[0]), h(3, &[1]), h(3, &[2])],
+                FunnelMode::StrictIncrease
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn strict_increase_finds_the_true_chain() {
+        // ClickHouse keeps only the latest chain per step and says 2 here.
+        let hits = [h(0, &[0]), h(1, &[1]), h(1, &[0]), h(2, &[2])];
+        assert_eq!(lv(&hits, FunnelMode::StrictIncrease), 3);
+    }
+
+    #[test]
+    fn step_one_only_on_the_entry_day() {
+        let hits = [h(99, &[0]), h(105, &[1]), h(106, &[0]), h(107, &[2])];
+        assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 3);
+        let hits = [h(106, &[0]), h(107, &[1])];
+        assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 0);
+    }
+}

@@ -1,0 +1,751 @@
+//! The engine: exact retention, activity and funnel state for the events of
+//! one shard (one Kafka partition, or one replay).
+//!
+//! It is a deterministic state machine with no I/O and no clock of its own:
+//! the wall clock is passed to [`Engine::apply`] and is used only to refuse
+//! events too far in the future. Every figure is kept as a counter that is
+//! updated incrementally when a (user, day) fact first becomes true, so a
+//! scrape costs O(days × definitions), never O(users).
+//!
+//! Arrival order within the horizon does not matter: per user the engine
+//! keeps what a late event needs to correct the counters it already moved
+//! (the set of active days, the cohort day, the funnel events of the
+//! horizon), and every update is a move between exact states. Replaying an
+//! event changes nothing: each fact is counted when it first becomes true.
+
+pub mod calendar;
+pub mod days;
+pub mod figures;
+pub mod funnel;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+
+use crate::config::{EngineConfig, EventMatch, FilterValue, RetentionMode};
+use crate::event::{self, Event, PropValue, Reject};
+use calendar::{Calendar, Day};
+use days::{DayBits, DayRows, NO_DAY};
+use figures::{
+    ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable,
+    TimeToConvert,
+};
+use funnel::Hit;
+
+const DAY_MS: i64 = 86_400_000;
+/// The longest activity window (MAU).
+const MAU_DAYS: i32 = 30;
+const WAU_DAYS: i32 = 7;
+/// Quantiles exported for time to convert.
+const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+type UserIds = HashMap<Box<str>, u32, foldhash::fast::RandomState>;
+
+/// What one event name means to the configured definitions, computed once
+/// per name at start so that an event costs one hash lookup.
+#[derive(Debug, Clone, Default)]
+struct Class {
+    /// Bit r: a cohort event of retention definition r.
+    cohort: u64,
+    /// Bit r: a return event of retention definition r.
+    returns: u64,
+    /// Per funnel: steps this name fills without a property filter.
+    steps: Vec<u32>,
+    /// Steps this name fills if their property filter holds: (funnel, step).
+    filtered: Vec<(usize, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct UserCore {
+    /// The first day the user was seen (any event).
+    first_seen: Day,
+    /// Days with any event.
+    active: DayBits,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ActivityCounts {
+    new_users: i64,
+    dau: i64,
+    wau: i64,
+    mau: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CohortCounts {
+    users: i64,
+    retained: Vec<i64>,
+}
+
+#[derive(Debug)]
+struct RetentionState {
+    /// Per user: the cohort day, or [`NO_DAY`].
+    cohort: Vec<Day>,
+    /// Per user: days with a return event; `None` when any event returns
+    /// (then the user's `active` days serve).
+    returns: Option<Vec<DayBits>>,
+    rows: DayRows<CohortCounts>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FunnelUser {
+    /// Funnel events of the horizon, sorted, deduplicated.
+    hits: Vec<Hit>,
+    /// Level reached per entry day, sorted by day.
+    levels: Vec<(Day, u8)>,
+}
+
+#[derive(Debug)]
+struct FunnelState {
+    users: HashMap<u32, FunnelUser, foldhash::fast::RandomState>,
+    /// Per entry day: users with level ≥ k+1.
+    rows: DayRows<Vec<i64>>,
+    conversions: Vec<u64>,
+    /// Time to convert to step k+1, in ms.
+    time_to_convert: Vec<Histogram<u64>>,
+    hits: usize,
+}
+
+/// The state of one shard. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Arc<EngineConfig>,
+    cal: Calendar,
+    classes: HashMap<Box<str>, Class, foldhash::fast::RandomState>,
+    /// The class of names no definition names.
+    other: Class,
+    user_ids: UserIds,
+    user_id_bytes: usize,
+    users: Vec<UserCore>,
+    retention: Vec<RetentionState>,
+    funnels: Vec<FunnelState>,
+    activity: DayRows<ActivityCounts>,
+    max_ts: Option<i64>,
+    /// The watermark day at the last maintenance pass.
+    maintained_day: Day,
+    counters: Counters,
+    /// Longest funnel window, ms.
+    max_window_ms: i64,
+    /// Largest retention N.
+    max_retention_day: i32,
+    /// Per-event step masks, one per funnel; kept to avoid an allocation.
+    scratch_masks: Vec<u32>,
+}
+
+impl Engine {
+    /// An empty engine for `cfg`.
+    pub fn new(cfg: Arc<EngineConfig>) -> Self {
+        let n_funnels = cfg.funnels.len();
+        let mut other = Class {
+            steps: vec![0; n_funnels],
+            ..Class::default()
+        };
+        let mut named: Vec<&str> = Vec::new();
+        for (r, def) in cfg.retention.iter().enumerate() {
+            for (m, is_cohort) in [(&def.cohort_event, true), (&def.return_event, false)] {
+                match m {
+                    EventMatch::Any if is_cohort => other.cohort |= 1 << r,
+                    EventMatch::Any => other.returns |= 1 << r,
+                    EventMatch::Named(n) => named.push(n),
+                }
+            }
+        }
+        for (f, def) in cfg.funnels.iter().enumerate() {
+            for (k, step) in def.steps.iter().enumerate() {
+                match (&step.event, step.filter.is_empty()) {
+                    (EventMatch::Any, true) => other.steps[f] |= 1 << k,
+                    (EventMatch::Any, false) => other.filtered.push((f, k)),
+                    (EventMatch::Named(n), _) => named.push(n),
+                }
+            }
+        }
+        let mut classes: HashMap<Box<str>, Class, _> = HashMap::default();
+        for name in named {
+            let mut class = other.clone();
+            for (r, def) in cfg.retention.iter().enumerate() {
+                if def.cohort_event.matches(name) {
+                    class.cohort |= 1 << r;
+                }
+                if def.return_event.matches(name) {
+                    class.returns |= 1 << r;
+                }
+            }
+            for (f, def) in cfg.funnels.iter().enumerate() {
+                for (k, step) in def.steps.iter().enumerate() {
+                    if step.event == EventMatch::Named(name.to_owned()) {
+                        if step.filter.is_empty() {
+                            class.steps[f] |= 1 << k;
+                        } else {
+                            class.filtered.push((f, k));
+                        }
+                    }
+                }
+            }
+            classes.insert(name.into(), class);
+        }
+
+        let retention = cfg
+            .retention
+            .iter()
+            .map(|def| RetentionState {
+                cohort: Vec::new(),
+                returns: (def.return_event != EventMatch::Any).then(Vec::new),
+                rows: DayRows::default(),
+            })
+            .collect();
+        let funnels = cfg
+            .funnels
+            .iter()
+            .map(|def| FunnelState {
+                users: HashMap::default(),
+                rows: DayRows::default(),
+                conversions: vec![0; def.steps.len()],
+                time_to_convert: (0..def.steps.len())
+                    .map(|_| {
+                        Histogram::new(3)
+                            .unwrap_or_else(|_| unreachable!("3 significant figures are valid"))
+                    })
+                    .collect(),
+                hits: 0,
+            })
+            .collect();
+        let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
+        let max_retention_day = cfg
+            .retention
+            .iter()
+            .flat_map(|r| r.days.iter().copied())
+            .max()
+            .unwrap_or(0) as i32;
+        Engine {
+            cal: Calendar::new(cfg.timezone.clone()),
+            cfg,
+            classes,
+            other,
+            user_ids: UserIds::default(),
+            user_id_bytes: 0,
+            users: Vec::new(),
+            retention,
+            funnels,
+            activity: DayRows::default(),
+            max_ts: None,
+            maintained_day: Day::MIN,
+            counters: Counters::default(),
+            max_window_ms,
+            max_retention_day,
+            scratch_masks: Vec::new(),
+        }
+    }
+
+    /// The configuration this engine runs.
+    pub fn config(&self) -> &Arc<EngineConfig> {
+        &self.cfg
+    }
+
+    /// Decodes and ingests one message, counting it as ingested or rejected.
+    /// `message_ts_ms` is the Kafka message timestamp, if any.
+    pub fn apply(
+        &mut self,
+        bytes: &[u8],
+        message_ts_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), Reject> {
+        let fallback = if self.cfg.use_message_timestamp {
+            message_ts_ms
+        } else {
+            None
+        };
+        let result = event::decode(bytes, &self.cfg.fields, fallback)
+            .and_then(|ev| self.ingest(&ev, now_ms));
+        match result {
+            Ok(()) => self.counters.ingested += 1,
+            Err(reason) => self.counters.rejected[reason.index()] += 1,
+        }
+        result
+    }
+
+    /// Counts a message rejected before it reached the engine (e.g. too
+    /// large to read).
+    pub fn count_rejected(&mut self, reason: Reject) {
+        self.counters.rejected[reason.index()] += 1;
+    }
+
+    /// The watermark: newest accepted event time minus the allowed lateness.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.max_ts.map(|t| t - self.cfg.allowed_lateness_ms)
+    }
+
+    /// Events older than this are too late.
+    pub fn horizon_ms(&self) -> Option<i64> {
+        self.watermark_ms()
+            .map(|w| w - i64::from(self.cfg.history_days) * DAY_MS)
+    }
+
+    /// Ingests one decoded event (not counted: see [`Engine::apply`]).
+    pub fn ingest(&mut self, ev: &Event<'_>, now_ms: i64) -> Result<(), Reject> {
+        let ts = ev.ts_ms;
+        if ts > now_ms.saturating_add(self.cfg.max_future_skew_ms) {
+            return Err(Reject::TooEarly);
+        }
+        if self.horizon_ms().is_some_and(|h| ts < h) {
+            return Err(Reject::TooLate);
+        }
+        let Some(uid) = self.user_index(&ev.user_id) else {
+            self.counters.untracked += 1;
+            return Ok(());
+        };
+        if self.max_ts.is_none_or(|m| ts > m) {
+            self.max_ts = Some(ts);
+            let wm_day = self.cal.day_of(ts - self.cfg.allowed_lateness_ms);
+            if wm_day > self.maintained_day {
+                self.maintain(wm_day);
+            }
+        }
+        let day = self.cal.day_of(ts);
+        let class = match self.classes.get(ev.name.as_ref()) {
+            Some(c) => c,
+            None => &self.other,
+        };
+        let (cohort_bits, return_bits) = (class.cohort, class.returns);
+        let mut masks = std::mem::take(&mut self.scratch_masks);
+        masks.clear();
+        masks.extend_from_slice(&class.steps);
+        for &(f, k) in &class.filtered {
+            if filter_holds(&self.cfg.funnels[f].steps[k].filter, ev) {
+                masks[f] |= 1 << k;
+            }
+        }
+
+        // Activity and first-seen.
+        let core = &mut self.users[uid as usize];
+        let prev_active_latest = core.active.latest();
+        let newly_active = core.active.insert(day);
+        let old_first = core.first_seen;
+        let active = core.active;
+        if old_first == NO_DAY || day < old_first {
+            core.first_seen = day;
+            if old_first != NO_DAY {
+                if let Some(row) = self.activity.row(old_first) {
+                    row.new_users -= 1;
+                }
+            }
+            if let Some(row) = self.activity.row(day) {
+                row.new_users += 1;
+            }
+        }
+        if newly_active {
+            if let Some(row) = self.activity.row(day) {
+                row.dau += 1;
+            }
+            for d in day..day + MAU_DAYS {
+                let in_wau = d < day + WAU_DAYS && !active.any_in_except(d - WAU_DAYS + 1, d, day);
+                let in_mau = !active.any_in_except(d - MAU_DAYS + 1, d, day);
+                if in_wau || in_mau {
+                    if let Some(row) = self.activity.row(d) {
+                        row.wau += i64::from(in_wau);
+                        row.mau += i64::from(in_mau);
+                    }
+                }
+            }
+        }
+
+        // Retention definitions.
+        for r in 0..self.retention.len() {
+            let is_return = return_bits & (1 << r) != 0;
+            let is_cohort = cohort_bits & (1 << r) != 0;
+            if is_return {
+                self.credit_return(r, uid, day, newly_active, prev_active_latest);
+            }
+            if is_cohort {
+                let current = self.retention[r].cohort[uid as usize];
+                if current == NO_DAY || day < current {
+                    self.move_cohort(r, uid, current, day);
+                }
+            }
+        }
+
+        // Funnels.
+        for (f, &mask) in masks.iter().enumerate() {
+            if mask != 0 {
+                self.funnel_event(f, uid, Hit { ts, mask }, day);
+            }
+        }
+        self.scratch_masks = masks;
+        Ok(())
+    }
+
+    fn user_index(&mut self, id: &str) -> Option<u32> {
+        if let Some(&i) = self.user_ids.get(id) {
+            return Some(i);
+        }
+        if self.users.len() as u64 >= self.cfg.max_users {
+            return None;
+        }
+        let i = self.users.len() as u32;
+        self.user_ids.insert(id.into(), i);
+        self.user_id_bytes += id.len();
+        self.users.push(UserCore {
+            first_seen: NO_DAY,
+            active: DayBits::default(),
+        });
+        for state in &mut self.retention {
+            state.cohort.push(NO_DAY);
+            if let Some(returns) = &mut state.returns {
+                returns.push(DayBits::default());
+            }
+        }
+        Some(i)
+    }
+
+    fn return_days(&self, r: usize, uid: u32) -> &DayBits {
+        match &self.retention[r].returns {
+            Some(v) => &v[uid as usize],
+            None => &self.users[uid as usize].active,
+        }
+    }
+
+    fn retained_by(&self, r: usize, uid: u32, cohort: Day, n: u32) -> bool {
+        let target = cohort + n as i32;
+        let days = self.return_days(r, uid);
+        match self.cfg.retention[r].mode {
+            RetentionMode::On => days.contains(target),
+            RetentionMode::OnOrAfter => days.latest().is_some_and(|l| l >= target),
+        }
+    }
+
+    /// A return event on `day`: credit the cohort cells it newly fills.
+    fn credit_return(
+        &mut self,
+        r: usize,
+        uid: u32,
+        day: Day,
+        newly_active: bool,
+        prev_active_latest: Option<Day>,
+    ) {
+        let state = &mut self.retention[r];
+        let (newly, prev_latest) = match &mut state.returns {
+            Some(v) => {
+                let bits = &mut v[uid as usize];
+                let prev = bits.latest();
+                (bits.insert(day), prev)
+            }
+            None => (newly_active, prev_active_latest),
+        };
+        let cohort = state.cohort[uid as usize];
+        if cohort == NO_DAY {
+            return;
+        }
+        let def = &self.cfg.retention[r];
+        match def.mode {
+            RetentionMode::On => {
+                if !newly {
+                    return;
+                }
+                let n = day - cohort;
+                if let Some(i) = def.days.iter().position(|&d| d as i32 == n) {
+                    if let Some(row) = state.rows.row(cohort) {
+                        ensure_len(&mut row.retained, def.days.len())[i] += 1;
+                    }
+                }
+            }
+            RetentionMode::OnOrAfter => {
+                for (i, &n) in def.days.iter().enumerate() {
+                    let target = cohort + n as i32;
+                    if target <= day && prev_latest.is_none_or(|p| p < target) {
+                        if let Some(row) = state.rows.row(cohort) {
+                            ensure_len(&mut row.retained, def.days.len())[i] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves a user from cohort `old` (maybe none) to the earlier `new`.
+    fn move_cohort(&mut self, r: usize, uid: u32, old: Day, new: Day) {
+        let n_days = self.cfg.retention[r].days.len();
+        let flags = |engine: &Self, c: Day| -> Vec<bool> {
+            engine.cfg.retention[r]
+                .days
+                .iter()
+                .map(|&n| engine.retained_by(r, uid, c, n))
+                .collect()
+        };
+        if old != NO_DAY {
+            let was = flags(self, old);
+            if let Some(row) = self.retention[r].rows.row(old) {
+                row.users -= 1;
+                let retained = ensure_len(&mut row.retained, n_days);
+                for (i, w) in was.into_iter().enumerate() {
+                    retained[i] -= i64::from(w);
+                }
+            }
+        }
+        let now = flags(self, new);
+        self.retention[r].cohort[uid as usize] = new;
+        if let Some(row) = self.retention[r].rows.row(new) {
+            row.users += 1;
+            let retained = ensure_len(&mut row.retained, n_days);
+            for (i, w) in now.into_iter().enumerate() {
+                retained[i] += i64::from(w);
+            }
+        }
+    }
+
+    fn funnel_event(&mut self, f: usize, uid: u32, hit: Hit, day: Day) {
+        let def = &self.cfg.funnels[f];
+        let window = def.window_ms;
+        let steps = def.steps.len();
+        let mode = def.mode;
+        let cutoff = self.horizon_ms().map_or(i64::MIN, |h| h - window);
+        let state = &mut self.funnels[f];
+        let user = state.users.entry(uid).or_default();
+        let before = user.hits.len();
+        prune_hits(user, cutoff);
+        match user.hits.binary_search(&hit) {
+            Ok(_) => {
+                state.hits -= before - user.hits.len();
+                return;
+            }
+            Err(pos) => user.hits.insert(pos, hit),
+        }
+        state.hits = state.hits + user.hits.len() - before;
+
+        // Entry days whose chains this event can join.
+        let first_day = if hit.mask & !1 == 0 {
+            day
+        } else {
+            self.cal.day_of(hit.ts - window)
+        };
+        for d in first_day..=day {
+            let start = self.cal.day_start_ms(d);
+            let end = self.cal.day_start_ms(d + 1);
+            let user = match self.funnels[f].users.get(&uid) {
+                Some(u) => u,
+                None => return,
+            };
+            let from = user.hits.partition_point(|h| h.ts < start);
+            let entered = user.hits[from..]
+                .iter()
+                .take_while(|h| h.ts < end)
+                .any(|h| h.mask & 1 != 0);
+            if !entered {
+                continue;
+            }
+            let chain = funnel::level(&user.hits, start, end, window, steps, mode);
+            let pos = user.levels.binary_search_by_key(&d, |&(day, _)| day);
+            let old = match pos {
+                Ok(i) => usize::from(user.levels[i].1),
+                Err(_) => 0,
+            };
+            if chain.level <= old {
+                continue;
+            }
+            let state = &mut self.funnels[f];
+            if let Some(user) = state.users.get_mut(&uid) {
+                match pos {
+                    Ok(i) => user.levels[i].1 = chain.level as u8,
+                    Err(i) => user.levels.insert(i, (d, chain.level as u8)),
+                }
+            }
+            let row = state.rows.row(d);
+            if let Some(row) = row {
+                let users = ensure_len(row, steps);
+                for u in users.iter_mut().take(chain.level).skip(old) {
+                    *u += 1;
+                }
+            }
+            for k in old..chain.level {
+                state.conversions[k] += 1;
+                if k > 0 {
+                    state.time_to_convert[k].saturating_record(chain.reached[k].max(0) as u64);
+                }
+            }
+        }
+    }
+
+    /// Called when the watermark enters a new day: drops day rows and
+    /// funnel events that no accepted event can change any more.
+    fn maintain(&mut self, wm_day: Day) {
+        self.maintained_day = wm_day;
+        let Some(horizon) = self.horizon_ms() else {
+            return;
+        };
+        let horizon_day = self.cal.day_of(horizon.max(0));
+        let export_from = wm_day - self.cfg.export_days as i32 + 1;
+        let window_days = (self.max_window_ms / DAY_MS) as i32 + 1;
+        let reach = self.max_retention_day.max(MAU_DAYS).max(window_days) + 1;
+        let keep_from = export_from.min(horizon_day - reach);
+        self.activity.drop_before(keep_from);
+        for state in &mut self.retention {
+            state.rows.drop_before(keep_from);
+        }
+        for (f, state) in self.funnels.iter_mut().enumerate() {
+            state.rows.drop_before(keep_from);
+            let cutoff = horizon - self.cfg.funnels[f].window_ms;
+            let level_cutoff = self.cal.day_of(cutoff.max(0));
+            let mut hits = 0;
+            state.users.retain(|_, user| {
+                prune_hits(user, cutoff);
+                let keep = user.levels.partition_point(|&(d, _)| d < level_cutoff);
+                user.levels.drain(..keep);
+                hits += user.hits.len();
+                !(user.hits.is_empty() && user.levels.is_empty())
+            });
+            state.hits = hits;
+        }
+    }
+
+    /// The counters alone (cheap).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Users remembered.
+    pub fn tracked_users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The exported figures: dated rows for the `export_days` business
+    /// days up to the watermark's day.
+    pub fn figures(&self) -> Figures {
+        let watermark = self.watermark_ms();
+        let mut out = Figures {
+            watermark_ms: watermark,
+            max_event_ms: self.max_ts,
+            counters: self.counters.clone(),
+            tracked_users: self.users.len() as u64,
+            state_bytes: self.state_bytes(),
+            ..Figures::default()
+        };
+        let (from, to) = match watermark {
+            Some(w) => {
+                let to = self.cal.day_of(w.max(0));
+                (to - self.cfg.export_days as i32 + 1, to)
+            }
+            None => (1, 0),
+        };
+        let wm = watermark.unwrap_or(i64::MIN);
+        for (r, def) in self.cfg.retention.iter().enumerate() {
+            let mut cohorts = Vec::new();
+            for (d, row) in self.retention[r].rows.range(from, to) {
+                if row.users <= 0 {
+                    continue;
+                }
+                cohorts.push(CohortRow {
+                    date: Calendar::label(d),
+                    users: row.users as u64,
+                    retained: (0..def.days.len())
+                        .map(|i| row.retained.get(i).copied().unwrap_or(0).max(0) as u64)
+                        .collect(),
+                    mature: def
+                        .days
+                        .iter()
+                        .map(|&n| wm >= self.cal.day_start_ms(d + n as i32 + 1))
+                        .collect(),
+                });
+            }
+            out.retention.push(RetentionTable {
+                name: def.name.clone(),
+                mode: def.mode.as_str(),
+                days: def.days.clone(),
+                cohorts,
+            });
+        }
+        for (d, row) in self.activity.range(from, to) {
+            out.activity.push(ActivityRow {
+                date: Calendar::label(d),
+                new_users: row.new_users.max(0) as u64,
+                dau: row.dau.max(0) as u64,
+                wau: row.wau.max(0) as u64,
+                mau: row.mau.max(0) as u64,
+            });
+        }
+        for (f, def) in self.cfg.funnels.iter().enumerate() {
+            let state = &self.funnels[f];
+            let steps = def.steps.len();
+            let entries = state
+                .rows
+                .range(from, to)
+                .filter(|(_, users)| users.first().is_some_and(|&u| u > 0))
+                .map(|(d, users)| FunnelRow {
+                    date: Calendar::label(d),
+                    users: (0..steps)
+                        .map(|k| users.get(k).copied().unwrap_or(0).max(0) as u64)
+                        .collect(),
+                })
+                .collect();
+            let time_to_convert = state
+                .time_to_convert
+                .iter()
+                .map(|h| TimeToConvert {
+                    quantiles: QUANTILES
+                        .iter()
+                        .map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0))
+                        .collect(),
+                    sum_seconds: h.mean() * h.len() as f64 / 1000.0,
+                    count: h.len(),
+                })
+                .collect();
+            out.funnels.push(FunnelTable {
+                name: def.name.clone(),
+                steps: def.steps.iter().map(|s| s.label().to_owned()).collect(),
+                window_seconds: def.window_ms as f64 / 1000.0,
+                mode: def.mode.as_str(),
+                entries,
+                conversions_total: state.conversions.clone(),
+                time_to_convert,
+            });
+        }
+        out
+    }
+
+    /// An estimate of the heap bytes this state holds.
+    pub fn state_bytes(&self) -> u64 {
+        let ids = self.user_ids.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+            + self.user_id_bytes;
+        let users = self.users.capacity() * std::mem::size_of::<UserCore>();
+        let retention: usize = self
+            .retention
+            .iter()
+            .map(|r| {
+                r.cohort.capacity() * std::mem::size_of::<Day>()
+                    + r.returns
+                        .as_ref()
+                        .map_or(0, |v| v.capacity() * std::mem::size_of::<DayBits>())
+            })
+            .sum();
+        let funnels: usize = self
+            .funnels
+            .iter()
+            .map(|f| {
+                f.users.capacity() * (std::mem::size_of::<(u32, FunnelUser)>() + 1)
+                    + f.hits * std::mem::size_of::<Hit>()
+            })
+            .sum();
+        (ids + users + retention + funnels) as u64
+    }
+}
+
+fn prune_hits(user: &mut FunnelUser, cutoff: i64) {
+    if user.hits.first().is_some_and(|h| h.ts < cutoff) {
+        let n = user.hits.partition_point(|h| h.ts < cutoff);
+        user.hits.drain(..n);
+    }
+}
+
+fn ensure_len(v: &mut Vec<i64>, n: usize) -> &mut Vec<i64> {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
+    v
+}
+
+fn filter_holds(filter: &[(String, FilterValue)], ev: &Event<'_>) -> bool {
+    filter.iter().all(|(key, want)| match (ev.prop(key), want) {
+        (Some(PropValue::Str(s)), FilterValue::Str(w)) => s == w.as_str(),
+        (Some(PropValue::Num(x)), FilterValue::Num(w)) => x == *w,
+        (Some(PropValue::Bool(b)), FilterValue::Bool(w)) => b == *w,
+        _ => false,
+    })
+}

@@ -1,0 +1,681 @@
+//! Decoding and validation of one event message (SPEC §1): pure, no I/O.
+//!
+//! [`decode`] turns the bytes of one Kafka message or NDJSON line into an
+//! [`Event`] that borrows from those bytes wherever it can, or into a
+//! [`Reject`] reason from a small fixed set. It never panics, whatever the
+//! bytes: the reasons double as metric label values.
+//!
+//! The strategy is one pass of `serde_json` over the whole message that keeps
+//! the three required fields and `props` as raw JSON slices and skips every
+//! other field without interpreting it. Interpreting the slices afterwards
+//! keeps two kinds of failure apart: a document that is not JSON at all
+//! (`invalid_json`) and a field of the wrong shape (`bad_user_id`, ...). It
+//! also keeps unknown fields and props harmless: a number out of range or a
+//! lone surrogate escape in them only matters if something reads them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The largest message accepted, in bytes (SPEC §1).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Events are accepted from 1970-01-01T00:00:00Z ...
+pub const MIN_TS_MS: i64 = 0;
+/// ... up to but not including 2100-01-01T00:00:00Z.
+pub const END_TS_MS: i64 = 4_102_444_800_000;
+
+/// Why a message was not accepted. The set is fixed: it is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reject {
+    /// Larger than [`MAX_MESSAGE_BYTES`].
+    TooLarge,
+    /// Not valid UTF-8.
+    InvalidUtf8,
+    /// Not one well-formed JSON document (or nested too deep).
+    InvalidJson,
+    /// Well-formed JSON, but not an object.
+    NotObject,
+    /// `user_id`, `event` or `ts` named more than once.
+    DuplicateKey,
+    /// `user_id` missing, empty, or neither a string nor an integer.
+    BadUserId,
+    /// `event` missing, empty, or not a string.
+    BadEvent,
+    /// `ts` missing, malformed, or outside [1970, 2100).
+    BadTimestamp,
+    /// Older than the state horizon (decided by the engine).
+    TooLate,
+    /// Too far ahead of the wall clock (decided by the engine).
+    TooEarly,
+}
+
+impl Reject {
+    /// Every reason, in a stable order (for exporting zero-valued series).
+    pub const ALL: [Reject; 10] = [
+        Reject::TooLarge,
+        Reject::InvalidUtf8,
+        Reject::InvalidJson,
+        Reject::NotObject,
+        Reject::DuplicateKey,
+        Reject::BadUserId,
+        Reject::BadEvent,
+        Reject::BadTimestamp,
+        Reject::TooLate,
+        Reject::TooEarly,
+    ];
+
+    /// The label value used in metrics, logs and dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::InvalidUtf8 => "invalid_utf8",
+            Reject::InvalidJson => "invalid_json",
+            Reject::NotObject => "not_object",
+            Reject::DuplicateKey => "duplicate_key",
+            Reject::BadUserId => "bad_user_id",
+            Reject::BadEvent => "bad_event",
+            Reject::BadTimestamp => "bad_timestamp",
+            Reject::TooLate => "too_late",
+            Reject::TooEarly => "too_early",
+        }
+    }
+
+    /// Index into [`Reject::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The configured names of the event's fields (many producers say `uid`,
+/// `name`, `time`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldNames {
+    /// Name of the user id field.
+    pub user_id: String,
+    /// Name of the event name field.
+    pub event: String,
+    /// Name of the timestamp field.
+    pub ts: String,
+    /// Name of the properties object.
+    pub props: String,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        FieldNames {
+            user_id: "user_id".into(),
+            event: "event".into(),
+            ts: "ts".into(),
+            props: "props".into(),
+        }
+    }
+}
+
+/// One accepted event, borrowing from the message where no unescaping was
+/// needed.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    /// The user id, exactly as decoded (integers as their decimal string).
+    pub user_id: Cow<'a, str>,
+    /// The event name, exactly as decoded.
+    pub name: Cow<'a, str>,
+    /// Event time, epoch milliseconds (fractions truncated).
+    pub ts_ms: i64,
+    /// The raw `props` value; interpreted lazily by [`Event::prop`].
+    props: Option<&'a RawValue>,
+}
+
+/// A property value usable in step filters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropValue<'a> {
+    /// A JSON string.
+    Str(Cow<'a, str>),
+    /// A finite JSON number.
+    Num(f64),
+    /// A JSON boolean.
+    Bool(bool),
+}
+
+impl PartialEq for Event<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.user_id == other.user_id
+            && self.name == other.name
+            && self.ts_ms == other.ts_ms
+            && self.props.map(RawValue::get) == other.props.map(RawValue::get)
+    }
+}
+
+impl<'a> Event<'a> {
+    /// Builds an event directly (generators and tests).
+    pub fn new(
+        user_id: impl Into<Cow<'a, str>>,
+        name: impl Into<Cow<'a, str>>,
+        ts_ms: i64,
+    ) -> Self {
+        Event {
+            user_id: user_id.into(),
+            name: name.into(),
+            ts_ms,
+            props: None,
+        }
+    }
+
+    /// The value of property `key`, if `props` is an object holding it with
+    /// a usable value. Anything else (not an object, another type, a number
+    /// out of range, a string with a lone surrogate) reads as absent.
+    pub fn prop(&self, key: &str) -> Option<PropValue<'a>> {
+        let mut de = serde_json::Deserializer::from_str(self.props?.get());
+        let found = de::Deserializer::deserialize_any(&mut de, PropsVisitor { key }).ok()?;
+        found.and_then(interpret_prop)
+    }
+}
+
+struct PropsVisitor<'k> {
+    key: &'k str,
+}
+
+impl<'de> Visitor<'de> for PropsVisitor<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
+            if found.is_none() && key.0.as_ref() == self.key.as_bytes() {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    // Anything but an object: no props.
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+fn interpret_prop(raw: &RawValue) -> Option<PropValue<'_>> {
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' => json_string(raw).map(PropValue::Str),
+        b't' => Some(PropValue::Bool(true)),
+        b'f' => Some(PropValue::Bool(false)),
+        b'-' | b'0'..=b'9' => serde_json::from_str::<f64>(text)
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(PropValue::Num),
+        _ => None,
+    }
+}
+
+/// Decodes one message. `fallback_ts_ms` is the Kafka message timestamp,
+/// used only when the `ts` field is absent and that use is configured.
+pub fn decode<'a>(
+    bytes: &'a [u8],
+    names: &FieldNames,
+    fallback_ts_ms: Option<i64>,
+) -> Result<Event<'a>, Reject> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(Reject::TooLarge);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
+    let first = text.bytes().find(|b| !b.is_ascii_whitespace());
+    if first != Some(b'{') {
+        // Tell a well-formed non-object from garbage.
+        // Tell a well-formed non-object from garbage. Skipping a value in
+        // serde_json is iterative, so no nesting depth can exhaust the stack.
+        let ok = serde_json::from_str::<IgnoredAny>(text).is_ok();
+        return Err(if ok {
+            Reject::NotObject
+        } else {
+            Reject::InvalidJson
+        });
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = de::Deserializer::deserialize_map(&mut de, TopVisitor { names })
+        .map_err(|_| Reject::InvalidJson)?;
+    de.end().map_err(|_| Reject::InvalidJson)?;
+    if fields.duplicate {
+        return Err(Reject::DuplicateKey);
+    }
+
+    let user_id = fields
+        .user_id
+        .and_then(user_id_of)
+        .ok_or(Reject::BadUserId)?;
+    let name = fields
+        .event
+        .and_then(json_string)
+        .filter(|s| !s.is_empty())
+        .ok_or(Reject::BadEvent)?;
+    let ts_ms = match fields.ts {
+        Some(raw) => timestamp_of(raw).ok_or(Reject::BadTimestamp)?,
+        None => fallback_ts_ms
+            .filter(|t| (MIN_TS_MS..END_TS_MS).contains(t))
+            .ok_or(Reject::BadTimestamp)?,
+    };
+    Ok(Event {
+        user_id,
+        name,
+        ts_ms,
+        props: fields.props,
+    })
+}
+
+#[derive(Default)]
+struct TopFields<'a> {
+    user_id: Option<&'a RawValue>,
+    event: Option<&'a RawValue>,
+    ts: Option<&'a RawValue>,
+    props: Option<&'a RawValue>,
+    duplicate: bool,
+}
+
+struct TopVisitor<'n> {
+    names: &'n FieldNames,
+}
+
+impl<'de> Visitor<'de> for TopVisitor<'_> {
+    type Value = TopFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = TopFields::default();
+        let n = self.names;
+        while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
+            let key = key.0.as_ref();
+            let slot = if key == n.user_id.as_bytes() {
+                &mut out.user_id
+            } else if key == n.event.as_bytes() {
+                &mut out.event
+            } else if key == n.ts.as_bytes() {
+                &mut out.ts
+            } else if key == n.props.as_bytes() {
+                // A repeated props is harmless: the last one wins.
+                out.props = Some(map.next_value::<&'de RawValue>()?);
+                continue;
+            } else {
+                // Skipped without interpreting numbers or strings, at any
+                // depth (iteratively): unknown fields never cost an event.
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let value = map.next_value::<&'de RawValue>()?;
+            if slot.is_some() {
+                out.duplicate = true;
+            }
+            *slot = Some(value);
+        }
+        Ok(out)
+    }
+}
+
+/// A map key as bytes. Read through `deserialize_bytes`, so that serde_json
+/// hands over keys with lone surrogate escapes instead of failing the
+/// whole document on them.
+struct KeyBytes<'de>(Cow<'de, [u8]>);
+
+impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyBytes<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Owned(v.to_vec())))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Borrowed(v.as_bytes())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyBytes(Cow::Owned(v.as_bytes().to_vec())))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A raw JSON string value, unescaped; borrowed when it has no escapes.
+/// `None` for another type or a string that is not valid Unicode.
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        // serde_json has already checked it is a well-formed string.
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// A JSON integer literal (`-?(0|[1-9][0-9]*)`), as its text.
+fn integer_literal(text: &str) -> Option<&str> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(text)
+}
+
+fn user_id_of(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if raw.get().starts_with('"') {
+        return json_string(raw).filter(|s| !s.is_empty());
+    }
+    // An integer id is taken as its decimal string; "-0" is 0.
+    integer_literal(raw.get()).map(|t| {
+        if t == "-0" {
+            Cow::Borrowed("0")
+        } else {
+            Cow::Borrowed(t)
+        }
+    })
+}
+
+fn timestamp_of(raw: &RawValue) -> Option<i64> {
+    let text = raw.get();
+    let ms = if text.starts_with('"') {
+        parse_rfc3339_ms(&json_string(raw)?)?
+    } else {
+        integer_literal(text)?.parse::<i64>().ok()?
+    };
+    (MIN_TS_MS..END_TS_MS).contains(&ms).then_some(ms)
+}
+
+/// Parses an RFC 3339 date-time (`T`, `t` or a space between date and time;
+/// `Z`, `z` or `±hh:mm`; any fraction, truncated to milliseconds) into epoch
+/// milliseconds. A leap second (`:60`) reads as `:59`, as jiff does.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i32> {
+        let mut v = 0i32;
+        for &c in b.get(r)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i32::from(c - b'0');
+        }
+        Some(v)
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && matches!(b[10], b'T' | b't' | b' ')
+        && sep(13, b':')
+        && sep(16, b':'))
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 {
+            return None;
+        }
+        for _ in n..3 {
+            millis *= 10;
+        }
+    }
+    let offset_secs = match b.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let digits = [*h1, *h2, *m1, *m2];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let oh = i32::from(h1 - b'0') * 10 + i32::from(h2 - b'0');
+            let om = i32::from(m1 - b'0') * 10 + i32::from(m2 - b'0');
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let secs = oh * 3600 + om * 60;
+            if *sign == b'-' { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    let date = jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
+    let time = jiff::civil::Time::new(hour as i8, minute as i8, second.min(59) as i8, 0).ok()?;
+    let offset = jiff::tz::Offset::from_seconds(offset_secs).ok()?;
+    let ts = offset.to_timestamp(date.to_datetime(time)).ok()?;
+    Some(ts.as_millisecond() + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Result<Event<'_>, Reject> {
+        decode(s.as_bytes(), &FieldNames::default(), None)
+    }
+
+    #[test]
+    fn accepts_the_spec_example() {
+        let e = dec(r#"{"user_id":"u123","event":"view","ts":"2026-11-20T08:15:00.123Z","props":{"platform":"ios","channel":"organic","amount":12.5}}"#)
+            .expect("valid");
+        assert_eq!(e.user_id, "u123");
+        assert_eq!(e.name, "view");
+        assert_eq!(e.ts_ms, 1_795_162_500_123);
+        assert_eq!(e.prop("channel"), Some(PropValue::Str("organic".into())));
+        assert_eq!(e.prop("amount"), Some(PropValue::Num(12.5)));
+        assert_eq!(e.prop("missing"), None);
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        let ms =
+            |ts: &str| dec(&format!(r#"{{"user_id":"u","event":"e","ts":{ts}}}"#)).map(|e| e.ts_ms);
+        assert_eq!(ms(r#""1970-01-01T00:00:00Z""#), Ok(0));
+        assert_eq!(ms(r#""1970-01-01T08:00:00+08:00""#), Ok(0));
+        assert_eq!(ms(r#""1969-12-31T19:00:00-05:00""#), Ok(0));
+        assert_eq!(
+            ms(r#""2026-11-20t08:15:00.1239999z""#),
+            Ok(1_795_162_500_123)
+        );
+        assert_eq!(ms(r#""2026-11-20 08:15:00.5Z""#), Ok(1_795_162_500_500));
+        assert_eq!(
+            ms(r#""2016-12-31T23:59:60Z""#),
+            ms(r#""2016-12-31T23:59:59Z""#)
+        );
+        assert_eq!(ms("1795162500123"), Ok(1_795_162_500_123));
+        assert_eq!(ms("0"), Ok(0));
+        assert_eq!(ms("4102444799999"), Ok(4_102_444_799_999));
+        assert_eq!(ms(r#""2099-12-31T23:59:59.999Z""#), Ok(4_102_444_799_999));
+        for bad in [
+            "4102444800000",
+            "-1",
+            "1.5",
+            "1e12",
+            r#""2100-01-01T00:00:00Z""#,
+            r#""1969-12-31T23:59:59.999Z""#,
+            r#""2026-11-20T08:15:00""#,
+            r#""2026-11-20T08:15:00+0800""#,
+            r#""2026-11-20T08:15Z""#,
+            r#""2026-02-30T08:15:00Z""#,
+            r#""2026-11-20T24:00:00Z""#,
+            r#""2026-11-20T08:15:00.Z""#,
+            r#""2026-11-20T08:15:00+24:00""#,
+            r#""2026-11-20""#,
+            r#""""#,
+            "true",
+            "null",
+            "{}",
+        ] {
+            assert_eq!(ms(bad), Err(Reject::BadTimestamp), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integer_user_ids_are_their_decimal_string() {
+        let id = |v: &str| {
+            dec(&format!(r#"{{"user_id":{v},"event":"e","ts":0}}"#)).map(|e| e.user_id.into_owned())
+        };
+        assert_eq!(id("42"), Ok("42".into()));
+        assert_eq!(id("-7"), Ok("-7".into()));
+        assert_eq!(
+            id("123456789012345678901234567890"),
+            Ok("123456789012345678901234567890".into())
+        );
+        assert_eq!(id(r#""\u0041b""#), Ok("Ab".into()));
+        assert_eq!(id(r#"" x ""#), Ok(" x ".into()));
+        for bad in ["1.0", "1e3", r#""""#, "true", "null", "[1]", r#""\ud800""#] {
+            assert_eq!(id(bad), Err(Reject::BadUserId), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_reason() {
+        let big = format!(
+            r#"{{"user_id":"u","event":"e","ts":0,"pad":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert_eq!(dec(&big), Err(Reject::TooLarge));
+        assert_eq!(
+            decode(b"{\"user_id\":\"\xff\"}", &FieldNames::default(), None),
+            Err(Reject::InvalidUtf8)
+        );
+        assert_eq!(dec(r#"{"user_id":"u","#), Err(Reject::InvalidJson));
+        assert_eq!(
+            dec(r#"{"user_id":"u","event":"e","ts":0} {}"#),
+            Err(Reject::InvalidJson)
+        );
+        assert_eq!(dec(""), Err(Reject::InvalidJson));
+        assert_eq!(dec("[1,2"), Err(Reject::InvalidJson));
+        assert_eq!(dec("[1,2]"), Err(Reject::NotObject));
+        assert_eq!(dec(r#" "x" "#), Err(Reject::NotObject));
+        assert_eq!(dec("null"), Err(Reject::NotObject));
+        assert_eq!(
+            dec(r#"{"user_id":"u","user_id":"v","event":"e","ts":0}"#),
+            Err(Reject::DuplicateKey)
+        );
+        assert_eq!(
+            dec(r#"{"user_id":"u","event":"e","ts":0,"ts":1}"#),
+            Err(Reject::DuplicateKey)
+        );
+        assert_eq!(
+            dec(r#"{"user_id":"u","event":"e","\u0074s":0,"ts":1}"#),
+            Err(Reject::DuplicateKey)
+        );
+        assert_eq!(dec(r#"{"event":"e","ts":0}"#), Err(Reject::BadUserId));
+        assert_eq!(
+            dec(r#"{"user_id":"u","event":"","ts":0}"#),
+            Err(Reject::BadEvent)
+        );
+        assert_eq!(
+            dec(r#"{"user_id":"u","event":3,"ts":0}"#),
+            Err(Reject::BadEvent)
+        );
+        assert_eq!(dec(r#"{"user_id":"u","ts":0}"#), Err(Reject::BadEvent));
+        assert_eq!(
+            dec(r#"{"user_id":"u","event":"e"}"#),
+            Err(Reject::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn weird_props_and_unknown_fields_cost_nothing() {
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let line = format!(
+            r#"{{"x":1e999,"y":"\ud800","z":{deep},"\udc00":1,"user_id":"u","event":"e","ts":0,
+               "props":{{"a":1e999,"b":"\udfff","c":[1],"d":true,"e":-2.5,"f":null}}}}"#
+        );
+        let e = dec(&line).expect("accepted");
+        assert_eq!(e.prop("a"), None);
+        assert_eq!(e.prop("b"), None);
+        assert_eq!(e.prop("c"), None);
+        assert_eq!(e.prop("d"), Some(PropValue::Bool(true)));
+        assert_eq!(e.prop("e"), Some(PropValue::Num(-2.5)));
+        assert_eq!(e.prop("f"), None);
+        let not_object =
+            dec(r#"{"user_id":"u","event":"e","ts":0,"props":[1,2]}"#).expect("accepted");
+        assert_eq!(not_object.prop("0"), None);
+        let very_deep = format!(
+            r#"{{"user_id":"u","event":"e","ts":0,"z":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(dec(&very_deep).is_ok());
+        let unbalanced = format!(
+            r#"{{"user_id":"u","event":"e","ts":0,"z":{}}}"#,
+            "[".repeat(100_000)
+        );
+        assert_eq!(dec(&unbalanced), Err(Reject::InvalidJson));
+    }
+
+    #[test]
+    fn configured_field_names_and_fallback_time() {
+        let names = FieldNames {
+            user_id: "uid".into(),
+            event: "name".into(),
+            ts: "time".into(),
+            props: "p".into(),
+        };
+        let e = decode(
+            br#"{"uid":"u","name":"n","user_id":[],"p":{"k":"v"}}"#,
+            &names,
+            Some(5),
+        )
+        .expect("valid");
+        assert_eq!(
+            (e.user_id.as_ref(), e.name.as_ref(), e.ts_ms),
+            ("u", "n", 5)
+        );
+        assert_eq!(e.prop("k"), Some(PropValue::Str("v".into())));
+        assert_eq!(
+            decode(br#"{"uid":"u","name":"n"}"#, &names, None),
+            Err(Reject::BadTimestamp)
+        );
+    }
+}

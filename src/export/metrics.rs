@@ -1,0 +1,388 @@
+//! Prometheus metrics: a custom collector that turns the latest published
+//! [`Figures`] into metric families at scrape time, registered in an
+//! explicit registry (never a global one), and rendered by the
+//! `prometheus` crate's text encoder.
+//!
+//! Label values are bounded: definition names come from the config, dates
+//! from the `export_days` window, reasons and windows from fixed sets.
+
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use super::Published;
+use crate::engine::figures::Figures;
+use crate::event::Reject;
+
+const NS: &str = "cohortflow_";
+
+/// (name without prefix, help, type, variable labels)
+const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "cohort_users",
+        "Users in each cohort (by cohort date).",
+        MetricType::GAUGE,
+        &["retention", "cohort_date"],
+    ),
+    (
+        "retained_users",
+        "Users of the cohort with a return event on day N (or from day N on, in on_or_after mode).",
+        MetricType::GAUGE,
+        &["retention", "cohort_date", "day"],
+    ),
+    (
+        "retention_ratio",
+        "retained_users / cohort_users.",
+        MetricType::GAUGE,
+        &["retention", "cohort_date", "day"],
+    ),
+    (
+        "retention_mature",
+        "1 once the watermark has passed the end of day D+N (the cell is final), else 0.",
+        MetricType::GAUGE,
+        &["retention", "cohort_date", "day"],
+    ),
+    (
+        "retention_latest_ratio",
+        "Retention ratio of the latest mature cohort for each N: what alerts use.",
+        MetricType::GAUGE,
+        &["retention", "day"],
+    ),
+    (
+        "retention_latest_cohort_timestamp_seconds",
+        "Start of the cohort day behind retention_latest_ratio, as a date in UTC seconds.",
+        MetricType::GAUGE,
+        &["retention", "day"],
+    ),
+    (
+        "new_users",
+        "Users first seen on each business day.",
+        MetricType::GAUGE,
+        &["date"],
+    ),
+    (
+        "active_users",
+        "Distinct users active on the day (1d) or in the 7 or 30 days ending on it.",
+        MetricType::GAUGE,
+        &["window", "date"],
+    ),
+    (
+        "funnel_users",
+        "Users who entered the funnel on the day and reached at least this step.",
+        MetricType::GAUGE,
+        &["funnel", "step", "step_name", "entry_date"],
+    ),
+    (
+        "funnel_conversion_ratio",
+        "funnel_users of the step / funnel_users of step 1.",
+        MetricType::GAUGE,
+        &["funnel", "step", "step_name", "entry_date"],
+    ),
+    (
+        "funnel_conversions_total",
+        "(user, entry day) pairs that reached the step, ever.",
+        MetricType::COUNTER,
+        &["funnel", "step"],
+    ),
+    (
+        "funnel_time_to_convert_seconds",
+        "Time from step 1 to the step, over conversions seen.",
+        MetricType::SUMMARY,
+        &["funnel", "step"],
+    ),
+    (
+        "events_ingested_total",
+        "Events accepted into the engine.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "events_rejected_total",
+        "Messages rejected, by reason.",
+        MetricType::COUNTER,
+        &["reason"],
+    ),
+    (
+        "events_untracked_total",
+        "Accepted events of new users not tracked because max_users was reached.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "watermark_timestamp_seconds",
+        "Newest accepted event time minus the allowed lateness.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "max_event_timestamp_seconds",
+        "Newest accepted event time.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "tracked_users",
+        "Users remembered by the engine.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "max_tracked_users",
+        "The configured cap on remembered users.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "state_bytes",
+        "Estimated bytes of engine state.",
+        MetricType::GAUGE,
+        &[],
+    ),
+];
+
+/// Reads the latest figures at scrape time.
+#[derive(Debug)]
+pub struct FiguresCollector {
+    published: Arc<Published>,
+    max_users: u64,
+    descs: Vec<Desc>,
+}
+
+impl FiguresCollector {
+    /// A collector over `published`.
+    pub fn new(published: Arc<Published>, max_users: u64) -> prometheus::Result<Self> {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, help, _, labels)| {
+                Desc::new(
+                    format!("{NS}{name}"),
+                    (*help).to_owned(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    Default::default(),
+                )
+            })
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        Ok(FiguresCollector {
+            published,
+            max_users,
+            descs,
+        })
+    }
+}
+
+/// Builds one metric family at a time.
+struct Family {
+    mf: MetricFamily,
+    labels: &'static [&'static str],
+}
+
+impl Family {
+    fn new(name: &'static str) -> Family {
+        let (n, help, kind, labels) = FAMILIES
+            .iter()
+            .find(|f| f.0 == name)
+            .copied()
+            .unwrap_or_else(|| unreachable!("family {name} is declared in FAMILIES"));
+        let mut mf = MetricFamily::default();
+        mf.set_name(format!("{NS}{n}"));
+        mf.set_help(help.to_owned());
+        mf.set_field_type(kind);
+        Family { mf, labels }
+    }
+
+    fn labelled(&self, values: &[&str]) -> proto::Metric {
+        debug_assert_eq!(values.len(), self.labels.len());
+        let pairs = self
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(n, v)| {
+                let mut p = LabelPair::default();
+                p.set_name((*n).to_owned());
+                p.set_value((*v).to_owned());
+                p
+            })
+            .collect();
+        let mut m = proto::Metric::default();
+        m.set_label(pairs);
+        m
+    }
+
+    fn value(&mut self, values: &[&str], v: f64) {
+        let mut m = self.labelled(values);
+        match self.mf.get_field_type() {
+            MetricType::COUNTER => {
+                let mut c = proto::Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            }
+            _ => {
+                let mut g = proto::Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
+        }
+        self.mf.mut_metric().push(m);
+    }
+
+    fn summary(&mut self, values: &[&str], quantiles: &[(f64, f64)], sum: f64, count: u64) {
+        let mut m = self.labelled(values);
+        let mut s = proto::Summary::default();
+        s.set_sample_count(count);
+        s.set_sample_sum(sum);
+        s.set_quantile(
+            quantiles
+                .iter()
+                .map(|&(q, v)| {
+                    let mut p = proto::Quantile::default();
+                    p.set_quantile(q);
+                    p.set_value(v);
+                    p
+                })
+                .collect(),
+        );
+        m.set_summary(s);
+        self.mf.mut_metric().push(m);
+    }
+}
+
+/// Metric families for a set of figures.
+pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let mut cohort_users = Family::new("cohort_users");
+    let mut retained = Family::new("retained_users");
+    let mut ratio = Family::new("retention_ratio");
+    let mut mature = Family::new("retention_mature");
+    let mut latest = Family::new("retention_latest_ratio");
+    let mut latest_cohort = Family::new("retention_latest_cohort_timestamp_seconds");
+    for table in &f.retention {
+        let days: Vec<String> = table.days.iter().map(u32::to_string).collect();
+        for row in &table.cohorts {
+            cohort_users.value(&[&table.name, &row.date], row.users as f64);
+            for (i, day) in days.iter().enumerate() {
+                let labels = [table.name.as_str(), row.date.as_str(), day.as_str()];
+                retained.value(&labels, row.retained[i] as f64);
+                ratio.value(&labels, row.retained[i] as f64 / row.users as f64);
+                mature.value(&labels, f64::from(u8::from(row.mature[i])));
+            }
+        }
+        for (i, day) in days.iter().enumerate() {
+            if let Some(row) = table.cohorts.iter().rev().find(|r| r.mature[i]) {
+                latest.value(
+                    &[&table.name, day],
+                    row.retained[i] as f64 / row.users as f64,
+                );
+                if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
+                    if let Ok(z) = date.to_zoned(jiff::tz::TimeZone::UTC) {
+                        latest_cohort.value(&[&table.name, day], z.timestamp().as_second() as f64);
+                    }
+                }
+            }
+        }
+    }
+    out.extend([cohort_users, retained, ratio, mature, latest, latest_cohort].map(|f| f.mf));
+
+    let mut new_users = Family::new("new_users");
+    let mut active = Family::new("active_users");
+    for row in &f.activity {
+        new_users.value(&[&row.date], row.new_users as f64);
+        active.value(&["1d", &row.date], row.dau as f64);
+        active.value(&["7d", &row.date], row.wau as f64);
+        active.value(&["30d", &row.date], row.mau as f64);
+    }
+    out.extend([new_users, active].map(|f| f.mf));
+
+    let mut users = Family::new("funnel_users");
+    let mut conversion = Family::new("funnel_conversion_ratio");
+    let mut conversions = Family::new("funnel_conversions_total");
+    let mut ttc = Family::new("funnel_time_to_convert_seconds");
+    for table in &f.funnels {
+        let steps: Vec<String> = (1..=table.steps.len()).map(|k| k.to_string()).collect();
+        for row in &table.entries {
+            let entered = row.users.first().copied().unwrap_or(0);
+            for (k, name) in table.steps.iter().enumerate() {
+                let labels = [
+                    table.name.as_str(),
+                    steps[k].as_str(),
+                    name.as_str(),
+                    row.date.as_str(),
+                ];
+                users.value(&labels, row.users[k] as f64);
+                if entered > 0 {
+                    conversion.value(&labels, row.users[k] as f64 / entered as f64);
+                }
+            }
+        }
+        for (k, step) in steps.iter().enumerate() {
+            conversions.value(&[&table.name, step], table.conversions_total[k] as f64);
+            if k > 0 {
+                let t = &table.time_to_convert[k];
+                ttc.summary(&[&table.name, step], &t.quantiles, t.sum_seconds, t.count);
+            }
+        }
+    }
+    out.extend([users, conversion, conversions, ttc].map(|f| f.mf));
+
+    let mut ingested = Family::new("events_ingested_total");
+    ingested.value(&[], f.counters.ingested as f64);
+    let mut rejected = Family::new("events_rejected_total");
+    for reason in Reject::ALL {
+        rejected.value(
+            &[reason.as_str()],
+            f.counters.rejected[reason.index()] as f64,
+        );
+    }
+    let mut untracked = Family::new("events_untracked_total");
+    untracked.value(&[], f.counters.untracked as f64);
+    out.extend([ingested, rejected, untracked].map(|f| f.mf));
+
+    if let Some(w) = f.watermark_ms {
+        let mut g = Family::new("watermark_timestamp_seconds");
+        g.value(&[], w as f64 / 1000.0);
+        out.push(g.mf);
+    }
+    if let Some(m) = f.max_event_ms {
+        let mut g = Family::new("max_event_timestamp_seconds");
+        g.value(&[], m as f64 / 1000.0);
+        out.push(g.mf);
+    }
+    for (name, v) in [
+        ("tracked_users", f.tracked_users),
+        ("max_tracked_users", max_users),
+        ("state_bytes", f.state_bytes),
+    ] {
+        let mut g = Family::new(name);
+        g.value(&[], v as f64);
+        out.push(g.mf);
+    }
+    out
+}
+
+impl Collector for FiguresCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        families(&self.published.figures(), self.max_users)
+    }
+}
+
+/// A registry with the figures collector (and, on Linux, process metrics).
+pub fn registry(published: Arc<Published>, max_users: u64) -> prometheus::Result<Registry> {
+    let registry = Registry::new();
+    registry.register(Box::new(FiguresCollector::new(published, max_users)?))?;
+    Ok(registry)
+}
+
+/// The Prometheus text exposition of everything in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families.
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

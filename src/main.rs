@@ -1,0 +1,309 @@
+//! The `cohortflow` command: CLI, logging, signals; wiring only.
+
+use std::io::{self, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use cohortflow::config::Config;
+use cohortflow::engine::Engine;
+use cohortflow::export::{Published, http, metrics};
+use cohortflow::source::demo::{DEMO_CONFIG, Generator};
+use cohortflow::source::file::replay_into;
+
+#[derive(Parser)]
+#[command(
+    name = "cohortflow",
+    version,
+    about = "Real-time retention, activity and funnel figures as Prometheus metrics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Built-in traffic through the engine in accelerated time; no Kafka, no config.
+    Demo {
+        /// Where /metrics and the JSON API are served.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: SocketAddr,
+        /// Simulated seconds per real second once the backfill is done.
+        #[arg(long, default_value_t = 600.0)]
+        speed: f64,
+        /// Days of history generated at start, as fast as possible.
+        #[arg(long, default_value_t = 35)]
+        backfill_days: u32,
+        /// Sign-ups per simulated day.
+        #[arg(long, default_value_t = 2000.0)]
+        users_per_day: f64,
+        /// Random seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// NDJSON through the engine as fast as it goes; prints the final metrics.
+    Replay {
+        /// The config file (defaults apply without one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Keep serving the final figures here after the input ends.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Input files; `-` (the default) reads standard input.
+        inputs: Vec<PathBuf>,
+    },
+    /// Validates a config file (environment overrides included) and exits.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file))
+                .with_context(|| format!("{} is not valid", file.display()))?;
+            println!(
+                "{}: ok ({} retention definitions, {} funnels, time zone {})",
+                file.display(),
+                config.engine.retention.len(),
+                config.engine.funnels.len(),
+                config.engine.timezone_name
+            );
+            Ok(())
+        }
+        Command::Replay {
+            config,
+            listen,
+            inputs,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            init_logging(&config);
+            replay(config, listen, inputs)
+        }
+        Command::Demo {
+            listen,
+            speed,
+            backfill_days,
+            users_per_day,
+            seed,
+        } => {
+            let mut config = Config::from_toml_str(DEMO_CONFIG)?;
+            config.listen = listen;
+            init_logging(&config);
+            demo(config, speed, backfill_days, users_per_day, seed)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> Result<()> {
+    let mut engine = Engine::new(Arc::new(config.engine.clone()));
+    let inputs = if inputs.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        inputs
+    };
+    let started = Instant::now();
+    let now = now_ms();
+    let mut last_report = Instant::now();
+    let mut total = 0u64;
+    for input in &inputs {
+        let progress = |n: u64| {
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{}: {} lines, {:.0} lines/s",
+                    input.display(),
+                    n,
+                    (total + n) as f64 / secs
+                );
+                last_report = Instant::now();
+            }
+        };
+        let n = if input == Path::new("-") {
+            replay_into(&mut engine, io::stdin().lock(), now, 1 << 20, progress)
+        } else {
+            let file = std::fs::File::open(input)
+                .with_context(|| format!("cannot open {}", input.display()))?;
+            replay_into(
+                &mut engine,
+                BufReader::with_capacity(1 << 20, file),
+                now,
+                1 << 20,
+                progress,
+            )
+        }
+        .with_context(|| format!("reading {}", input.display()))?;
+        total += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let counters = engine.counters();
+    info!(
+        lines = total,
+        ingested = counters.ingested,
+        rejected = counters.read() - counters.ingested,
+        seconds = format!("{secs:.3}"),
+        lines_per_second = format!("{:.0}", total as f64 / secs.max(1e-9)),
+        "replay done"
+    );
+    let published = Published::new();
+    published.publish(engine.figures());
+    published.set_ready(true);
+    let registry = metrics::registry(published.clone(), config.engine.max_users)?;
+    io::stdout().write_all(metrics::render(&registry).as_bytes())?;
+    io::stdout().flush()?;
+    if let Some(addr) = listen {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async move {
+            let shutdown = shutdown_on_signal();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            info!(%addr, "serving the final figures until interrupted");
+            http::serve(listener, http::router(registry, published), shutdown).await?;
+            Ok::<_, anyhow::Error>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        t.cancel();
+    });
+    token
+}
+
+fn demo(
+    config: Config,
+    speed: f64,
+    backfill_days: u32,
+    users_per_day: f64,
+    seed: u64,
+) -> Result<()> {
+    if !(speed.is_finite() && speed > 0.0) {
+        bail!("--speed must be a positive number");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        let published = Published::new();
+        let registry = metrics::registry(published.clone(), config.engine.max_users)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        info!("demo serving http://{addr}/metrics, http://{addr}/api/v1/retention, http://{addr}/api/v1/funnels");
+        let server = tokio::spawn(http::serve(listener, http::router(registry, published.clone()), shutdown.clone()));
+
+        let engine_cfg = Arc::new(config.engine.clone());
+        let stop = shutdown.clone();
+        let generator = tokio::task::spawn_blocking(move || {
+            run_demo_generator(engine_cfg, &published, &stop, speed, backfill_days, users_per_day, seed)
+        });
+        let result = generator.await;
+        shutdown.cancel();
+        server.await??;
+        result?
+    })
+}
+
+/// Drives the generator: a backfill as fast as it goes, then simulated time
+/// at `speed`× the wall clock, publishing figures every 200 ms.
+fn run_demo_generator(
+    cfg: Arc<cohortflow::config::EngineConfig>,
+    published: &Published,
+    stop: &CancellationToken,
+    speed: f64,
+    backfill_days: u32,
+    users_per_day: f64,
+    seed: u64,
+) -> Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let mut engine = Engine::new(cfg);
+    let now = now_ms();
+    let start = (now / DAY_MS - i64::from(backfill_days)) * DAY_MS;
+    let mut generator = Generator::new(seed, start, users_per_day);
+    let mut lines = Vec::new();
+    let mut feed = |engine: &mut Engine, generator: &mut Generator, until: i64| {
+        lines.clear();
+        generator.advance_to(until, &mut lines);
+        for line in &lines {
+            // Simulated time is the engine's clock; rejects are counted inside.
+            let _ = engine.apply(line, None, generator.clock_ms());
+        }
+    };
+    // Backfill one simulated hour at a time, publishing as it goes.
+    while generator.clock_ms() < now && !stop.is_cancelled() {
+        let until = (generator.clock_ms() + 3_600_000).min(now);
+        feed(&mut engine, &mut generator, until);
+        published.publish(engine.figures());
+    }
+    info!(
+        events = engine.counters().ingested,
+        "backfill done; running at {speed}x"
+    );
+    published.set_ready(true);
+    let mut tick = Instant::now();
+    while !stop.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(200));
+        let elapsed = tick.elapsed();
+        tick = Instant::now();
+        let until = generator.clock_ms() + (elapsed.as_secs_f64() * 1000.0 * speed) as i64;
+        feed(&mut engine, &mut generator, until);
+        published.publish(engine.figures());
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Sources that feed the engine: NDJSON files and stdin (`replay`), and the
+//! built-in traffic generator (`demo`).
+
+pub mod demo;
+pub mod file;
