@@ -169,6 +169,11 @@ impl<'a> Event<'a> {
         }
     }
 
+    /// The raw JSON text of `props`, if present.
+    pub fn props_raw(&self) -> Option<&'a str> {
+        self.props.map(RawValue::get)
+    }
+
     /// The value of property `key`, if `props` is an object holding it with
     /// a usable value. Anything else (not an object, another type, a number
     /// out of range, a string with a lone surrogate) reads as absent.

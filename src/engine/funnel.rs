@@ -18,6 +18,10 @@ pub struct Hit {
     /// Bit k set when the event can fill step k+1 (before the entry-day
     /// restriction of step 1).
     pub mask: u32,
+    /// A hash of the event's name and props: tells apart distinct events at
+    /// one time (which matter to `strict_once`) while a replayed event
+    /// stays one event.
+    pub tag: u32,
 }
 
 /// The best chain found for an entry day.
@@ -66,7 +70,9 @@ pub fn level(
                     continue;
                 }
                 previous_start = Some(h.ts);
-                let chain = level_from(&hits[i..], window, steps, mode);
+                // The whole group at the start time, not just from this hit on.
+                let group_from = hits[..i].partition_point(|x| x.ts < h.ts);
+                let chain = level_from(&hits[group_from..], window, steps, mode);
                 if chain.level > best.level {
                     best = chain;
                     if best.level == steps {
@@ -206,6 +212,7 @@ mod tests {
         Hit {
             ts,
             mask: steps.iter().fold(0, |m, s| m | 1 << s),
+            tag: 0,
         }
     }
 

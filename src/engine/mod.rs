@@ -365,9 +365,12 @@ impl Engine {
         }
 
         // Funnels.
-        for (f, &mask) in masks.iter().enumerate() {
-            if mask != 0 {
-                self.funnel_event(f, uid, Hit { ts, mask }, day);
+        if masks.iter().any(|&m| m != 0) {
+            let tag = event_tag(ev);
+            for (f, &mask) in masks.iter().enumerate() {
+                if mask != 0 {
+                    self.funnel_event(f, uid, Hit { ts, mask, tag }, day);
+                }
             }
         }
         self.scratch_masks = masks;
@@ -725,6 +728,13 @@ impl Engine {
             .sum();
         (ids + users + retention + funnels) as u64
     }
+}
+
+/// A stable hash of what makes two events of one user at one time distinct.
+fn event_tag(ev: &Event<'_>) -> u32 {
+    use std::hash::BuildHasher;
+    let state = foldhash::fast::FixedState::with_seed(0x636f_686f_7274);
+    state.hash_one((ev.name.as_ref(), ev.props_raw().unwrap_or(""))) as u32
 }
 
 fn prune_hits(user: &mut FunnelUser, cutoff: i64) {
