@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Independent reference for cohortflow's figures: ClickHouse itself (chdb).
+
+Reads the NDJSON that was replayed, validates every line with its own
+implementation of SPEC section 1 (and the watermark rules of section 2),
+loads the accepted events into ClickHouse, computes every figure with
+retention(), windowFunnel(), uniqExact() and min(), and compares them with
+the Prometheus text that `cohortflow replay` printed. Prints every
+difference; exits 1 if there is any.
+
+The definitions checked must match tests/clickhouse.rs's config (CONFIG).
+"""
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import zoneinfo
+
+import chdb
+
+MAX_BYTES = 1 << 20
+END_MS = 4102444800000
+LATENESS_MS = 10 * 60 * 1000
+HISTORY_DAYS = 35
+FUTURE_SKEW_MS = 5 * 60 * 1000
+
+# (name, cohort event or None for any, return event or None, days, mode)
+RETENTION = [
+    ("new_users", None, None, [1, 2, 3, 7], "on"),
+    ("payers", "signup", "pay", [1, 3], "on_or_after"),
+    ("viewers", "signup", "view", [1, 2], "on"),
+]
+# (name, window ms, mode, steps as (event, channel filter or None))
+FUNNELS = [
+    ("checkout", 3600_000, "default", [("view", None), ("add_to_cart", None), ("order", None)]),
+    ("onboarding", 86400_000, "default", [("signup", None), ("verify", None), ("pay", None)]),
+    ("ads_once", 3600_000, "strict_once", [("view", "ads"), ("add_to_cart", None), ("order", None)]),
+    ("double_view", 1800_000, "strict_once", [("view", None), ("view", None), ("add_to_cart", None)]),
+    ("increasing", 1800_000, "strict_increase", [("view", None), ("add_to_cart", None), ("order", None)]),
+]
+
+RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+class Obj(list):
+    """A JSON object as its list of (key, value) pairs, duplicates kept."""
+
+
+def no_constants(name):
+    raise ValueError(f"not JSON: {name}")
+
+
+def valid_unicode(s):
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def parse_ts(v):
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if 0 <= v < END_MS else None
+    if not isinstance(v, str) or not valid_unicode(v):
+        return None
+    m = RFC3339.match(v)
+    if not m:
+        return None
+    y, mo, d, h, mi, s, frac, off = m.groups()
+    if int(h) > 23 or int(mi) > 59 or int(s) > 60:
+        return None
+    if off in ("Z", "z"):
+        offset = 0
+    else:
+        oh, om = int(off[1:3]), int(off[4:6])
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 60 + om) * 60 * (1 if off[0] == "+" else -1)
+    try:
+        civil = dt.datetime(int(y), int(mo), int(d), int(h), int(mi), min(int(s), 59), tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+    ms = int(civil.timestamp()) * 1000 - offset * 1000 + int(((frac or "") + "000")[:3])
+    return ms if 0 <= ms < END_MS else None
+
+
+def validate(raw):
+    """(reason, None) or (None, (user_id, event, ts_ms, props dict or None))."""
+    if len(raw) > MAX_BYTES:
+        return "too_large", None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8", None
+    try:
+        top = json.loads(text, object_pairs_hook=Obj, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        return "invalid_json", None
+    if not isinstance(top, Obj):
+        return "not_object", None
+    fields = {}
+    for k, v in top:
+        if k in ("user_id", "event", "ts"):
+            if k in fields:
+                return "duplicate_key", None
+            fields[k] = v
+        elif k == "props":
+            fields["props"] = v
+    uid = fields.get("user_id")
+    if isinstance(uid, bool) or uid is None:
+        return "bad_user_id", None
+    if isinstance(uid, int):
+        uid = str(uid)
+    if not isinstance(uid, str) or uid == "" or not valid_unicode(uid):
+        return "bad_user_id", None
+    ev = fields.get("event")
+    if not isinstance(ev, str) or ev == "" or not valid_unicode(ev):
+        return "bad_event", None
+    ts = parse_ts(fields.get("ts"))
+    if ts is None:
+        return "bad_timestamp", None
+    props = fields.get("props")
+    props = dict(props) if isinstance(props, Obj) else None
+    return None, (uid, ev, ts, props)
+
+
+def usable_str(v):
+    return v if isinstance(v, str) and valid_unicode(v) else None
+
+
+def canonical(props):
+    def clean(v):
+        if isinstance(v, Obj):
+            return {k: clean(x) for k, x in v}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, str) and not valid_unicode(v):
+            return v.encode("utf-8", "surrogatepass").hex()
+        return v
+
+    return json.dumps(clean(Obj(props.items())) if props is not None else None, sort_keys=True)
+
+
+def parse_metrics(path):
+    out = {}
+    line_re = re.compile(r'^(cohortflow_[a-z_]+)(?:\{(.*)\})? (\S+)$')
+    label_re = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            m = line_re.match(line.strip())
+            if not m:
+                continue
+            name, labels, value = m.groups()
+            key = (name, tuple(sorted(label_re.findall(labels or ""))))
+            out[key] = float(value)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tz", required=True)
+    ap.add_argument("--events", required=True)
+    ap.add_argument("--metrics", required=True)
+    args = ap.parse_args()
+    sys.setrecursionlimit(20000)
+    tz = zoneinfo.ZoneInfo(args.tz)
+    now_ms = int(time.time() * 1000)
+
+    counts = {}
+    accepted = []
+    max_ts = None
+    with open(args.events, "rb") as f:
+        for raw in f:
+            raw = raw.rstrip(b"\n")
+            if raw.strip(b" \t\r\n\x0b\x0c") == b"":
+                continue
+            reason, ev = validate(raw)
+            if ev is not None:
+                ts = ev[2]
+                if ts > now_ms + FUTURE_SKEW_MS:
+                    reason = "too_early"
+                elif max_ts is not None and ts < max_ts - LATENESS_MS - HISTORY_DAYS * 86400_000:
+                    reason = "too_late"
+            if reason:
+                counts[reason] = counts.get(reason, 0) + 1
+                continue
+            counts["ingested"] = counts.get("ingested", 0) + 1
+            max_ts = ts if max_ts is None else max(max_ts, ts)
+            accepted.append(ev)
+
+    wm_day = dt.datetime.fromtimestamp((max_ts - LATENESS_MS) / 1000, tz).date()
+
+    expected = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "events.jsonl")
+        with open(path, "w") as f:
+            for uid, ev, ts, props in accepted:
+                channel = usable_str(props.get("channel")) if props else None
+                f.write(json.dumps({"user_id": uid, "event": ev, "ts_ms": ts, "channel": channel,
+                                    "props": canonical(props)}) + "\n")
+        src = f"file('{path}', 'JSONEachRow', 'user_id String, event String, ts_ms Int64, channel Nullable(String), props String')"
+        base = (f"(SELECT DISTINCT user_id, event, ts_ms, channel, props, "
+                f"toDate(fromUnixTimestamp64Milli(ts_ms, '{args.tz}')) AS day FROM {src})")
+
+        def q(sql):
+            res = chdb.query(sql, "JSONEachRow")
+            return [json.loads(l) for l in str(res).splitlines() if l.strip()]
+
+        def date(s):
+            return dt.date.fromisoformat(s)
+
+        # Activity and new users.
+        new = {date(r["first"]): int(r["c"]) for r in q(
+            f"SELECT toString(first) AS first, count() AS c FROM "
+            f"(SELECT user_id, min(day) AS first FROM {base} GROUP BY user_id) GROUP BY first")}
+        windows = {}
+        for label, n in (("1d", 1), ("7d", 7), ("30d", 30)):
+            windows[label] = {date(r["d"]): int(r["c"]) for r in q(
+                f"SELECT toString(day + k) AS d, uniqExact(user_id) AS c FROM (SELECT DISTINCT user_id, day FROM {base}) "
+                f"ARRAY JOIN range(0, {n}) AS k GROUP BY d")}
+        for d, mau in windows["30d"].items():
+            if d > wm_day or mau == 0:
+                continue
+            ds = str(d)
+            expected[("cohortflow_new_users", (("date", ds),))] = new.get(d, 0)
+            for label in ("1d", "7d", "30d"):
+                expected[("cohortflow_active_users", (("date", ds), ("window", label)))] = windows[label].get(d, 0)
+
+        # Retention.
+        for name, cohort_ev, return_ev, days, mode in RETENTION:
+            cohort_cond = f"event = '{cohort_ev}'" if cohort_ev else "1"
+            return_cond = f"event = '{return_ev}'" if return_ev else "1"
+            op = "=" if mode == "on" else ">="
+            conds = ", ".join(f"({return_cond}) AND day {op} cohort + {n}" for n in days)
+            sums = ", ".join(f"sum(r[{i + 2}]) AS r{i}" for i in range(len(days)))
+            rows = q(
+                f"SELECT toString(cohort) AS cohort, count() AS users, {sums} FROM ("
+                f" SELECT user_id, cohort, retention(day = cohort AND ({cohort_cond}), {conds}) AS r"
+                f" FROM {base} AS e INNER JOIN (SELECT user_id, min(day) AS cohort FROM {base} WHERE {cohort_cond} GROUP BY user_id) AS c USING user_id"
+                f" GROUP BY user_id, cohort) GROUP BY cohort")
+            for r in rows:
+                if date(r["cohort"]) > wm_day:
+                    continue
+                expected[("cohortflow_cohort_users", (("cohort_date", r["cohort"]), ("retention", name)))] = int(r["users"])
+                for i, n in enumerate(days):
+                    key = ("cohortflow_retained_users", (("cohort_date", r["cohort"]), ("day", str(n)), ("retention", name)))
+                    expected[key] = int(r[f"r{i}"])
+
+        # Funnels.
+        at_least = set()
+        for name, window, mode, steps in FUNNELS:
+            def cond(step):
+                ev, channel = step
+                return f"event = '{ev}'" + (f" AND channel = '{channel}'" if channel else "")
+            params = f"{window}" + (f", '{mode}'" if mode != "default" else "")
+            step_conds = ", ".join([f"({cond(steps[0])}) AND day = d"] + [cond(s) for s in steps[1:]])
+            rows = q(
+                f"SELECT toString(d) AS d, lvl, count() AS c FROM ("
+                f" SELECT user_id, d, windowFunnel({params})(toUInt64(ts_ms), {step_conds}) AS lvl"
+                f" FROM {base} AS e INNER JOIN (SELECT user_id, groupUniqArray(day) AS ds FROM {base} WHERE {cond(steps[0])} GROUP BY user_id) AS x USING user_id"
+                f" ARRAY JOIN ds AS d GROUP BY user_id, d) GROUP BY d, lvl")
+            per_day = {}
+            for r in rows:
+                per_day.setdefault(r["d"], [0] * (len(steps) + 1))[int(r["lvl"])] += int(r["c"])
+            for d, by_level in per_day.items():
+                if date(d) > wm_day:
+                    continue
+                for k in range(1, len(steps) + 1):
+                    key = ("cohortflow_funnel_users", (("entry_date", d), ("funnel", name), ("step", str(k)), ("step_name", steps[k - 1][0])))
+                    expected[key] = sum(by_level[k:])
+                    if mode == "strict_increase":
+                        at_least.add(key)
+
+    for reason in ("too_large", "invalid_utf8", "invalid_json", "not_object", "duplicate_key", "bad_user_id",
+                   "bad_event", "bad_timestamp", "too_late", "too_early"):
+        expected[("cohortflow_events_rejected_total", (("reason", reason),))] = counts.get(reason, 0)
+    expected[("cohortflow_events_ingested_total", ())] = counts.get("ingested", 0)
+
+    got = parse_metrics(args.metrics)
+    checked = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
+               "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total"}
+    got = {k: v for k, v in got.items() if k[0] in checked}
+    diffs = []
+    above = 0
+    for key in sorted(set(expected) | set(got)):
+        want, have = expected.get(key), got.get(key)
+        if key in at_least and want is not None and have is not None and have >= want:
+            above += have > want
+            continue
+        if want is None or have is None or float(want) != have:
+            diffs.append((key, want, have))
+    for key, want, have in diffs[:50]:
+        print(f"DIFF {key[0]}{dict(key[1])}: clickhouse={want} cohortflow={have}")
+    print(f"{args.tz}: {len(accepted)} accepted, rejected {dict(sorted((k, v) for k, v in counts.items() if k != 'ingested'))}")
+    print(f"{args.tz}: compared {len(set(expected) | set(got))} series, {len(diffs)} differ; "
+          f"strict_increase above ClickHouse's latest-chain figure in {above} series")
+    return 1 if diffs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
