@@ -14,6 +14,7 @@
 //! lone surrogate escape in them only matters if something reads them.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
@@ -491,11 +492,34 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let date = jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
-    let time = jiff::civil::Time::new(hour as i8, minute as i8, second.min(59) as i8, 0).ok()?;
-    let offset = jiff::tz::Offset::from_seconds(offset_secs).ok()?;
-    let ts = offset.to_timestamp(date.to_datetime(time)).ok()?;
-    Some(ts.as_millisecond() + millis)
+    let midnight = utc_midnight_ms(&b[..10], year, month, day)?;
+    let secs = i64::from(hour * 3600 + minute * 60 + second.min(59) - offset_secs);
+    Some(midnight + secs * 1000 + millis)
+}
+
+/// Epoch ms of 00:00 UTC on a date, validated by jiff. Consecutive events
+/// nearly always share their date, so the last one is remembered (per
+/// thread): this keeps calendar work off the per-event path.
+fn utc_midnight_ms(text: &[u8], year: i32, month: i32, day: i32) -> Option<i64> {
+    thread_local! {
+        static LAST: Cell<([u8; 10], i64)> = const { Cell::new(([0; 10], i64::MIN)) };
+    }
+    let key: [u8; 10] = text.try_into().ok()?;
+    LAST.with(|last| {
+        let (k, ms) = last.get();
+        if k == key && ms != i64::MIN {
+            return Some(ms);
+        }
+        let date =
+            jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
+        let ms = date
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp()
+            .as_millisecond();
+        last.set((key, ms));
+        Some(ms)
+    })
 }
 
 #[cfg(test)]

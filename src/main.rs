@@ -1,6 +1,6 @@
 //! The `cohortflow` command: CLI, logging, signals; wiring only.
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +59,21 @@ enum Command {
         /// Input files; `-` (the default) reads standard input.
         inputs: Vec<PathBuf>,
     },
+    /// Writes generated traffic (the demo's generator) as NDJSON to stdout.
+    Generate {
+        /// Simulated days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Sign-ups per simulated day.
+        #[arg(long, default_value_t = 2000.0)]
+        users_per_day: f64,
+        /// First simulated instant, epoch ms (default: `days` days before today, UTC).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Random seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Validates a config file (environment overrides included) and exits.
     CheckConfig {
         /// The config file.
@@ -90,6 +105,12 @@ fn main() -> Result<()> {
             init_logging(&config);
             replay(config, listen, inputs)
         }
+        Command::Generate {
+            days,
+            users_per_day,
+            start_ms,
+            seed,
+        } => generate(days, users_per_day, start_ms, seed),
         Command::Demo {
             listen,
             speed,
@@ -110,6 +131,7 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(io::stderr);
     if config.log_json {
         builder.json().init();
@@ -224,6 +246,25 @@ fn shutdown_on_signal() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+fn generate(days: u32, users_per_day: f64, start_ms: Option<i64>, seed: u64) -> Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let start = start_ms.unwrap_or((now_ms() / DAY_MS - i64::from(days)) * DAY_MS);
+    let mut generator = Generator::new(seed, start, users_per_day);
+    let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+    let mut lines = Vec::new();
+    let end = start + i64::from(days) * DAY_MS;
+    while generator.clock_ms() < end {
+        lines.clear();
+        generator.advance_to((generator.clock_ms() + 3_600_000).min(end), &mut lines);
+        for line in &lines {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn demo(

@@ -54,6 +54,17 @@ impl Calendar {
         day
     }
 
+    /// `[start, end)` of `day` in epoch ms; cached like [`Calendar::day_of`].
+    pub fn bounds(&self, day: Day) -> (i64, i64) {
+        let (start, end, cached) = self.last.get();
+        if cached == day && end > start {
+            return (start, end);
+        }
+        let bounds = (self.day_start_ms(day), self.day_start_ms(day + 1));
+        self.last.set((bounds.0, bounds.1, day));
+        bounds
+    }
+
     /// Epoch ms of the first instant of `day` in the zone.
     pub fn day_start_ms(&self, day: Day) -> i64 {
         let date = date_of(day);

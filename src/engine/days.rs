@@ -1,6 +1,6 @@
 //! Per-user sets of active days and per-day counter rows.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use super::calendar::Day;
 
@@ -64,32 +64,22 @@ impl DayBits {
         k < SPAN && self.bits & (1u128 << k) != 0
     }
 
-    /// Whether any day in `from..=to` other than `except` is in the set.
-    pub fn any_in_except(&self, from: Day, to: Day, except: Day) -> bool {
-        if self.last == NO_DAY || to < from {
-            return false;
+    /// The nearest days in the set before and after `day` (which is in
+    /// the set), found with two bit scans.
+    pub fn neighbors(&self, day: Day) -> (Option<Day>, Option<Day>) {
+        if self.last == NO_DAY || day > self.last || self.last - day >= SPAN {
+            return (None, None);
         }
-        let to = to.min(self.last);
-        if to < from {
-            return false;
-        }
-        // Bits for days to..=from are k = last-to ..= last-from.
-        let lo = self.last - to;
-        let hi = (self.last - from).min(SPAN - 1);
-        if lo > hi {
-            return false;
-        }
-        let width = hi - lo + 1;
-        let window = if width >= SPAN {
-            u128::MAX
+        let k = (self.last - day) as u32;
+        let earlier = if k + 1 >= SPAN as u32 {
+            0
         } else {
-            ((1u128 << width) - 1) << lo
+            self.bits >> (k + 1)
         };
-        let mut bits = self.bits & window;
-        if except <= self.last && self.last - except < SPAN {
-            bits &= !(1u128 << (self.last - except));
-        }
-        bits != 0
+        let prev = (earlier != 0).then(|| self.last - (k + 1 + earlier.trailing_zeros()) as Day);
+        let later = self.bits & ((1u128 << k) - 1);
+        let next = (later != 0).then(|| self.last - (127 - later.leading_zeros()) as Day);
+        (prev, next)
     }
 
     /// The latest day in the set, if any.
@@ -98,17 +88,22 @@ impl DayBits {
     }
 }
 
-/// Counter rows per business day, kept from a moving first day on.
+/// Counter rows per business day, kept from a moving first day on: a ring
+/// indexed by day, so that a lookup is O(1) on the hot path. Days between
+/// rows that were touched hold default (zero) rows.
 #[derive(Debug, Clone)]
 pub struct DayRows<T> {
-    rows: BTreeMap<Day, T>,
+    /// Day of `rows[0]`.
+    base: Day,
+    rows: VecDeque<T>,
     keep_from: Day,
 }
 
 impl<T: Default> Default for DayRows<T> {
     fn default() -> Self {
         DayRows {
-            rows: BTreeMap::new(),
+            base: 0,
+            rows: VecDeque::new(),
             keep_from: Day::MIN,
         }
     }
@@ -121,25 +116,49 @@ impl<T: Default> DayRows<T> {
         if day < self.keep_from {
             return None;
         }
-        Some(self.rows.entry(day).or_default())
+        if self.rows.is_empty() {
+            self.base = day;
+        }
+        if day < self.base {
+            for _ in day..self.base {
+                self.rows.push_front(T::default());
+            }
+            self.base = day;
+        }
+        let i = (day - self.base) as usize;
+        while self.rows.len() <= i {
+            self.rows.push_back(T::default());
+        }
+        self.rows.get_mut(i)
     }
 
     /// The row of `day`, if it exists.
     pub fn get(&self, day: Day) -> Option<&T> {
-        self.rows.get(&day)
+        if day < self.base {
+            return None;
+        }
+        self.rows.get((day - self.base) as usize)
     }
 
     /// Drops rows before `day`; they will not be recreated.
     pub fn drop_before(&mut self, day: Day) {
-        if day > self.keep_from {
-            self.keep_from = day;
-            self.rows = self.rows.split_off(&day);
+        if day <= self.keep_from {
+            return;
+        }
+        self.keep_from = day;
+        while !self.rows.is_empty() && self.base < day {
+            self.rows.pop_front();
+            self.base += 1;
         }
     }
 
     /// Rows with days in `from..=to`, ascending.
     pub fn range(&self, from: Day, to: Day) -> impl Iterator<Item = (Day, &T)> {
-        self.rows.range(from..=to).map(|(d, r)| (*d, r))
+        self.rows
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| (self.base + i as Day, r))
+            .filter(move |(d, _)| *d >= from && *d <= to)
     }
 }
 
@@ -156,10 +175,9 @@ mod tests {
         assert!(b.insert(90));
         assert!(b.insert(101));
         assert!(b.contains(90) && b.contains(100) && b.contains(101) && !b.contains(95));
-        assert!(b.any_in_except(95, 100, 101));
-        assert!(!b.any_in_except(91, 99, 0));
-        assert!(!b.any_in_except(100, 100, 100));
-        assert!(b.any_in_except(0, 1000, 101));
+        assert_eq!(b.neighbors(100), (Some(90), Some(101)));
+        assert_eq!(b.neighbors(90), (None, Some(100)));
+        assert_eq!(b.neighbors(101), (Some(100), None));
         assert_eq!(b.latest(), Some(101));
         assert!(b.insert(101 + 200));
         assert!(!b.contains(101));
@@ -171,8 +189,16 @@ mod tests {
         let mut r: DayRows<u32> = DayRows::default();
         *r.row(1).expect("kept") += 1;
         *r.row(5).expect("kept") += 1;
+        assert_eq!(r.range(0, 10).count(), 5);
+        assert_eq!(r.get(3), Some(&0));
         r.drop_before(3);
         assert!(r.row(2).is_none());
-        assert_eq!(r.range(0, 10).count(), 1);
+        assert_eq!(
+            r.range(0, 10).map(|(d, _)| d).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(r.get(5), Some(&1));
+        *r.row(8).expect("kept") += 2;
+        assert_eq!(r.range(7, 8).collect::<Vec<_>>(), vec![(7, &0), (8, &2)]);
     }
 }

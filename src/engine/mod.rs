@@ -337,13 +337,19 @@ impl Engine {
             if let Some(row) = self.activity.row(day) {
                 row.dau += 1;
             }
-            for d in day..day + MAU_DAYS {
-                let in_wau = d < day + WAU_DAYS && !active.any_in_except(d - WAU_DAYS + 1, d, day);
-                let in_mau = !active.any_in_except(d - MAU_DAYS + 1, d, day);
-                if in_wau || in_mau {
+            // Day d's window newly holds the user iff no other active day
+            // falls in it: d after prev + window - 1 and before next.
+            let (prev, next) = active.neighbors(day);
+            let until = next.unwrap_or(Day::MAX);
+            for (window, is_mau) in [(WAU_DAYS, false), (MAU_DAYS, true)] {
+                let from = prev.map_or(day, |p| day.max(p + window));
+                for d in from..(day + window).min(until) {
                     if let Some(row) = self.activity.row(d) {
-                        row.wau += i64::from(in_wau);
-                        row.mau += i64::from(in_mau);
+                        if is_mau {
+                            row.mau += 1;
+                        } else {
+                            row.wau += 1;
+                        }
                     }
                 }
             }
@@ -521,8 +527,7 @@ impl Engine {
             self.cal.day_of(hit.ts - window)
         };
         for d in first_day..=day {
-            let start = self.cal.day_start_ms(d);
-            let end = self.cal.day_start_ms(d + 1);
+            let (start, end) = self.cal.bounds(d);
             let user = match self.funnels[f].users.get(&uid) {
                 Some(u) => u,
                 None => return,
@@ -655,7 +660,7 @@ impl Engine {
                 cohorts,
             });
         }
-        for (d, row) in self.activity.range(from, to) {
+        for (d, row) in self.activity.range(from, to).filter(|(_, r)| r.mau > 0) {
             out.activity.push(ActivityRow {
                 date: Calendar::label(d),
                 new_users: row.new_users.max(0) as u64,
