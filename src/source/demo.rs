@@ -11,37 +11,7 @@ const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
 /// The configuration `demo` runs with; it matches what the generator emits.
-pub const DEMO_CONFIG: &str = r#"
-timezone = "UTC"
-
-[[retention]]
-name = "new_users"
-cohort_event = "*"
-return_event = "*"
-days = [1, 3, 7, 14, 30]
-
-[[retention]]
-name = "payers"
-cohort_event = "signup"
-return_event = "pay"
-days = [1, 7]
-mode = "on_or_after"
-
-[[funnel]]
-name = "checkout"
-window = "1h"
-steps = ["view", "add_to_cart", "order"]
-
-[[funnel]]
-name = "onboarding"
-window = "1d"
-steps = ["signup", "verify", "pay"]
-
-[[funnel]]
-name = "ads_checkout"
-window = "1h"
-steps = [{ event = "view", where = { channel = "ads" } }, "add_to_cart", "order"]
-"#;
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 #[derive(Debug, Clone, Copy)]
 struct SimUser {
