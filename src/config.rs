@@ -74,6 +74,12 @@ struct RawConfig {
     /// Use the Kafka message timestamp when an event has no `ts` field.
     #[serde(default)]
     use_message_timestamp: bool,
+    /// How often the state of each partition is snapshotted.
+    #[serde(default = "default_snapshot_interval")]
+    snapshot_interval: String,
+    /// How long shutdown (final snapshot and commit) may take.
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout: String,
     #[serde(default)]
     fields: RawFields,
     #[serde(default)]
@@ -105,6 +111,12 @@ fn default_future_skew() -> String {
 }
 fn default_export_days() -> u32 {
     31
+}
+fn default_snapshot_interval() -> String {
+    "30s".into()
+}
+fn default_shutdown_timeout() -> String {
+    "30s".into()
 }
 fn default_max_users() -> u64 {
     50_000_000
@@ -268,6 +280,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where snapshots are written.
     pub state_dir: PathBuf,
+    /// How often snapshots are taken.
+    pub snapshot_interval_ms: i64,
+    /// Deadline for the final snapshot and commit on SIGTERM.
+    pub shutdown_timeout_ms: i64,
     /// Log output format.
     pub log_json: bool,
     /// Log filter (tracing `EnvFilter` syntax).
@@ -512,6 +528,11 @@ impl RawConfig {
             return Err(invalid("allowed_lateness", "must be at most 1d"));
         }
         let max_future_skew_ms = duration_ms("max_future_skew", &self.max_future_skew)?;
+        let snapshot_interval_ms = duration_ms("snapshot_interval", &self.snapshot_interval)?;
+        if snapshot_interval_ms < 100 {
+            return Err(invalid("snapshot_interval", "must be at least 100ms"));
+        }
+        let shutdown_timeout_ms = duration_ms("shutdown_timeout", &self.shutdown_timeout)?;
         // Per-user activity is a 128-day bitmap: the horizon, a 30-day MAU
         // window behind it and the lateness must fit (see engine::days).
         if !(2..=90).contains(&self.history_days) {
@@ -781,6 +802,8 @@ impl RawConfig {
             },
             listen,
             state_dir: self.state_dir,
+            snapshot_interval_ms,
+            shutdown_timeout_ms,
             log_json,
             log_level: self.log.level,
             kafka,

@@ -24,6 +24,7 @@
 //! - [`source`] feeds the engine: NDJSON files and stdin for `replay`, the
 //!   built-in traffic generator for `demo`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod event;

@@ -16,6 +16,7 @@ use cohortflow::engine::Engine;
 use cohortflow::export::{Published, http, metrics};
 use cohortflow::source::demo::{DEMO_CONFIG, Generator};
 use cohortflow::source::file::replay_into;
+use cohortflow::source::{kafka, loadgen};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,12 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The daemon: consumes Kafka, snapshots state with offsets, serves metrics.
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// NDJSON through the engine as fast as it goes; prints the final metrics.
     Replay {
         /// The config file (defaults apply without one).
@@ -58,6 +65,40 @@ enum Command {
         listen: Option<SocketAddr>,
         /// Input files; `-` (the default) reads standard input.
         inputs: Vec<PathBuf>,
+    },
+    /// Produces events to Kafka, keyed by user id: generated traffic (the
+    /// demo's generator) or the lines of NDJSON files.
+    Loadgen {
+        /// Bootstrap brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Topic to produce to.
+        #[arg(long, default_value = "events")]
+        topic: String,
+        /// Messages per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Stop after this many messages (default: all of the input, or for
+        /// generated traffic, `--days` of it).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Simulated days of generated traffic.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Sign-ups per simulated day.
+        #[arg(long, default_value_t = 2000.0)]
+        users_per_day: f64,
+        /// First simulated instant, epoch ms (default: `days` days before today, UTC).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Random seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// librdkafka producer settings, KEY=VALUE (repeatable).
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// NDJSON files to produce instead of generated traffic (`-` = stdin).
+        files: Vec<PathBuf>,
     },
     /// Writes generated traffic (the demo's generator) as NDJSON to stdout.
     Generate {
@@ -96,6 +137,12 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Run { config } => {
+            let config = Config::load(Some(&config))
+                .with_context(|| format!("{} is not valid", config.display()))?;
+            init_logging(&config);
+            run(config)
+        }
         Command::Replay {
             config,
             listen,
@@ -104,6 +151,38 @@ fn main() -> Result<()> {
             let config = Config::load(config.as_deref())?;
             init_logging(&config);
             replay(config, listen, inputs)
+        }
+        Command::Loadgen {
+            brokers,
+            topic,
+            rate,
+            count,
+            days,
+            users_per_day,
+            start_ms,
+            seed,
+            options,
+            files,
+        } => {
+            tracing_subscriber::fmt()
+                .with_writer(io::stderr)
+                .with_ansi(io::stderr().is_terminal())
+                .init();
+            let mut producer = loadgen::Loadgen::new(&brokers, &topic, &options, rate)?;
+            if files.is_empty() {
+                producer.generated(
+                    days,
+                    users_per_day,
+                    start_ms.unwrap_or_else(|| default_start(days)),
+                    seed,
+                    count,
+                )?;
+            } else {
+                for f in &files {
+                    producer.file(f, count)?;
+                }
+            }
+            Ok(producer.finish()?)
         }
         Command::Generate {
             days,
@@ -145,6 +224,49 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn run(config: Config) -> Result<()> {
+    if config.kafka.is_none() {
+        bail!("config key `kafka`: `run` needs a [kafka] section (brokers, topics, group_id)");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        let published = Published::new();
+        let registry = metrics::registry(published.clone(), config.engine.max_users)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        info!("serving http://{addr}/metrics");
+        let http_stop = CancellationToken::new();
+        let server = tokio::spawn(http::serve(listener, http::router(registry, published.clone()), http_stop.clone()));
+
+        let timing = kafka::Timing {
+            snapshot_interval: Duration::from_millis(config.snapshot_interval_ms as u64),
+            publish_interval: Duration::from_millis(200),
+        };
+        let grace = Duration::from_millis(config.shutdown_timeout_ms as u64);
+        let stop = shutdown.clone();
+        let mut source = tokio::task::spawn_blocking(move || kafka::run(&config, timing, published, stop));
+        let result = tokio::select! {
+            r = &mut source => r,
+            _ = shutdown.cancelled() => {
+                info!(grace_seconds = grace.as_secs_f64(), "signal received: stopping");
+                match tokio::time::timeout(grace, &mut source).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        http_stop.cancel();
+                        bail!("shutdown did not finish within shutdown_timeout; the last durable snapshot stands");
+                    }
+                }
+            }
+        };
+        http_stop.cancel();
+        server.await??;
+        result?.map_err(anyhow::Error::from)
+    })
 }
 
 fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> Result<()> {
@@ -248,9 +370,15 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Midnight UTC `days` days ago.
+fn default_start(days: u32) -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    (now_ms() / DAY_MS - i64::from(days)) * DAY_MS
+}
+
 fn generate(days: u32, users_per_day: f64, start_ms: Option<i64>, seed: u64) -> Result<()> {
     const DAY_MS: i64 = 86_400_000;
-    let start = start_ms.unwrap_or((now_ms() / DAY_MS - i64::from(days)) * DAY_MS);
+    let start = start_ms.unwrap_or_else(|| default_start(days));
     let mut generator = Generator::new(seed, start, users_per_day);
     let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut lines = Vec::new();

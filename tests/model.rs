@@ -275,6 +275,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                 .collect(),
             conversions_total: conversions,
             time_to_convert: Vec::new(),
+            histograms: Vec::new(),
         });
     }
     out
@@ -338,6 +339,7 @@ fn comparable(mut f: Figures) -> Figures {
     f.state_bytes = 0;
     for t in &mut f.funnels {
         t.time_to_convert.clear();
+        t.histograms.clear();
     }
     f
 }

@@ -34,6 +34,7 @@ fn without_counters(mut f: Figures) -> Figures {
     f.state_bytes = 0;
     for t in &mut f.funnels {
         t.time_to_convert.clear();
+        t.histograms.clear();
     }
     f
 }
@@ -98,4 +99,42 @@ fn order_within_lateness_and_replays_do_not_change_figures() {
         without_counters(run(&cfg, &replayed)),
         without_counters(reference)
     );
+}
+
+#[test]
+fn shards_keyed_by_user_merge_to_the_single_engine_figures() {
+    let cfg = Config::from_toml_str(DEMO_CONFIG).expect("config");
+    let all = lines(45);
+    let single = run(&cfg, &all);
+    let names = FieldNames::default();
+    let mut shards: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 4];
+    for line in all {
+        // Hostile lines have no user: any shard will do.
+        let shard = decode(&line, &names, None)
+            .map(|e| {
+                e.user_id
+                    .bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+                    % 4
+            })
+            .unwrap_or(0);
+        shards[shard].push(line);
+    }
+    let parts = shards
+        .iter()
+        .map(|lines| {
+            let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
+            for l in lines {
+                let _ = engine.apply(l, None, START + 100 * DAY);
+            }
+            engine.figures_all()
+        })
+        .collect();
+    let mut merged = cohortflow::engine::merge(parts, &cfg.engine);
+    let mut single = single;
+    merged.state_bytes = 0;
+    single.state_bytes = 0;
+    assert_eq!(merged.counters, single.counters);
+    assert!(!merged.funnels[0].entries.is_empty());
+    assert_eq!(merged, single);
 }

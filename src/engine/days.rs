@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::calendar::Day;
 
 /// A "no day" marker for day fields stored per user.
@@ -15,7 +17,7 @@ pub const SPAN: i32 = 128;
 
 /// The set of days on which a user did something, as a bitmap anchored at
 /// the latest such day: bit k is set when the user was active on `last - k`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayBits {
     last: Day,
     bits: u128,
@@ -91,7 +93,7 @@ impl DayBits {
 /// Counter rows per business day, kept from a moving first day on: a ring
 /// indexed by day, so that a lookup is O(1) on the hot path. Days between
 /// rows that were touched hold default (zero) rows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DayRows<T> {
     /// Day of `rows[0]`.
     base: Day,

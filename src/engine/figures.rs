@@ -2,12 +2,15 @@
 //! exporters render (Prometheus text, JSON tables) without touching the
 //! engine. Computing it costs O(days × definitions), not O(users).
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::event::Reject;
 
 /// Monotonic counters (they are part of the state, so they survive restarts).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Events accepted into the engine.
     pub ingested: u64,
@@ -102,6 +105,26 @@ pub struct FunnelTable {
     pub conversions_total: Vec<u64>,
     /// Time from step 1 to each step (index 0 is step 1: always zero).
     pub time_to_convert: Vec<TimeToConvert>,
+    /// The histograms behind `time_to_convert`, in ms (kept for merging).
+    #[serde(skip)]
+    pub histograms: Vec<Histogram<u64>>,
+}
+
+/// Quantiles exported for time to convert.
+pub const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+impl TimeToConvert {
+    /// Summarises a histogram of milliseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        TimeToConvert {
+            quantiles: QUANTILES
+                .iter()
+                .map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0))
+                .collect(),
+            sum_seconds: h.mean() * h.len() as f64 / 1000.0,
+            count: h.len(),
+        }
+    }
 }
 
 /// Everything exported at one moment.
@@ -123,4 +146,90 @@ pub struct Figures {
     pub activity: Vec<ActivityRow>,
     /// Funnels.
     pub funnels: Vec<FunnelTable>,
+}
+
+impl Figures {
+    /// Sums the figures of shards that own disjoint sets of users (the
+    /// partitions of a topic keyed by user): counts add up by date. Dates,
+    /// maturity and the watermark are left to the caller
+    /// ([`crate::engine::merge`]), which knows the calendar.
+    pub fn sum(parts: Vec<Figures>) -> Figures {
+        let mut parts = parts.into_iter();
+        let Some(mut out) = parts.next() else {
+            return Figures::default();
+        };
+        for p in parts {
+            out.max_event_ms = out.max_event_ms.max(p.max_event_ms);
+            out.counters.ingested += p.counters.ingested;
+            for (a, b) in out.counters.rejected.iter_mut().zip(p.counters.rejected) {
+                *a += b;
+            }
+            out.counters.untracked += p.counters.untracked;
+            out.tracked_users += p.tracked_users;
+            out.state_bytes += p.state_bytes;
+            for (t, pt) in out.retention.iter_mut().zip(p.retention) {
+                t.cohorts = merge_rows(
+                    std::mem::take(&mut t.cohorts),
+                    pt.cohorts,
+                    |r| r.date.clone(),
+                    |a, b| {
+                        a.users += b.users;
+                        for (x, y) in a.retained.iter_mut().zip(&b.retained) {
+                            *x += y;
+                        }
+                    },
+                );
+            }
+            out.activity = merge_rows(
+                std::mem::take(&mut out.activity),
+                p.activity,
+                |r| r.date.clone(),
+                |a, b| {
+                    a.new_users += b.new_users;
+                    a.dau += b.dau;
+                    a.wau += b.wau;
+                    a.mau += b.mau;
+                },
+            );
+            for (t, pt) in out.funnels.iter_mut().zip(p.funnels) {
+                t.entries = merge_rows(
+                    std::mem::take(&mut t.entries),
+                    pt.entries,
+                    |r| r.date.clone(),
+                    |a, b| {
+                        for (x, y) in a.users.iter_mut().zip(&b.users) {
+                            *x += y;
+                        }
+                    },
+                );
+                for (x, y) in t.conversions_total.iter_mut().zip(&pt.conversions_total) {
+                    *x += y;
+                }
+                for (h, ph) in t.histograms.iter_mut().zip(&pt.histograms) {
+                    // Same bounds on both sides: adding cannot fail.
+                    let _ = h.add(ph);
+                }
+                t.time_to_convert = t.histograms.iter().map(TimeToConvert::of).collect();
+            }
+        }
+        out
+    }
+}
+
+fn merge_rows<T>(
+    a: Vec<T>,
+    b: Vec<T>,
+    key: impl Fn(&T) -> String,
+    add: impl Fn(&mut T, &T),
+) -> Vec<T> {
+    let mut rows: BTreeMap<String, T> = a.into_iter().map(|r| (key(&r), r)).collect();
+    for r in b {
+        match rows.get_mut(&key(&r)) {
+            Some(existing) => add(existing, &r),
+            None => {
+                rows.insert(key(&r), r);
+            }
+        }
+    }
+    rows.into_values().collect()
 }

@@ -8,10 +8,12 @@
 //! mode, which is what lets the engine drop old hits: a recomputed level is
 //! combined with the stored one by `max`.
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::FunnelMode;
 
 /// One event of a user that fills at least one step of a funnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Hit {
     /// Event time, epoch ms.
     pub ts: i64,

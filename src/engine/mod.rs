@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, EventMatch, FilterValue, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
@@ -37,8 +38,6 @@ const DAY_MS: i64 = 86_400_000;
 /// The longest activity window (MAU).
 const MAU_DAYS: i32 = 30;
 const WAU_DAYS: i32 = 7;
-/// Quantiles exported for time to convert.
-const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
 type UserIds = HashMap<Box<str>, u32, foldhash::fast::RandomState>;
 
@@ -56,7 +55,7 @@ struct Class {
     filtered: Vec<(usize, usize)>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct UserCore {
     /// The first day the user was seen (any event).
     first_seen: Day,
@@ -64,7 +63,7 @@ struct UserCore {
     active: DayBits,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ActivityCounts {
     new_users: i64,
     dau: i64,
@@ -72,7 +71,7 @@ struct ActivityCounts {
     mau: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CohortCounts {
     users: i64,
     retained: Vec<i64>,
@@ -88,7 +87,7 @@ struct RetentionState {
     rows: DayRows<CohortCounts>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct FunnelUser {
     /// Funnel events of the horizon, sorted, deduplicated.
     hits: Vec<Hit>,
@@ -106,6 +105,42 @@ struct FunnelState {
     time_to_convert: Vec<Histogram<u64>>,
     hits: usize,
 }
+
+/// The mutable state of an engine, for snapshots: everything but what is
+/// derived from the config. Opaque outside the engine.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EngineState {
+    /// User ids in index order.
+    user_ids: Vec<Box<str>>,
+    users: Vec<UserCore>,
+    retention: Vec<RetentionSnapshot>,
+    funnels: Vec<FunnelSnapshot>,
+    activity: DayRows<ActivityCounts>,
+    max_ts: Option<i64>,
+    maintained_day: Day,
+    counters: Counters,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RetentionSnapshot {
+    cohort: Vec<Day>,
+    returns: Option<Vec<DayBits>>,
+    rows: DayRows<CohortCounts>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FunnelSnapshot {
+    users: Vec<(u32, FunnelUser)>,
+    rows: DayRows<Vec<i64>>,
+    conversions: Vec<u64>,
+    /// Per step: (value, count) pairs of the time-to-convert histogram.
+    time_to_convert: Vec<Vec<(u64, u64)>>,
+}
+
+/// Why a snapshot's state cannot be loaded into an engine.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot state does not fit the configuration: {0}")]
+pub struct StateMismatch(String);
 
 /// The state of one shard. See the module docs.
 #[derive(Debug)]
@@ -604,6 +639,132 @@ impl Engine {
         }
     }
 
+    /// A copy of the mutable state, for a snapshot.
+    pub fn state(&self) -> EngineState {
+        let mut user_ids: Vec<Box<str>> = vec![Box::from(""); self.users.len()];
+        for (id, &i) in &self.user_ids {
+            user_ids[i as usize] = id.clone();
+        }
+        EngineState {
+            user_ids,
+            users: self.users.clone(),
+            retention: self
+                .retention
+                .iter()
+                .map(|r| RetentionSnapshot {
+                    cohort: r.cohort.clone(),
+                    returns: r.returns.clone(),
+                    rows: r.rows.clone(),
+                })
+                .collect(),
+            funnels: self
+                .funnels
+                .iter()
+                .map(|f| {
+                    let mut users: Vec<(u32, FunnelUser)> =
+                        f.users.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    users.sort_unstable_by_key(|(k, _)| *k);
+                    FunnelSnapshot {
+                        users,
+                        rows: f.rows.clone(),
+                        conversions: f.conversions.clone(),
+                        time_to_convert: f
+                            .time_to_convert
+                            .iter()
+                            .map(|h| {
+                                h.iter_recorded()
+                                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                                    .collect()
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+            activity: self.activity.clone(),
+            max_ts: self.max_ts,
+            maintained_day: self.maintained_day,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// An engine for `cfg` holding `state`; refused when the state's shape
+    /// does not fit the configuration's definitions.
+    pub fn restore(cfg: Arc<EngineConfig>, state: EngineState) -> Result<Self, StateMismatch> {
+        let mut engine = Engine::new(cfg);
+        let n = state.users.len();
+        if state.user_ids.len() != n {
+            return Err(StateMismatch("user table lengths differ".into()));
+        }
+        if state.retention.len() != engine.retention.len()
+            || state.funnels.len() != engine.funnels.len()
+        {
+            return Err(StateMismatch(
+                "the number of retention definitions or funnels differs".into(),
+            ));
+        }
+        for (id, i) in state
+            .user_ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, i as u32))
+        {
+            engine.user_id_bytes += id.len();
+            if engine.user_ids.insert(id, i).is_some() {
+                return Err(StateMismatch("a user id appears twice".into()));
+            }
+        }
+        engine.users = state.users;
+        for (r, (snap, def)) in state
+            .retention
+            .into_iter()
+            .zip(&engine.cfg.retention)
+            .enumerate()
+        {
+            let wants_returns = def.return_event != EventMatch::Any;
+            if snap.cohort.len() != n
+                || snap.returns.is_some() != wants_returns
+                || snap.returns.as_ref().is_some_and(|v| v.len() != n)
+            {
+                return Err(StateMismatch(format!(
+                    "retention definition {} has another shape",
+                    def.name
+                )));
+            }
+            engine.retention[r] = RetentionState {
+                cohort: snap.cohort,
+                returns: snap.returns,
+                rows: snap.rows,
+            };
+        }
+        for (f, snap) in state.funnels.into_iter().enumerate() {
+            let steps = engine.cfg.funnels[f].steps.len();
+            if snap.conversions.len() != steps || snap.time_to_convert.len() != steps {
+                return Err(StateMismatch(format!(
+                    "funnel {} has another number of steps",
+                    engine.cfg.funnels[f].name
+                )));
+            }
+            let state = &mut engine.funnels[f];
+            state.hits = snap.users.iter().map(|(_, u)| u.hits.len()).sum();
+            if snap.users.iter().any(|(u, _)| *u as usize >= n) {
+                return Err(StateMismatch("a funnel refers to an unknown user".into()));
+            }
+            state.users = snap.users.into_iter().collect();
+            state.rows = snap.rows;
+            state.conversions = snap.conversions;
+            for (h, values) in state.time_to_convert.iter_mut().zip(snap.time_to_convert) {
+                for (value, count) in values {
+                    h.saturating_record_n(value, count);
+                }
+            }
+        }
+        engine.activity = state.activity;
+        engine.max_ts = state.max_ts;
+        engine.maintained_day = state.maintained_day;
+        engine.counters = state.counters;
+        Ok(engine)
+    }
+
     /// The counters alone (cheap).
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -617,6 +778,20 @@ impl Engine {
     /// The exported figures: dated rows for the `export_days` business
     /// days up to the watermark's day.
     pub fn figures(&self) -> Figures {
+        let range = self.watermark_ms().map(|w| {
+            let to = self.cal.day_of(w.max(0));
+            (to - self.cfg.export_days as i32 + 1, to)
+        });
+        self.figures_in(range)
+    }
+
+    /// All dated rows the engine holds, for [`merge`] (which applies the
+    /// export window of the merged watermark).
+    pub fn figures_all(&self) -> Figures {
+        self.figures_in(Some((Day::MIN, Day::MAX)))
+    }
+
+    fn figures_in(&self, range: Option<(Day, Day)>) -> Figures {
         let watermark = self.watermark_ms();
         let mut out = Figures {
             watermark_ms: watermark,
@@ -626,13 +801,7 @@ impl Engine {
             state_bytes: self.state_bytes(),
             ..Figures::default()
         };
-        let (from, to) = match watermark {
-            Some(w) => {
-                let to = self.cal.day_of(w.max(0));
-                (to - self.cfg.export_days as i32 + 1, to)
-            }
-            None => (1, 0),
-        };
+        let (from, to) = range.unwrap_or((1, 0));
         let wm = watermark.unwrap_or(i64::MIN);
         for (r, def) in self.cfg.retention.iter().enumerate() {
             let mut cohorts = Vec::new();
@@ -686,14 +855,7 @@ impl Engine {
             let time_to_convert = state
                 .time_to_convert
                 .iter()
-                .map(|h| TimeToConvert {
-                    quantiles: QUANTILES
-                        .iter()
-                        .map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0))
-                        .collect(),
-                    sum_seconds: h.mean() * h.len() as f64 / 1000.0,
-                    count: h.len(),
-                })
+                .map(TimeToConvert::of)
                 .collect();
             out.funnels.push(FunnelTable {
                 name: def.name.clone(),
@@ -703,6 +865,7 @@ impl Engine {
                 entries,
                 conversions_total: state.conversions.clone(),
                 time_to_convert,
+                histograms: state.time_to_convert.clone(),
             });
         }
         out
@@ -740,6 +903,48 @@ fn event_tag(ev: &Event<'_>) -> u32 {
     use std::hash::BuildHasher;
     let state = foldhash::fast::FixedState::with_seed(0x636f_686f_7274);
     state.hash_one((ev.name.as_ref(), ev.props_raw().unwrap_or(""))) as u32
+}
+
+/// The figures of shards that own disjoint users, as one: sums by date,
+/// then the export window and maturity of the merged watermark (the newest
+/// event time of all shards minus the allowed lateness), exactly as one
+/// engine fed every event would report them. The parts must come from
+/// [`Engine::figures_all`].
+pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
+    let mut out = Figures::sum(parts);
+    let cal = Calendar::new(cfg.timezone.clone());
+    out.watermark_ms = out.max_event_ms.map(|m| m - cfg.allowed_lateness_ms);
+    let Some(wm) = out.watermark_ms else {
+        out.retention.iter_mut().for_each(|t| t.cohorts.clear());
+        out.activity.clear();
+        out.funnels.iter_mut().for_each(|t| t.entries.clear());
+        return out;
+    };
+    let to = cal.day_of(wm.max(0));
+    let from = to - cfg.export_days as i32 + 1;
+    let in_window = |date: &str| {
+        date.parse::<jiff::civil::Date>()
+            .map(calendar::day_number)
+            .is_ok_and(|d| d >= from && d <= to)
+    };
+    for (t, def) in out.retention.iter_mut().zip(&cfg.retention) {
+        t.cohorts.retain(|r| in_window(&r.date) && r.users > 0);
+        for row in &mut t.cohorts {
+            if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
+                let d = calendar::day_number(date);
+                row.mature = def
+                    .days
+                    .iter()
+                    .map(|&n| wm >= cal.day_start_ms(d + n as i32 + 1))
+                    .collect();
+            }
+        }
+    }
+    out.activity.retain(|r| in_window(&r.date));
+    for t in &mut out.funnels {
+        t.entries.retain(|r| in_window(&r.date));
+    }
+    out
 }
 
 fn prune_hits(user: &mut FunnelUser, cutoff: i64) {

@@ -3,3 +3,5 @@
 
 pub mod demo;
 pub mod file;
+pub mod kafka;
+pub mod loadgen;
