@@ -9,7 +9,8 @@ fn bench_decode(c: &mut Criterion) {
     let names = FieldNames::default();
     let typical = br#"{"user_id":"u123456","event":"view","ts":"2026-11-20T08:15:00.123Z","props":{"platform":"ios","channel":"organic","amount":12.5}}"#;
     let epoch = br#"{"user_id":123456,"event":"add_to_cart","ts":1795162500123}"#;
-    let escaped = br#"{"user_id":"u\u0031","event":"v\u0069ew","ts":"2026-11-20T08:15:00+08:00","extra":{"a":[1,2,{"b":null}]}}"#;
+    let escaped =
+        br#"{"user_id":"u\u0031","event":"v\u0069ew","ts":"2026-11-20T08:15:00+08:00","extra":{"a":[1,2,{"b":null}]}}"#;
     let invalid = br#"{"user_id":"u1","event":"view","ts":"2026-11-20T08:15:00Z""#;
     let mut group = c.benchmark_group("decode");
     for (name, line) in [
@@ -19,9 +20,7 @@ fn bench_decode(c: &mut Criterion) {
         ("invalid_json", &invalid[..]),
     ] {
         group.throughput(Throughput::Bytes(line.len() as u64));
-        group.bench_function(name, |b| {
-            b.iter(|| black_box(decode(black_box(line), &names, None).is_ok()))
-        });
+        group.bench_function(name, |b| b.iter(|| black_box(decode(black_box(line), &names, None).is_ok())));
     }
     group.finish();
 }

@@ -83,10 +83,7 @@ pub struct Restored {
 /// its meaning: definitions, time zone and time rules. A snapshot taken
 /// under another one is refused rather than misread.
 pub fn fingerprint(cfg: &EngineConfig) -> u64 {
-    let mut text = format!(
-        "tz={};late={};hist={};",
-        cfg.timezone_name, cfg.allowed_lateness_ms, cfg.history_days
-    );
+    let mut text = format!("tz={};late={};hist={};", cfg.timezone_name, cfg.allowed_lateness_ms, cfg.history_days);
     for r in &cfg.retention {
         text.push_str(&format!(
             "r:{}|{}|{}|{:?}|{};",
@@ -98,12 +95,7 @@ pub fn fingerprint(cfg: &EngineConfig) -> u64 {
         ));
     }
     for f in &cfg.funnels {
-        text.push_str(&format!(
-            "f:{}|{}|{};",
-            f.name,
-            f.window_ms,
-            f.mode.as_str()
-        ));
+        text.push_str(&format!("f:{}|{}|{};", f.name, f.window_ms, f.mode.as_str()));
         for s in &f.steps {
             text.push_str(&format!("s:{}|{:?};", s.event.as_str(), s.filter));
         }
@@ -121,19 +113,14 @@ pub fn path_for(dir: &Path, topic: &str, partition: i32) -> PathBuf {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| CheckpointError::Io { path: path.to_owned(), source }
 }
 
 /// Writes `engine` and `next_offset` to `path` atomically and durably.
 /// Returns the bytes written.
 pub fn write(path: &Path, engine: &Engine, next_offset: i64) -> Result<u64, CheckpointError> {
-    let payload = postcard::to_stdvec(&engine.state()).map_err(|e| CheckpointError::Corrupt {
-        path: path.to_owned(),
-        reason: format!("cannot encode: {e}"),
-    })?;
+    let payload = postcard::to_stdvec(&engine.state())
+        .map_err(|e| CheckpointError::Corrupt { path: path.to_owned(), reason: format!("cannot encode: {e}") })?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -153,9 +140,7 @@ pub fn write(path: &Path, engine: &Engine, next_offset: i64) -> Result<u64, Chec
     }
     fs::rename(&tmp, path).map_err(io_err(path))?;
     // The rename is durable only once the directory is.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
     Ok((header.len() + payload.len()) as u64)
 }
 
@@ -168,17 +153,11 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
     };
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(io_err(path))?;
-    let corrupt = |reason: &str| CheckpointError::Corrupt {
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let corrupt = |reason: &str| CheckpointError::Corrupt { path: path.to_owned(), reason: reason.to_owned() };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Err(corrupt(
-            "not a cohortflow snapshot (bad magic or truncated header)",
-        ));
+        return Err(corrupt("not a cohortflow snapshot (bad magic or truncated header)"));
     }
-    let u32_at =
-        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let u64_at = |i: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[i..i + 8]);
@@ -194,9 +173,7 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
     if u64_at(12) != fingerprint(cfg) {
         return Err(CheckpointError::Incompatible {
             path: path.to_owned(),
-            reason:
-                "taken under another configuration (definitions, time zone, lateness or history)"
-                    .into(),
+            reason: "taken under another configuration (definitions, time zone, lateness or history)".into(),
         });
     }
     let next_offset = u64_at(20) as i64;
@@ -204,21 +181,14 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
     let crc = u32_at(36);
     let payload = &bytes[HEADER_LEN..];
     if payload.len() as u64 != len {
-        return Err(corrupt(&format!(
-            "payload is {} bytes, header says {len}",
-            payload.len()
-        )));
+        return Err(corrupt(&format!("payload is {} bytes, header says {len}", payload.len())));
     }
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let state: EngineState =
-        postcard::from_bytes(payload).map_err(|e| corrupt(&format!("cannot decode: {e}")))?;
+    let state: EngineState = postcard::from_bytes(payload).map_err(|e| corrupt(&format!("cannot decode: {e}")))?;
     let engine = Engine::restore(cfg.clone(), state).map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Some(Restored {
-        engine,
-        next_offset,
-    }))
+    Ok(Some(Restored { engine, next_offset }))
 }
 
 #[cfg(test)]
@@ -277,22 +247,12 @@ mod tests {
         assert!(e.to_string().contains("checksum"), "{e}");
 
         fs::write(&path, &good[..good.len() / 2]).expect("write");
-        assert_eq!(
-            read(&path, a.config()).expect_err("refused").kind(),
-            "corrupt"
-        );
+        assert_eq!(read(&path, a.config()).expect_err("refused").kind(), "corrupt");
         fs::write(&path, b"hello").expect("write");
-        assert_eq!(
-            read(&path, a.config()).expect_err("refused").kind(),
-            "corrupt"
-        );
+        assert_eq!(read(&path, a.config()).expect_err("refused").kind(), "corrupt");
 
         fs::write(&path, &good).expect("write");
-        let other = Arc::new(
-            Config::from_toml_str("timezone = \"Asia/Shanghai\"")
-                .expect("config")
-                .engine,
-        );
+        let other = Arc::new(Config::from_toml_str("timezone = \"Asia/Shanghai\"").expect("config").engine);
         let e = read(&path, &other).expect_err("refused");
         assert_eq!(e.kind(), "incompatible");
     }

@@ -38,10 +38,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 // ---------------------------------------------------------------------------
@@ -148,12 +145,7 @@ fn d_props() -> String {
 }
 impl Default for RawFields {
     fn default() -> Self {
-        RawFields {
-            user_id: d_user_id(),
-            event: d_event(),
-            ts: d_ts(),
-            props: d_props(),
-        }
+        RawFields { user_id: d_user_id(), event: d_event(), ts: d_ts(), props: d_props() }
     }
 }
 
@@ -168,9 +160,7 @@ fn default_listen() -> String {
 }
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp {
-            listen: default_listen(),
-        }
+        RawHttp { listen: default_listen() }
     }
 }
 
@@ -190,10 +180,7 @@ fn default_log_level() -> String {
 }
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog {
-            format: default_log_format(),
-            level: default_log_level(),
-        }
+        RawLog { format: default_log_format(), level: default_log_level() }
     }
 }
 
@@ -345,11 +332,7 @@ pub enum EventMatch {
 
 impl EventMatch {
     fn parse(s: &str) -> Self {
-        if s == "*" {
-            EventMatch::Any
-        } else {
-            EventMatch::Named(s.to_owned())
-        }
+        if s == "*" { EventMatch::Any } else { EventMatch::Named(s.to_owned()) }
     }
 
     /// Whether an event of this name matches.
@@ -471,10 +454,7 @@ impl Config {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
-                return Err(ConfigError::Load(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -501,12 +481,7 @@ fn duration_ms(key: &str, text: &str) -> Result<i64, ConfigError> {
     let d: SignedDuration = text
         .parse::<jiff::Span>()
         .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
-        .map_err(|e| {
-            invalid(
-                key,
-                format!("`{text}` is not a duration such as \"10m\", \"1h\" or \"1d\": {e}"),
-            )
-        })?;
+        .map_err(|e| invalid(key, format!("`{text}` is not a duration such as \"10m\", \"1h\" or \"1d\": {e}")))?;
     if d.is_negative() {
         return Err(invalid(key, "must not be negative"));
     }
@@ -517,12 +492,8 @@ const DAY_MS: i64 = 86_400_000;
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
-        let timezone = TimeZone::get(&self.timezone).map_err(|e| {
-            invalid(
-                "timezone",
-                format!("`{}` is not a known IANA time zone: {e}", self.timezone),
-            )
-        })?;
+        let timezone = TimeZone::get(&self.timezone)
+            .map_err(|e| invalid("timezone", format!("`{}` is not a known IANA time zone: {e}", self.timezone)))?;
         let allowed_lateness_ms = duration_ms("allowed_lateness", &self.allowed_lateness)?;
         if allowed_lateness_ms > DAY_MS {
             return Err(invalid("allowed_lateness", "must be at most 1d"));
@@ -545,22 +516,13 @@ impl RawConfig {
             return Err(invalid("max_users", "must be at least 1"));
         }
         let listen: SocketAddr = self.http.listen.parse().map_err(|e| {
-            invalid(
-                "http.listen",
-                format!(
-                    "`{}` is not an address such as 127.0.0.1:9464: {e}",
-                    self.http.listen
-                ),
-            )
+            invalid("http.listen", format!("`{}` is not an address such as 127.0.0.1:9464: {e}", self.http.listen))
         })?;
         let log_json = match self.log.format.as_str() {
             "human" => false,
             "json" => true,
             other => {
-                return Err(invalid(
-                    "log.format",
-                    format!("`{other}` is not one of \"human\", \"json\""),
-                ));
+                return Err(invalid("log.format", format!("`{other}` is not one of \"human\", \"json\"")));
             }
         };
         let fields = FieldNames {
@@ -580,9 +542,7 @@ impl RawConfig {
             }
         }
         let distinct: HashSet<&String> =
-            [&fields.user_id, &fields.event, &fields.ts, &fields.props]
-                .into_iter()
-                .collect();
+            [&fields.user_id, &fields.event, &fields.ts, &fields.props].into_iter().collect();
         if distinct.len() != 4 {
             return Err(invalid("fields", "the four field names must differ"));
         }
@@ -606,20 +566,11 @@ impl RawConfig {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if !names.insert(r.name.clone()) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}` is defined twice", r.name),
-                ));
+                return Err(invalid(key("name"), format!("`{}` is defined twice", r.name)));
             }
-            for (k, v) in [
-                ("cohort_event", &r.cohort_event),
-                ("return_event", &r.return_event),
-            ] {
+            for (k, v) in [("cohort_event", &r.cohort_event), ("return_event", &r.return_event)] {
                 if v.is_empty() {
-                    return Err(invalid(
-                        key(k),
-                        "must not be empty (use \"*\" for any event)",
-                    ));
+                    return Err(invalid(key(k), "must not be empty (use \"*\" for any event)"));
                 }
             }
             let mode = match r.mode.as_str() {
@@ -632,30 +583,20 @@ impl RawConfig {
                     ));
                 }
                 other => {
-                    return Err(invalid(
-                        key("mode"),
-                        format!("`{other}` is not one of \"on\", \"on_or_after\""),
-                    ));
+                    return Err(invalid(key("mode"), format!("`{other}` is not one of \"on\", \"on_or_after\"")));
                 }
             };
             let mut days = r.days.clone();
             days.sort_unstable();
             days.dedup();
             if days.is_empty() || days.len() != r.days.len() || days[0] == 0 {
-                return Err(invalid(
-                    key("days"),
-                    "must be a non-empty list of distinct days ≥ 1",
-                ));
+                return Err(invalid(key("days"), "must be a non-empty list of distinct days ≥ 1"));
             }
             let max = days[days.len() - 1];
             if max + 2 > self.history_days {
                 return Err(invalid(
                     key("days"),
-                    format!(
-                        "day {max} needs history_days ≥ {} (history_days is {})",
-                        max + 2,
-                        self.history_days
-                    ),
+                    format!("day {max} needs history_days ≥ {} (history_days is {})", max + 2, self.history_days),
                 ));
             }
             retention.push(RetentionDef {
@@ -675,17 +616,11 @@ impl RawConfig {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if !names.insert(f.name.clone()) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}` is defined twice", f.name),
-                ));
+                return Err(invalid(key("name"), format!("`{}` is defined twice", f.name)));
             }
             let window_ms = duration_ms(&key("window"), &f.window)?;
             if window_ms == 0 || window_ms > 30 * DAY_MS {
-                return Err(invalid(
-                    key("window"),
-                    "must be more than 0 and at most 30d",
-                ));
+                return Err(invalid(key("window"), "must be more than 0 and at most 30d"));
             }
             let mode = match f.mode.as_str() {
                 "default" => FunnelMode::Default,
@@ -694,17 +629,12 @@ impl RawConfig {
                 other => {
                     return Err(invalid(
                         key("mode"),
-                        format!(
-                            "`{other}` is not one of \"default\", \"strict_once\", \"strict_increase\""
-                        ),
+                        format!("`{other}` is not one of \"default\", \"strict_once\", \"strict_increase\""),
                     ));
                 }
             };
             if f.steps.is_empty() || f.steps.len() > MAX_STEPS {
-                return Err(invalid(
-                    key("steps"),
-                    format!("must have 1 to {MAX_STEPS} steps"),
-                ));
+                return Err(invalid(key("steps"), format!("must have 1 to {MAX_STEPS} steps")));
             }
             let mut steps = Vec::new();
             for (j, s) in f.steps.into_iter().enumerate() {
@@ -732,27 +662,16 @@ impl RawConfig {
                     };
                     filter.push((prop, v));
                 }
-                steps.push(StepDef {
-                    event: EventMatch::parse(&event),
-                    filter,
-                });
+                steps.push(StepDef { event: EventMatch::parse(&event), filter });
             }
-            funnels.push(FunnelDef {
-                name: f.name,
-                window_ms,
-                mode,
-                steps,
-            });
+            funnels.push(FunnelDef { name: f.name, window_ms, mode, steps });
         }
 
         let kafka = match self.kafka {
             None => None,
             Some(k) => {
                 if k.topics.is_empty() || k.topics.iter().any(String::is_empty) {
-                    return Err(invalid(
-                        "kafka.topics",
-                        "must list at least one non-empty topic",
-                    ));
+                    return Err(invalid("kafka.topics", "must list at least one non-empty topic"));
                 }
                 if k.group_id.is_empty() {
                     return Err(invalid("kafka.group_id", "must not be empty"));
@@ -843,20 +762,13 @@ mod tests {
         .expect("valid");
         assert_eq!(c.engine.retention[0].days, vec![1, 7, 30]);
         assert_eq!(c.engine.funnels[0].window_ms, 3_600_000);
-        assert_eq!(
-            c.engine.funnels[0].steps[2].filter,
-            vec![("channel".into(), FilterValue::Str("ads".into()))]
-        );
+        assert_eq!(c.engine.funnels[0].steps[2].filter, vec![("channel".into(), FilterValue::Str("ads".into()))]);
         assert_eq!(c.engine.history_days, 35);
     }
 
     #[test]
     fn errors_name_the_key() {
-        assert!(
-            err("colour = 1").contains("colour"),
-            "{}",
-            err("colour = 1")
-        );
+        assert!(err("colour = 1").contains("colour"), "{}", err("colour = 1"));
         assert!(err("[http]\nlisten = 5").contains("http.listen"));
         assert!(err("timezone = \"Mars/Olympus\"").contains("`timezone`"));
         assert!(err("[http]\nlisten = \"nowhere\"").contains("`http.listen`"));
@@ -868,9 +780,7 @@ mod tests {
         assert!(e.contains("`retention[0].mode`"), "{e}");
         let e = err("[[funnel]]\nname = \"f\"\nwindow = \"0s\"\nsteps = [\"a\"]");
         assert!(e.contains("`funnel[0].window`"), "{e}");
-        let e = err(
-            "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{ event = \"a\", where = { x = [1] } }]",
-        );
+        let e = err("[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{ event = \"a\", where = { x = [1] } }]");
         assert!(e.contains("`funnel[0].steps[0].where.x`"), "{e}");
         let e = err(
             "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]\n[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]",

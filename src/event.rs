@@ -112,12 +112,7 @@ pub struct FieldNames {
 
 impl Default for FieldNames {
     fn default() -> Self {
-        FieldNames {
-            user_id: "user_id".into(),
-            event: "event".into(),
-            ts: "ts".into(),
-            props: "props".into(),
-        }
+        FieldNames { user_id: "user_id".into(), event: "event".into(), ts: "ts".into(), props: "props".into() }
     }
 }
 
@@ -157,17 +152,8 @@ impl PartialEq for Event<'_> {
 
 impl<'a> Event<'a> {
     /// Builds an event directly (generators and tests).
-    pub fn new(
-        user_id: impl Into<Cow<'a, str>>,
-        name: impl Into<Cow<'a, str>>,
-        ts_ms: i64,
-    ) -> Self {
-        Event {
-            user_id: user_id.into(),
-            name: name.into(),
-            ts_ms,
-            props: None,
-        }
+    pub fn new(user_id: impl Into<Cow<'a, str>>, name: impl Into<Cow<'a, str>>, ts_ms: i64) -> Self {
+        Event { user_id: user_id.into(), name: name.into(), ts_ms, props: None }
     }
 
     /// The raw JSON text of `props`, if present.
@@ -238,21 +224,14 @@ fn interpret_prop(raw: &RawValue) -> Option<PropValue<'_>> {
         b'"' => json_string(raw).map(PropValue::Str),
         b't' => Some(PropValue::Bool(true)),
         b'f' => Some(PropValue::Bool(false)),
-        b'-' | b'0'..=b'9' => serde_json::from_str::<f64>(text)
-            .ok()
-            .filter(|v| v.is_finite())
-            .map(PropValue::Num),
+        b'-' | b'0'..=b'9' => serde_json::from_str::<f64>(text).ok().filter(|v| v.is_finite()).map(PropValue::Num),
         _ => None,
     }
 }
 
 /// Decodes one message. `fallback_ts_ms` is the Kafka message timestamp,
 /// used only when the `ts` field is absent and that use is configured.
-pub fn decode<'a>(
-    bytes: &'a [u8],
-    names: &FieldNames,
-    fallback_ts_ms: Option<i64>,
-) -> Result<Event<'a>, Reject> {
+pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i64>) -> Result<Event<'a>, Reject> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(Reject::TooLarge);
     }
@@ -263,42 +242,23 @@ pub fn decode<'a>(
         // Tell a well-formed non-object from garbage. Skipping a value in
         // serde_json is iterative, so no nesting depth can exhaust the stack.
         let ok = serde_json::from_str::<IgnoredAny>(text).is_ok();
-        return Err(if ok {
-            Reject::NotObject
-        } else {
-            Reject::InvalidJson
-        });
+        return Err(if ok { Reject::NotObject } else { Reject::InvalidJson });
     }
 
     let mut de = serde_json::Deserializer::from_str(text);
-    let fields = de::Deserializer::deserialize_map(&mut de, TopVisitor { names })
-        .map_err(|_| Reject::InvalidJson)?;
+    let fields = de::Deserializer::deserialize_map(&mut de, TopVisitor { names }).map_err(|_| Reject::InvalidJson)?;
     de.end().map_err(|_| Reject::InvalidJson)?;
     if fields.duplicate {
         return Err(Reject::DuplicateKey);
     }
 
-    let user_id = fields
-        .user_id
-        .and_then(user_id_of)
-        .ok_or(Reject::BadUserId)?;
-    let name = fields
-        .event
-        .and_then(json_string)
-        .filter(|s| !s.is_empty())
-        .ok_or(Reject::BadEvent)?;
+    let user_id = fields.user_id.and_then(user_id_of).ok_or(Reject::BadUserId)?;
+    let name = fields.event.and_then(json_string).filter(|s| !s.is_empty()).ok_or(Reject::BadEvent)?;
     let ts_ms = match fields.ts {
         Some(raw) => timestamp_of(raw).ok_or(Reject::BadTimestamp)?,
-        None => fallback_ts_ms
-            .filter(|t| (MIN_TS_MS..END_TS_MS).contains(t))
-            .ok_or(Reject::BadTimestamp)?,
+        None => fallback_ts_ms.filter(|t| (MIN_TS_MS..END_TS_MS).contains(t)).ok_or(Reject::BadTimestamp)?,
     };
-    Ok(Event {
-        user_id,
-        name,
-        ts_ms,
-        props: fields.props,
-    })
+    Ok(Event { user_id, name, ts_ms, props: fields.props })
 }
 
 #[derive(Default)]
@@ -405,13 +365,7 @@ fn user_id_of(raw: &RawValue) -> Option<Cow<'_, str>> {
         return json_string(raw).filter(|s| !s.is_empty());
     }
     // An integer id is taken as its decimal string; "-0" is 0.
-    integer_literal(raw.get()).map(|t| {
-        if t == "-0" {
-            Cow::Borrowed("0")
-        } else {
-            Cow::Borrowed(t)
-        }
-    })
+    integer_literal(raw.get()).map(|t| if t == "-0" { Cow::Borrowed("0") } else { Cow::Borrowed(t) })
 }
 
 fn timestamp_of(raw: &RawValue) -> Option<i64> {
@@ -443,12 +397,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         Some(v)
     };
     let sep = |i: usize, c: u8| b.get(i) == Some(&c);
-    if !(sep(4, b'-')
-        && sep(7, b'-')
-        && matches!(b[10], b'T' | b't' | b' ')
-        && sep(13, b':')
-        && sep(16, b':'))
-    {
+    if !(sep(4, b'-') && sep(7, b'-') && matches!(b[10], b'T' | b't' | b' ') && sep(13, b':') && sep(16, b':')) {
         return None;
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -510,13 +459,8 @@ fn utc_midnight_ms(text: &[u8], year: i32, month: i32, day: i32) -> Option<i64> 
         if k == key && ms != i64::MIN {
             return Some(ms);
         }
-        let date =
-            jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
-        let ms = date
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()?
-            .timestamp()
-            .as_millisecond();
+        let date = jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
+        let ms = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond();
         last.set((key, ms));
         Some(ms)
     })
@@ -544,20 +488,13 @@ mod tests {
 
     #[test]
     fn timestamp_forms() {
-        let ms =
-            |ts: &str| dec(&format!(r#"{{"user_id":"u","event":"e","ts":{ts}}}"#)).map(|e| e.ts_ms);
+        let ms = |ts: &str| dec(&format!(r#"{{"user_id":"u","event":"e","ts":{ts}}}"#)).map(|e| e.ts_ms);
         assert_eq!(ms(r#""1970-01-01T00:00:00Z""#), Ok(0));
         assert_eq!(ms(r#""1970-01-01T08:00:00+08:00""#), Ok(0));
         assert_eq!(ms(r#""1969-12-31T19:00:00-05:00""#), Ok(0));
-        assert_eq!(
-            ms(r#""2026-11-20t08:15:00.1239999z""#),
-            Ok(1_795_162_500_123)
-        );
+        assert_eq!(ms(r#""2026-11-20t08:15:00.1239999z""#), Ok(1_795_162_500_123));
         assert_eq!(ms(r#""2026-11-20 08:15:00.5Z""#), Ok(1_795_162_500_500));
-        assert_eq!(
-            ms(r#""2016-12-31T23:59:60Z""#),
-            ms(r#""2016-12-31T23:59:59Z""#)
-        );
+        assert_eq!(ms(r#""2016-12-31T23:59:60Z""#), ms(r#""2016-12-31T23:59:59Z""#));
         assert_eq!(ms("1795162500123"), Ok(1_795_162_500_123));
         assert_eq!(ms("0"), Ok(0));
         assert_eq!(ms("4102444799999"), Ok(4_102_444_799_999));
@@ -588,15 +525,10 @@ mod tests {
 
     #[test]
     fn integer_user_ids_are_their_decimal_string() {
-        let id = |v: &str| {
-            dec(&format!(r#"{{"user_id":{v},"event":"e","ts":0}}"#)).map(|e| e.user_id.into_owned())
-        };
+        let id = |v: &str| dec(&format!(r#"{{"user_id":{v},"event":"e","ts":0}}"#)).map(|e| e.user_id.into_owned());
         assert_eq!(id("42"), Ok("42".into()));
         assert_eq!(id("-7"), Ok("-7".into()));
-        assert_eq!(
-            id("123456789012345678901234567890"),
-            Ok("123456789012345678901234567890".into())
-        );
+        assert_eq!(id("123456789012345678901234567890"), Ok("123456789012345678901234567890".into()));
         assert_eq!(id(r#""\u0041b""#), Ok("Ab".into()));
         assert_eq!(id(r#"" x ""#), Ok(" x ".into()));
         for bad in ["1.0", "1e3", r#""""#, "true", "null", "[1]", r#""\ud800""#] {
@@ -606,51 +538,24 @@ mod tests {
 
     #[test]
     fn each_reason() {
-        let big = format!(
-            r#"{{"user_id":"u","event":"e","ts":0,"pad":"{}"}}"#,
-            "x".repeat(MAX_MESSAGE_BYTES)
-        );
+        let big = format!(r#"{{"user_id":"u","event":"e","ts":0,"pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
         assert_eq!(dec(&big), Err(Reject::TooLarge));
-        assert_eq!(
-            decode(b"{\"user_id\":\"\xff\"}", &FieldNames::default(), None),
-            Err(Reject::InvalidUtf8)
-        );
+        assert_eq!(decode(b"{\"user_id\":\"\xff\"}", &FieldNames::default(), None), Err(Reject::InvalidUtf8));
         assert_eq!(dec(r#"{"user_id":"u","#), Err(Reject::InvalidJson));
-        assert_eq!(
-            dec(r#"{"user_id":"u","event":"e","ts":0} {}"#),
-            Err(Reject::InvalidJson)
-        );
+        assert_eq!(dec(r#"{"user_id":"u","event":"e","ts":0} {}"#), Err(Reject::InvalidJson));
         assert_eq!(dec(""), Err(Reject::InvalidJson));
         assert_eq!(dec("[1,2"), Err(Reject::InvalidJson));
         assert_eq!(dec("[1,2]"), Err(Reject::NotObject));
         assert_eq!(dec(r#" "x" "#), Err(Reject::NotObject));
         assert_eq!(dec("null"), Err(Reject::NotObject));
-        assert_eq!(
-            dec(r#"{"user_id":"u","user_id":"v","event":"e","ts":0}"#),
-            Err(Reject::DuplicateKey)
-        );
-        assert_eq!(
-            dec(r#"{"user_id":"u","event":"e","ts":0,"ts":1}"#),
-            Err(Reject::DuplicateKey)
-        );
-        assert_eq!(
-            dec(r#"{"user_id":"u","event":"e","\u0074s":0,"ts":1}"#),
-            Err(Reject::DuplicateKey)
-        );
+        assert_eq!(dec(r#"{"user_id":"u","user_id":"v","event":"e","ts":0}"#), Err(Reject::DuplicateKey));
+        assert_eq!(dec(r#"{"user_id":"u","event":"e","ts":0,"ts":1}"#), Err(Reject::DuplicateKey));
+        assert_eq!(dec(r#"{"user_id":"u","event":"e","\u0074s":0,"ts":1}"#), Err(Reject::DuplicateKey));
         assert_eq!(dec(r#"{"event":"e","ts":0}"#), Err(Reject::BadUserId));
-        assert_eq!(
-            dec(r#"{"user_id":"u","event":"","ts":0}"#),
-            Err(Reject::BadEvent)
-        );
-        assert_eq!(
-            dec(r#"{"user_id":"u","event":3,"ts":0}"#),
-            Err(Reject::BadEvent)
-        );
+        assert_eq!(dec(r#"{"user_id":"u","event":"","ts":0}"#), Err(Reject::BadEvent));
+        assert_eq!(dec(r#"{"user_id":"u","event":3,"ts":0}"#), Err(Reject::BadEvent));
         assert_eq!(dec(r#"{"user_id":"u","ts":0}"#), Err(Reject::BadEvent));
-        assert_eq!(
-            dec(r#"{"user_id":"u","event":"e"}"#),
-            Err(Reject::BadTimestamp)
-        );
+        assert_eq!(dec(r#"{"user_id":"u","event":"e"}"#), Err(Reject::BadTimestamp));
     }
 
     #[test]
@@ -667,44 +572,21 @@ mod tests {
         assert_eq!(e.prop("d"), Some(PropValue::Bool(true)));
         assert_eq!(e.prop("e"), Some(PropValue::Num(-2.5)));
         assert_eq!(e.prop("f"), None);
-        let not_object =
-            dec(r#"{"user_id":"u","event":"e","ts":0,"props":[1,2]}"#).expect("accepted");
+        let not_object = dec(r#"{"user_id":"u","event":"e","ts":0,"props":[1,2]}"#).expect("accepted");
         assert_eq!(not_object.prop("0"), None);
-        let very_deep = format!(
-            r#"{{"user_id":"u","event":"e","ts":0,"z":{}{}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
-        );
+        let very_deep =
+            format!(r#"{{"user_id":"u","event":"e","ts":0,"z":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
         assert!(dec(&very_deep).is_ok());
-        let unbalanced = format!(
-            r#"{{"user_id":"u","event":"e","ts":0,"z":{}}}"#,
-            "[".repeat(100_000)
-        );
+        let unbalanced = format!(r#"{{"user_id":"u","event":"e","ts":0,"z":{}}}"#, "[".repeat(100_000));
         assert_eq!(dec(&unbalanced), Err(Reject::InvalidJson));
     }
 
     #[test]
     fn configured_field_names_and_fallback_time() {
-        let names = FieldNames {
-            user_id: "uid".into(),
-            event: "name".into(),
-            ts: "time".into(),
-            props: "p".into(),
-        };
-        let e = decode(
-            br#"{"uid":"u","name":"n","user_id":[],"p":{"k":"v"}}"#,
-            &names,
-            Some(5),
-        )
-        .expect("valid");
-        assert_eq!(
-            (e.user_id.as_ref(), e.name.as_ref(), e.ts_ms),
-            ("u", "n", 5)
-        );
+        let names = FieldNames { user_id: "uid".into(), event: "name".into(), ts: "time".into(), props: "p".into() };
+        let e = decode(br#"{"uid":"u","name":"n","user_id":[],"p":{"k":"v"}}"#, &names, Some(5)).expect("valid");
+        assert_eq!((e.user_id.as_ref(), e.name.as_ref(), e.ts_ms), ("u", "n", 5));
         assert_eq!(e.prop("k"), Some(PropValue::Str("v".into())));
-        assert_eq!(
-            decode(br#"{"uid":"u","name":"n"}"#, &names, None),
-            Err(Reject::BadTimestamp)
-        );
+        assert_eq!(decode(br#"{"uid":"u","name":"n"}"#, &names, None), Err(Reject::BadTimestamp));
     }
 }

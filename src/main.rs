@@ -126,8 +126,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => {
-            let config = Config::load(Some(&file))
-                .with_context(|| format!("{} is not valid", file.display()))?;
+            let config = Config::load(Some(&file)).with_context(|| format!("{} is not valid", file.display()))?;
             println!(
                 "{}: ok ({} retention definitions, {} funnels, time zone {})",
                 file.display(),
@@ -138,36 +137,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let config = Config::load(Some(&config))
-                .with_context(|| format!("{} is not valid", config.display()))?;
+            let config = Config::load(Some(&config)).with_context(|| format!("{} is not valid", config.display()))?;
             init_logging(&config);
             run(config)
         }
-        Command::Replay {
-            config,
-            listen,
-            inputs,
-        } => {
+        Command::Replay { config, listen, inputs } => {
             let config = Config::load(config.as_deref())?;
             init_logging(&config);
             replay(config, listen, inputs)
         }
-        Command::Loadgen {
-            brokers,
-            topic,
-            rate,
-            count,
-            days,
-            users_per_day,
-            start_ms,
-            seed,
-            options,
-            files,
-        } => {
-            tracing_subscriber::fmt()
-                .with_writer(io::stderr)
-                .with_ansi(io::stderr().is_terminal())
-                .init();
+        Command::Loadgen { brokers, topic, rate, count, days, users_per_day, start_ms, seed, options, files } => {
+            tracing_subscriber::fmt().with_writer(io::stderr).with_ansi(io::stderr().is_terminal()).init();
             let mut producer = loadgen::Loadgen::new(&brokers, &topic, &options, rate)?;
             if files.is_empty() {
                 producer.generated(
@@ -184,19 +164,8 @@ fn main() -> Result<()> {
             }
             Ok(producer.finish()?)
         }
-        Command::Generate {
-            days,
-            users_per_day,
-            start_ms,
-            seed,
-        } => generate(days, users_per_day, start_ms, seed),
-        Command::Demo {
-            listen,
-            speed,
-            backfill_days,
-            users_per_day,
-            seed,
-        } => {
+        Command::Generate { days, users_per_day, start_ms, seed } => generate(days, users_per_day, start_ms, seed),
+        Command::Demo { listen, speed, backfill_days, users_per_day, seed } => {
             let mut config = Config::from_toml_str(DEMO_CONFIG)?;
             config.listen = listen;
             init_logging(&config);
@@ -208,10 +177,8 @@ fn main() -> Result<()> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(io::stderr().is_terminal())
-        .with_writer(io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(io::stderr().is_terminal()).with_writer(io::stderr);
     if config.log_json {
         builder.json().init();
     } else {
@@ -220,10 +187,7 @@ fn init_logging(config: &Config) {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn run(config: Config) -> Result<()> {
@@ -271,11 +235,7 @@ fn run(config: Config) -> Result<()> {
 
 fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> Result<()> {
     let mut engine = Engine::new(Arc::new(config.engine.clone()));
-    let inputs = if inputs.is_empty() {
-        vec![PathBuf::from("-")]
-    } else {
-        inputs
-    };
+    let inputs = if inputs.is_empty() { vec![PathBuf::from("-")] } else { inputs };
     let started = Instant::now();
     let now = now_ms();
     let mut last_report = Instant::now();
@@ -284,27 +244,15 @@ fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> R
         let progress = |n: u64| {
             if last_report.elapsed() >= Duration::from_secs(5) {
                 let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "{}: {} lines, {:.0} lines/s",
-                    input.display(),
-                    n,
-                    (total + n) as f64 / secs
-                );
+                eprintln!("{}: {} lines, {:.0} lines/s", input.display(), n, (total + n) as f64 / secs);
                 last_report = Instant::now();
             }
         };
         let n = if input == Path::new("-") {
             replay_into(&mut engine, io::stdin().lock(), now, 1 << 20, progress)
         } else {
-            let file = std::fs::File::open(input)
-                .with_context(|| format!("cannot open {}", input.display()))?;
-            replay_into(
-                &mut engine,
-                BufReader::with_capacity(1 << 20, file),
-                now,
-                1 << 20,
-                progress,
-            )
+            let file = std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+            replay_into(&mut engine, BufReader::with_capacity(1 << 20, file), now, 1 << 20, progress)
         }
         .with_context(|| format!("reading {}", input.display()))?;
         total += n;
@@ -329,9 +277,8 @@ fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> R
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
             let shutdown = shutdown_on_signal();
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             info!(%addr, "serving the final figures until interrupted");
             http::serve(listener, http::router(registry, published), shutdown).await?;
             Ok::<_, anyhow::Error>(())
@@ -348,16 +295,15 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        t.cancel();
-                        return;
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -395,13 +341,7 @@ fn generate(days: u32, users_per_day: f64, start_ms: Option<i64>, seed: u64) -> 
     Ok(())
 }
 
-fn demo(
-    config: Config,
-    speed: f64,
-    backfill_days: u32,
-    users_per_day: f64,
-    seed: u64,
-) -> Result<()> {
+fn demo(config: Config, speed: f64, backfill_days: u32, users_per_day: f64, seed: u64) -> Result<()> {
     if !(speed.is_finite() && speed > 0.0) {
         bail!("--speed must be a positive number");
     }
@@ -460,10 +400,7 @@ fn run_demo_generator(
         feed(&mut engine, &mut generator, until);
         published.publish(engine.figures());
     }
-    info!(
-        events = engine.counters().ingested,
-        "backfill done; running at {speed}x"
-    );
+    info!(events = engine.counters().ingested, "backfill done; running at {speed}x");
     published.set_ready(true);
     let mut tick = Instant::now();
     while !stop.is_cancelled() {

@@ -6,20 +6,12 @@ use std::process::{Command, Output, Stdio};
 
 fn cohortflow(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohortflow"));
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
     child.wait_with_output().expect("wait")
 }
 
@@ -33,28 +25,16 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 fn check_config_accepts_the_example_and_names_bad_keys() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cohortflow.toml");
     let ok = cohortflow(&["check-config", example], &[], b"");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
 
     let bad = config_file("[[funnel]]\nname = \"f\"\nwindow = \"forever\"\nsteps = [\"a\"]\n");
-    let out = cohortflow(
-        &["check-config", bad.path().to_str().expect("path")],
-        &[],
-        b"",
-    );
+    let out = cohortflow(&["check-config", bad.path().to_str().expect("path")], &[], b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("funnel[0].window"));
 
     let unknown = config_file("[http]\nlisten = \"127.0.0.1:1\"\nport = 5\n");
-    let out = cohortflow(
-        &["check-config", unknown.path().to_str().expect("path")],
-        &[],
-        b"",
-    );
+    let out = cohortflow(&["check-config", unknown.path().to_str().expect("path")], &[], b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("port"));
 }
@@ -63,31 +43,15 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 fn environment_overrides_every_key() {
     let file = config_file("timezone = \"UTC\"\n");
     let path = file.path().to_str().expect("path");
-    let out = cohortflow(
-        &["check-config", path],
-        &[("COHORTFLOW_TIMEZONE", "Asia/Shanghai")],
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cohortflow(&["check-config", path], &[("COHORTFLOW_TIMEZONE", "Asia/Shanghai")], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Asia/Shanghai"));
 
-    let out = cohortflow(
-        &["check-config", path],
-        &[("COHORTFLOW_HTTP__LISTEN", "not-an-address")],
-        b"",
-    );
+    let out = cohortflow(&["check-config", path], &[("COHORTFLOW_HTTP__LISTEN", "not-an-address")], b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
 
-    let out = cohortflow(
-        &["check-config", path],
-        &[("COHORTFLOW_HISTORY_DAYS", "1")],
-        b"",
-    );
+    let out = cohortflow(&["check-config", path], &[("COHORTFLOW_HISTORY_DAYS", "1")], b"");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("history_days"));
 }
@@ -110,20 +74,11 @@ fn replay_from_stdin_prints_the_figures() {
         r#"{"user_id":"c","event":"view","ts":"2026-10-02T12:00:00Z"}"#,
     );
     let out = cohortflow(
-        &[
-            "replay",
-            "--config",
-            cfg.path().to_str().expect("path"),
-            "-",
-        ],
+        &["replay", "--config", cfg.path().to_str().expect("path"), "-"],
         &[("RUST_LOG", "warn")],
         input.as_bytes(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
         r#"cohortflow_cohort_users{retention="r",cohort_date="2026-10-01"} 2"#,
@@ -139,9 +94,6 @@ fn replay_from_stdin_prints_the_figures() {
         "cohortflow_events_ingested_total 5",
         r#"cohortflow_events_rejected_total{reason="invalid_json"} 1"#,
     ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing `{line}` in:\n{text}"
-        );
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
 }

@@ -110,8 +110,16 @@ fn hostile(ts: i64) -> Vec<Vec<u8>> {
         // Valid, if odd: integer ids, escapes, offsets, weird props and fields.
         format!(r#"{{"user_id":12345,"event":"view","ts":{ts},"props":{{"channel":"ads"}}}}"#),
         format!(r#"{{"user_id":"h\u0031","event":"vi\u0065w","ts":{ts}}}"#),
-        format!(r#"{{"user_id":"h1","event":"add_to_cart","ts":{},"props":{{"amount":1e999,"channel":"\udfff"}}}}"#, ts + 60_000),
-        format!(r#"{{"user_id":"h1","event":"order","ts":{},"props":[1,2],"extra":{}{}}}"#, ts + 120_000, "[".repeat(200), "]".repeat(200)),
+        format!(
+            r#"{{"user_id":"h1","event":"add_to_cart","ts":{},"props":{{"amount":1e999,"channel":"\udfff"}}}}"#,
+            ts + 60_000
+        ),
+        format!(
+            r#"{{"user_id":"h1","event":"order","ts":{},"props":[1,2],"extra":{}{}}}"#,
+            ts + 120_000,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
         format!(r#"{{"\u0075ser_id":"h2","event":"signup","ts":"{iso}","\ud800":1}}"#),
         r#"{"user_id":"h2","event":"verify","ts":"2026-10-30t18:00:00.123456+08:00"}"#.to_owned(),
         r#"{"user_id":"h2","event":"pay","ts":"2026-10-31 01:00:00.9z","props":{"channel":"ads"}}"#.to_owned(),
@@ -201,14 +209,8 @@ fn figures_equal_clickhouse_in_three_time_zones() {
             .env("RUST_LOG", "warn")
             .output()
             .expect("run replay");
-        assert!(
-            replay.status.success(),
-            "replay failed: {}",
-            String::from_utf8_lossy(&replay.stderr)
-        );
-        let metrics = dir
-            .path()
-            .join(format!("metrics-{}.txt", tz.replace('/', "_")));
+        assert!(replay.status.success(), "replay failed: {}", String::from_utf8_lossy(&replay.stderr));
+        let metrics = dir.path().join(format!("metrics-{}.txt", tz.replace('/', "_")));
         std::fs::write(&metrics, &replay.stdout).expect("metrics");
 
         let check = Command::new("python3")

@@ -11,18 +11,14 @@ fn names() -> FieldNames {
 /// Mutations of a valid event: bytes flipped, cut, or spliced.
 fn mutated() -> impl Strategy<Value = Vec<u8>> {
     let base = br#"{"user_id":"u1","event":"view","ts":"2026-11-20T08:15:00.123+08:00","props":{"a":[1,{"b":null}],"c":"\u00e9"}}"#.to_vec();
-    (
-        prop::collection::vec((0..base.len(), any::<u8>()), 0..6),
-        0..=base.len(),
-    )
-        .prop_map(move |(edits, cut)| {
-            let mut v = base.clone();
-            for (i, b) in edits {
-                v[i] = b;
-            }
-            v.truncate(cut.max(1));
-            v
-        })
+    (prop::collection::vec((0..base.len(), any::<u8>()), 0..6), 0..=base.len()).prop_map(move |(edits, cut)| {
+        let mut v = base.clone();
+        for (i, b) in edits {
+            v[i] = b;
+        }
+        v.truncate(cut.max(1));
+        v
+    })
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -30,9 +26,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(serde_json::Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
         ".{0,8}".prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {

@@ -31,10 +31,7 @@ impl Ev {
             Some(c) => format!(r#","props":{{"channel":"{c}"}}"#),
             None => String::new(),
         };
-        format!(
-            r#"{{"user_id":"u{}","event":"{}","ts":{}{props}}}"#,
-            self.user, self.name, self.ts
-        )
+        format!(r#"{{"user_id":"u{}","event":"{}","ts":{}{props}}}"#, self.user, self.name, self.ts)
     }
 }
 
@@ -46,12 +43,7 @@ fn event() -> impl Strategy<Value = Ev> {
         0i64..(9 * 24 * 4),
         prop::option::of(prop::sample::select(vec!["x", "y"])),
     )
-        .prop_map(|(user, name, quarter, channel)| Ev {
-            user,
-            name,
-            ts: START + quarter * HOUR / 4,
-            channel,
-        })
+        .prop_map(|(user, name, quarter, channel)| Ev { user, name, ts: START + quarter * HOUR / 4, channel })
 }
 
 fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
@@ -91,10 +83,7 @@ fn run(cfg: &Config, events: &[Ev]) -> Figures {
     let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
     let now = START + 30 * 24 * HOUR;
     for e in events {
-        assert!(
-            engine.apply(e.json().as_bytes(), None, now).is_ok(),
-            "{e:?}"
-        );
+        assert!(engine.apply(e.json().as_bytes(), None, now).is_ok(), "{e:?}");
     }
     engine.figures()
 }
@@ -103,28 +92,17 @@ fn run(cfg: &Config, events: &[Ev]) -> Figures {
 /// to the watermark's day), in the same shape.
 fn model(cfg: &Config, events: &[Ev]) -> Figures {
     let tz: &TimeZone = &cfg.engine.timezone;
-    let day = |ts: i64| -> jiff::civil::Date {
-        Timestamp::from_millisecond(ts)
-            .expect("ts")
-            .to_zoned(tz.clone())
-            .date()
-    };
+    let day =
+        |ts: i64| -> jiff::civil::Date { Timestamp::from_millisecond(ts).expect("ts").to_zoned(tz.clone()).date() };
     let events: BTreeSet<Ev> = events.iter().cloned().collect();
     let max_ts = events.iter().map(|e| e.ts).max().expect("events");
     let wm = max_ts - cfg.engine.allowed_lateness_ms;
     let wm_day = day(wm);
-    let mut out = Figures {
-        watermark_ms: Some(wm),
-        ..Figures::default()
-    };
+    let mut out = Figures { watermark_ms: Some(wm), ..Figures::default() };
 
     let users: BTreeSet<u8> = events.iter().map(|e| e.user).collect();
     let days_of = |u: u8, pred: &dyn Fn(&Ev) -> bool| -> BTreeSet<jiff::civil::Date> {
-        events
-            .iter()
-            .filter(|e| e.user == u && pred(e))
-            .map(|e| day(e.ts))
-            .collect()
+        events.iter().filter(|e| e.user == u && pred(e)).map(|e| day(e.ts)).collect()
     };
 
     // Activity.
@@ -135,11 +113,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
         activity.entry(first).or_default()[0] += 1;
         let mut d = first;
         while d <= wm_day {
-            let back = |n: i64| {
-                active
-                    .iter()
-                    .any(|a| *a <= d && *a > d - jiff::Span::new().days(n))
-            };
+            let back = |n: i64| active.iter().any(|a| *a <= d && *a > d - jiff::Span::new().days(n));
             let row = activity.entry(d).or_default();
             row[1] += u64::from(active.contains(&d));
             row[2] += u64::from(back(7));
@@ -163,57 +137,47 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
     for def in &cfg.engine.retention {
         let mut rows: BTreeMap<jiff::civil::Date, (u64, Vec<u64>)> = BTreeMap::new();
         for &u in &users {
-            let Some(&cohort) = days_of(u, &|e| def.cohort_event.matches(e.name))
-                .iter()
-                .next()
-            else {
+            let Some(&cohort) = days_of(u, &|e| def.cohort_event.matches(e.name)).iter().next() else {
                 continue;
             };
             let returns = days_of(u, &|e| def.return_event.matches(e.name));
-            let row = rows
-                .entry(cohort)
-                .or_insert_with(|| (0, vec![0; def.days.len()]));
+            let row = rows.entry(cohort).or_insert_with(|| (0, vec![0; def.days.len()]));
             row.0 += 1;
             for (i, &n) in def.days.iter().enumerate() {
                 let target = cohort + jiff::Span::new().days(i64::from(n));
                 let hit = match def.mode {
                     cohortflow::config::RetentionMode::On => returns.contains(&target),
-                    cohortflow::config::RetentionMode::OnOrAfter => {
-                        returns.iter().any(|r| *r >= target)
-                    }
+                    cohortflow::config::RetentionMode::OnOrAfter => returns.iter().any(|r| *r >= target),
                 };
                 row.1[i] += u64::from(hit);
             }
         }
-        out.retention
-            .push(cohortflow::engine::figures::RetentionTable {
-                name: def.name.clone(),
-                mode: def.mode.as_str(),
-                days: def.days.clone(),
-                cohorts: rows
-                    .into_iter()
-                    .filter(|(d, _)| *d <= wm_day)
-                    .map(
-                        |(d, (users, retained))| cohortflow::engine::figures::CohortRow {
-                            date: d.to_string(),
-                            users,
-                            retained,
-                            mature: def
-                                .days
-                                .iter()
-                                .map(|&n| {
-                                    let end = (d + jiff::Span::new().days(i64::from(n) + 1))
-                                        .to_zoned(tz.clone())
-                                        .expect("zoned")
-                                        .timestamp()
-                                        .as_millisecond();
-                                    wm >= end
-                                })
-                                .collect(),
-                        },
-                    )
-                    .collect(),
-            });
+        out.retention.push(cohortflow::engine::figures::RetentionTable {
+            name: def.name.clone(),
+            mode: def.mode.as_str(),
+            days: def.days.clone(),
+            cohorts: rows
+                .into_iter()
+                .filter(|(d, _)| *d <= wm_day)
+                .map(|(d, (users, retained))| cohortflow::engine::figures::CohortRow {
+                    date: d.to_string(),
+                    users,
+                    retained,
+                    mature: def
+                        .days
+                        .iter()
+                        .map(|&n| {
+                            let end = (d + jiff::Span::new().days(i64::from(n) + 1))
+                                .to_zoned(tz.clone())
+                                .expect("zoned")
+                                .timestamp()
+                                .as_millisecond();
+                            wm >= end
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
     }
 
     // Funnels: exhaustive search over chains.
@@ -223,18 +187,15 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             let step = &def.steps[k];
             step.event.matches(e.name)
                 && step.filter.iter().all(|(key, v)| {
-                    key == "channel" && matches!(v, cohortflow::config::FilterValue::Str(s) if Some(s.as_str()) == e.channel)
+                    key == "channel"
+                        && matches!(v, cohortflow::config::FilterValue::Str(s) if Some(s.as_str()) == e.channel)
                 })
         };
         let mut rows: BTreeMap<jiff::civil::Date, Vec<u64>> = BTreeMap::new();
         let mut conversions = vec![0u64; k_steps];
         for &u in &users {
             let evs: Vec<&Ev> = events.iter().filter(|e| e.user == u).collect();
-            let entry_days: BTreeSet<_> = evs
-                .iter()
-                .filter(|e| matches(e, 0))
-                .map(|e| day(e.ts))
-                .collect();
+            let entry_days: BTreeSet<_> = evs.iter().filter(|e| matches(e, 0)).map(|e| day(e.ts)).collect();
             for d in entry_days {
                 let mut best = 0;
                 for (i, e1) in evs.iter().enumerate() {
@@ -268,10 +229,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             entries: rows
                 .into_iter()
                 .filter(|(d, _)| *d <= wm_day)
-                .map(|(d, users)| cohortflow::engine::figures::FunnelRow {
-                    date: d.to_string(),
-                    users,
-                })
+                .map(|(d, users)| cohortflow::engine::figures::FunnelRow { date: d.to_string(), users })
                 .collect(),
             conversions_total: conversions,
             time_to_convert: Vec::new(),
@@ -311,17 +269,7 @@ fn extend(
             continue;
         }
         used.push(j);
-        best = best.max(extend(
-            evs,
-            matches,
-            mode,
-            window,
-            start,
-            e.ts,
-            k + 1,
-            steps,
-            used,
-        ));
+        best = best.max(extend(evs, matches, mode, window, start, e.ts, k + 1, steps, used));
         used.pop();
         if best == steps {
             break;
@@ -349,11 +297,7 @@ fn scenario() -> impl Strategy<Value = (Vec<Ev>, &'static str, &'static str, Fun
         prop::collection::vec(event(), 1..40),
         prop::sample::select(vec!["UTC", "Asia/Shanghai", "America/New_York"]),
         prop::sample::select(vec!["15m", "1h", "6h", "1d"]),
-        prop::sample::select(vec![
-            FunnelMode::Default,
-            FunnelMode::StrictOnce,
-            FunnelMode::StrictIncrease,
-        ]),
+        prop::sample::select(vec![FunnelMode::Default, FunnelMode::StrictOnce, FunnelMode::StrictIncrease]),
     )
 }
 
@@ -406,12 +350,7 @@ fn model_sanity_on_a_known_case() {
     // u1: a on day 0 and b on days 1, 2; funnel a->b->c within 1h.
     let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
     let day = 24 * HOUR;
-    let ev = |user, name, ts| Ev {
-        user,
-        name,
-        ts: START + ts,
-        channel: None,
-    };
+    let ev = |user, name, ts| Ev { user, name, ts: START + ts, channel: None };
     let events = vec![
         ev(1, "a", 0),
         ev(1, "b", day + 10),

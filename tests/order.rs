@@ -41,10 +41,7 @@ fn without_counters(mut f: Figures) -> Figures {
 
 #[test]
 fn order_within_lateness_and_replays_do_not_change_figures() {
-    let cfg = Config::from_toml_str(&format!(
-        "history_days = 32\nexport_days = 20\n{DEMO_CONFIG}"
-    ))
-    .expect("config");
+    let cfg = Config::from_toml_str(&format!("history_days = 32\nexport_days = 20\n{DEMO_CONFIG}")).expect("config");
     let sorted_lines = {
         let mut l = lines(60);
         let names = FieldNames::default();
@@ -53,11 +50,7 @@ fn order_within_lateness_and_replays_do_not_change_figures() {
     };
     let reference = run(&cfg, &sorted_lines);
     assert_eq!(reference.activity.len(), 20);
-    assert!(
-        reference.counters.ingested > 100_000,
-        "{}",
-        reference.counters.ingested
-    );
+    assert!(reference.counters.ingested > 100_000, "{}", reference.counters.ingested);
     assert!(reference.counters.rejected.iter().sum::<u64>() > 0);
 
     // Shuffle inside blocks of consecutive lines spanning less than the
@@ -95,10 +88,7 @@ fn order_within_lateness_and_replays_do_not_change_figures() {
             replayed.push(shuffled[i - 50].clone());
         }
     }
-    assert_eq!(
-        without_counters(run(&cfg, &replayed)),
-        without_counters(reference)
-    );
+    assert_eq!(without_counters(run(&cfg, &replayed)), without_counters(reference));
 }
 
 #[test]
@@ -111,12 +101,7 @@ fn shards_keyed_by_user_merge_to_the_single_engine_figures() {
     for line in all {
         // Hostile lines have no user: any shard will do.
         let shard = decode(&line, &names, None)
-            .map(|e| {
-                e.user_id
-                    .bytes()
-                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-                    % 4
-            })
+            .map(|e| e.user_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % 4)
             .unwrap_or(0);
         shards[shard].push(line);
     }

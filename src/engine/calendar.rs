@@ -28,10 +28,7 @@ const UNIX_EPOCH_DATE: Date = jiff::civil::date(1970, 1, 1);
 impl Calendar {
     /// A calendar in `tz`.
     pub fn new(tz: TimeZone) -> Self {
-        Calendar {
-            tz,
-            last: Cell::new((0, 0, 0)),
-        }
+        Calendar { tz, last: Cell::new((0, 0, 0)) }
     }
 
     /// The business day of an event time (epoch ms within [1970, 2100)).
@@ -87,9 +84,7 @@ pub fn day_number(date: Date) -> Day {
 
 /// The civil date of a day number.
 pub fn date_of(day: Day) -> Date {
-    UNIX_EPOCH_DATE
-        .checked_add(jiff::Span::new().days(i64::from(day)))
-        .unwrap_or(UNIX_EPOCH_DATE)
+    UNIX_EPOCH_DATE.checked_add(jiff::Span::new().days(i64::from(day))).unwrap_or(UNIX_EPOCH_DATE)
 }
 
 #[cfg(test)]

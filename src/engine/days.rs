@@ -25,10 +25,7 @@ pub struct DayBits {
 
 impl Default for DayBits {
     fn default() -> Self {
-        DayBits {
-            last: NO_DAY,
-            bits: 0,
-        }
+        DayBits { last: NO_DAY, bits: 0 }
     }
 }
 
@@ -73,11 +70,7 @@ impl DayBits {
             return (None, None);
         }
         let k = (self.last - day) as u32;
-        let earlier = if k + 1 >= SPAN as u32 {
-            0
-        } else {
-            self.bits >> (k + 1)
-        };
+        let earlier = if k + 1 >= SPAN as u32 { 0 } else { self.bits >> (k + 1) };
         let prev = (earlier != 0).then(|| self.last - (k + 1 + earlier.trailing_zeros()) as Day);
         let later = self.bits & ((1u128 << k) - 1);
         let next = (later != 0).then(|| self.last - (127 - later.leading_zeros()) as Day);
@@ -103,11 +96,7 @@ pub struct DayRows<T> {
 
 impl<T: Default> Default for DayRows<T> {
     fn default() -> Self {
-        DayRows {
-            base: 0,
-            rows: VecDeque::new(),
-            keep_from: Day::MIN,
-        }
+        DayRows { base: 0, rows: VecDeque::new(), keep_from: Day::MIN }
     }
 }
 
@@ -195,10 +184,7 @@ mod tests {
         assert_eq!(r.get(3), Some(&0));
         r.drop_before(3);
         assert!(r.row(2).is_none());
-        assert_eq!(
-            r.range(0, 10).map(|(d, _)| d).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
+        assert_eq!(r.range(0, 10).map(|(d, _)| d).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(r.get(5), Some(&1));
         *r.row(8).expect("kept") += 2;
         assert_eq!(r.range(7, 8).collect::<Vec<_>>(), vec![(7, &0), (8, &2)]);

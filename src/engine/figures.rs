@@ -117,10 +117,7 @@ impl TimeToConvert {
     /// Summarises a histogram of milliseconds.
     pub fn of(h: &Histogram<u64>) -> Self {
         TimeToConvert {
-            quantiles: QUANTILES
-                .iter()
-                .map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0))
-                .collect(),
+            quantiles: QUANTILES.iter().map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0)).collect(),
             sum_seconds: h.mean() * h.len() as f64 / 1000.0,
             count: h.len(),
         }
@@ -216,12 +213,7 @@ impl Figures {
     }
 }
 
-fn merge_rows<T>(
-    a: Vec<T>,
-    b: Vec<T>,
-    key: impl Fn(&T) -> String,
-    add: impl Fn(&mut T, &T),
-) -> Vec<T> {
+fn merge_rows<T>(a: Vec<T>, b: Vec<T>, key: impl Fn(&T) -> String, add: impl Fn(&mut T, &T)) -> Vec<T> {
     let mut rows: BTreeMap<String, T> = a.into_iter().map(|r| (key(&r), r)).collect();
     for r in b {
         match rows.get_mut(&key(&r)) {

@@ -38,24 +38,14 @@ pub struct Chain {
 
 impl Chain {
     fn none() -> Self {
-        Chain {
-            level: 0,
-            reached: [0; crate::config::MAX_STEPS],
-        }
+        Chain { level: 0, reached: [0; crate::config::MAX_STEPS] }
     }
 }
 
 /// The level of the entry day `[day_start, day_end)`: step 1 only from
 /// events in that range, later steps at any time within `window` ms
 /// (inclusive) of the chain's step 1. `hits` is sorted by time.
-pub fn level(
-    hits: &[Hit],
-    day_start: i64,
-    day_end: i64,
-    window: i64,
-    steps: usize,
-    mode: FunnelMode,
-) -> Chain {
+pub fn level(hits: &[Hit], day_start: i64, day_end: i64, window: i64, steps: usize, mode: FunnelMode) -> Chain {
     let from = hits.partition_point(|h| h.ts < day_start);
     let until = hits.partition_point(|h| h.ts <= day_end.saturating_add(window));
     let hits = &hits[from..until];
@@ -92,8 +82,7 @@ pub fn level(
 /// finds the true maximum. Equal timestamps are taken in step order.
 fn level_default(hits: &[Hit], day_end: i64, window: i64, steps: usize) -> Chain {
     // (first, last) of the chain that reached step k+1, if any.
-    let mut reached: [Option<(i64, i64)>; crate::config::MAX_STEPS] =
-        [None; crate::config::MAX_STEPS];
+    let mut reached: [Option<(i64, i64)>; crate::config::MAX_STEPS] = [None; crate::config::MAX_STEPS];
     let mut i = 0;
     while i < hits.len() {
         let ts = hits[i].ts;
@@ -211,11 +200,7 @@ mod tests {
     use super::*;
 
     fn h(ts: i64, steps: &[usize]) -> Hit {
-        Hit {
-            ts,
-            mask: steps.iter().fold(0, |m, s| m | 1 << s),
-            tag: 0,
-        }
+        Hit { ts, mask: steps.iter().fold(0, |m, s| m | 1 << s), tag: 0 }
     }
 
     fn lv(hits: &[Hit], mode: FunnelMode) -> usize {
@@ -226,54 +211,24 @@ mod tests {
 
     #[test]
     fn window_includes_its_end() {
-        assert_eq!(
-            lv(&[h(0, &[0]), h(5, &[1]), h(10, &[2])], FunnelMode::Default),
-            3
-        );
-        assert_eq!(
-            lv(&[h(0, &[0]), h(5, &[1]), h(11, &[2])], FunnelMode::Default),
-            2
-        );
+        assert_eq!(lv(&[h(0, &[0]), h(5, &[1]), h(10, &[2])], FunnelMode::Default), 3);
+        assert_eq!(lv(&[h(0, &[0]), h(5, &[1]), h(11, &[2])], FunnelMode::Default), 2);
     }
 
     #[test]
     fn later_start_rescues_the_chain() {
-        assert_eq!(
-            lv(
-                &[h(0, &[0]), h(9, &[0]), h(12, &[1]), h(15, &[2])],
-                FunnelMode::Default
-            ),
-            3
-        );
+        assert_eq!(lv(&[h(0, &[0]), h(9, &[0]), h(12, &[1]), h(15, &[2])], FunnelMode::Default), 3);
     }
 
     #[test]
     fn equal_timestamps_chain_in_step_order() {
-        assert_eq!(
-            lv(&[h(3, &[2]), h(3, &[1]), h(3, &[0])], FunnelMode::Default),
-            3
-        );
+        assert_eq!(lv(&[h(3, &[2]), h(3, &[1]), h(3, &[0])], FunnelMode::Default), 3);
         assert_eq!(lv(&[h(3, &[0, 1, 2])], FunnelMode::Default), 3);
         assert_eq!(lv(&[h(3, &[0, 1, 2])], FunnelMode::StrictOnce), 1);
-        assert_eq!(
-            lv(&[h(3, &[0, 1]), h(3, &[1, 2])], FunnelMode::StrictOnce),
-            2
-        );
+        assert_eq!(lv(&[h(3, &[0, 1]), h(3, &[1, 2])], FunnelMode::StrictOnce), 2);
         // Filling step 2 with the {2,3} event would strand step 3.
-        assert_eq!(
-            lv(
-                &[h(3, &[0]), h(3, &[1, 2]), h(3, &[1])],
-                FunnelMode::StrictOnce
-            ),
-            3
-        );
-        assert_eq!(
-            lv(
-                &[h(3, &[0]), h(3, &[1]), h(3, &[2])],
-                FunnelMode::StrictIncrease
-            ),
-            1
-        );
+        assert_eq!(lv(&[h(3, &[0]), h(3, &[1, 2]), h(3, &[1])], FunnelMode::StrictOnce), 3);
+        assert_eq!(lv(&[h(3, &[0]), h(3, &[1]), h(3, &[2])], FunnelMode::StrictIncrease), 1);
     }
 
     #[test]

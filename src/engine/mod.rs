@@ -28,10 +28,7 @@ use crate::config::{EngineConfig, EventMatch, FilterValue, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
 use days::{DayBits, DayRows, NO_DAY};
-use figures::{
-    ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable,
-    TimeToConvert,
-};
+use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
 use funnel::Hit;
 
 const DAY_MS: i64 = 86_400_000;
@@ -172,10 +169,7 @@ impl Engine {
     /// An empty engine for `cfg`.
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
         let n_funnels = cfg.funnels.len();
-        let mut other = Class {
-            steps: vec![0; n_funnels],
-            ..Class::default()
-        };
+        let mut other = Class { steps: vec![0; n_funnels], ..Class::default() };
         let mut named: Vec<&str> = Vec::new();
         for (r, def) in cfg.retention.iter().enumerate() {
             for (m, is_cohort) in [(&def.cohort_event, true), (&def.return_event, false)] {
@@ -237,21 +231,13 @@ impl Engine {
                 rows: DayRows::default(),
                 conversions: vec![0; def.steps.len()],
                 time_to_convert: (0..def.steps.len())
-                    .map(|_| {
-                        Histogram::new(3)
-                            .unwrap_or_else(|_| unreachable!("3 significant figures are valid"))
-                    })
+                    .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
                     .collect(),
                 hits: 0,
             })
             .collect();
         let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
-        let max_retention_day = cfg
-            .retention
-            .iter()
-            .flat_map(|r| r.days.iter().copied())
-            .max()
-            .unwrap_or(0) as i32;
+        let max_retention_day = cfg.retention.iter().flat_map(|r| r.days.iter().copied()).max().unwrap_or(0) as i32;
         Engine {
             cal: Calendar::new(cfg.timezone.clone()),
             cfg,
@@ -279,19 +265,9 @@ impl Engine {
 
     /// Decodes and ingests one message, counting it as ingested or rejected.
     /// `message_ts_ms` is the Kafka message timestamp, if any.
-    pub fn apply(
-        &mut self,
-        bytes: &[u8],
-        message_ts_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<(), Reject> {
-        let fallback = if self.cfg.use_message_timestamp {
-            message_ts_ms
-        } else {
-            None
-        };
-        let result = event::decode(bytes, &self.cfg.fields, fallback)
-            .and_then(|ev| self.ingest(&ev, now_ms));
+    pub fn apply(&mut self, bytes: &[u8], message_ts_ms: Option<i64>, now_ms: i64) -> Result<(), Reject> {
+        let fallback = if self.cfg.use_message_timestamp { message_ts_ms } else { None };
+        let result = event::decode(bytes, &self.cfg.fields, fallback).and_then(|ev| self.ingest(&ev, now_ms));
         match result {
             Ok(()) => self.counters.ingested += 1,
             Err(reason) => self.counters.rejected[reason.index()] += 1,
@@ -312,8 +288,7 @@ impl Engine {
 
     /// Events older than this are too late.
     pub fn horizon_ms(&self) -> Option<i64> {
-        self.watermark_ms()
-            .map(|w| w - i64::from(self.cfg.history_days) * DAY_MS)
+        self.watermark_ms().map(|w| w - i64::from(self.cfg.history_days) * DAY_MS)
     }
 
     /// Ingests one decoded event (not counted: see [`Engine::apply`]).
@@ -428,10 +403,7 @@ impl Engine {
         let i = self.users.len() as u32;
         self.user_ids.insert(id.into(), i);
         self.user_id_bytes += id.len();
-        self.users.push(UserCore {
-            first_seen: NO_DAY,
-            active: DayBits::default(),
-        });
+        self.users.push(UserCore { first_seen: NO_DAY, active: DayBits::default() });
         for state in &mut self.retention {
             state.cohort.push(NO_DAY);
             if let Some(returns) = &mut state.returns {
@@ -458,14 +430,7 @@ impl Engine {
     }
 
     /// A return event on `day`: credit the cohort cells it newly fills.
-    fn credit_return(
-        &mut self,
-        r: usize,
-        uid: u32,
-        day: Day,
-        newly_active: bool,
-        prev_active_latest: Option<Day>,
-    ) {
+    fn credit_return(&mut self, r: usize, uid: u32, day: Day, newly_active: bool, prev_active_latest: Option<Day>) {
         let state = &mut self.retention[r];
         let (newly, prev_latest) = match &mut state.returns {
             Some(v) => {
@@ -509,11 +474,7 @@ impl Engine {
     fn move_cohort(&mut self, r: usize, uid: u32, old: Day, new: Day) {
         let n_days = self.cfg.retention[r].days.len();
         let flags = |engine: &Self, c: Day| -> Vec<bool> {
-            engine.cfg.retention[r]
-                .days
-                .iter()
-                .map(|&n| engine.retained_by(r, uid, c, n))
-                .collect()
+            engine.cfg.retention[r].days.iter().map(|&n| engine.retained_by(r, uid, c, n)).collect()
         };
         if old != NO_DAY {
             let was = flags(self, old);
@@ -556,11 +517,7 @@ impl Engine {
         state.hits = state.hits + user.hits.len() - before;
 
         // Entry days whose chains this event can join.
-        let first_day = if hit.mask & !1 == 0 {
-            day
-        } else {
-            self.cal.day_of(hit.ts - window)
-        };
+        let first_day = if hit.mask & !1 == 0 { day } else { self.cal.day_of(hit.ts - window) };
         for d in first_day..=day {
             let (start, end) = self.cal.bounds(d);
             let user = match self.funnels[f].users.get(&uid) {
@@ -568,10 +525,7 @@ impl Engine {
                 None => return,
             };
             let from = user.hits.partition_point(|h| h.ts < start);
-            let entered = user.hits[from..]
-                .iter()
-                .take_while(|h| h.ts < end)
-                .any(|h| h.mask & 1 != 0);
+            let entered = user.hits[from..].iter().take_while(|h| h.ts < end).any(|h| h.mask & 1 != 0);
             if !entered {
                 continue;
             }
@@ -661,8 +615,7 @@ impl Engine {
                 .funnels
                 .iter()
                 .map(|f| {
-                    let mut users: Vec<(u32, FunnelUser)> =
-                        f.users.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    let mut users: Vec<(u32, FunnelUser)> = f.users.iter().map(|(k, v)| (*k, v.clone())).collect();
                     users.sort_unstable_by_key(|(k, _)| *k);
                     FunnelSnapshot {
                         users,
@@ -671,11 +624,7 @@ impl Engine {
                         time_to_convert: f
                             .time_to_convert
                             .iter()
-                            .map(|h| {
-                                h.iter_recorded()
-                                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                                    .collect()
-                            })
+                            .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
                             .collect(),
                     }
                 })
@@ -695,46 +644,25 @@ impl Engine {
         if state.user_ids.len() != n {
             return Err(StateMismatch("user table lengths differ".into()));
         }
-        if state.retention.len() != engine.retention.len()
-            || state.funnels.len() != engine.funnels.len()
-        {
-            return Err(StateMismatch(
-                "the number of retention definitions or funnels differs".into(),
-            ));
+        if state.retention.len() != engine.retention.len() || state.funnels.len() != engine.funnels.len() {
+            return Err(StateMismatch("the number of retention definitions or funnels differs".into()));
         }
-        for (id, i) in state
-            .user_ids
-            .into_iter()
-            .enumerate()
-            .map(|(i, id)| (id, i as u32))
-        {
+        for (id, i) in state.user_ids.into_iter().enumerate().map(|(i, id)| (id, i as u32)) {
             engine.user_id_bytes += id.len();
             if engine.user_ids.insert(id, i).is_some() {
                 return Err(StateMismatch("a user id appears twice".into()));
             }
         }
         engine.users = state.users;
-        for (r, (snap, def)) in state
-            .retention
-            .into_iter()
-            .zip(&engine.cfg.retention)
-            .enumerate()
-        {
+        for (r, (snap, def)) in state.retention.into_iter().zip(&engine.cfg.retention).enumerate() {
             let wants_returns = def.return_event != EventMatch::Any;
             if snap.cohort.len() != n
                 || snap.returns.is_some() != wants_returns
                 || snap.returns.as_ref().is_some_and(|v| v.len() != n)
             {
-                return Err(StateMismatch(format!(
-                    "retention definition {} has another shape",
-                    def.name
-                )));
+                return Err(StateMismatch(format!("retention definition {} has another shape", def.name)));
             }
-            engine.retention[r] = RetentionState {
-                cohort: snap.cohort,
-                returns: snap.returns,
-                rows: snap.rows,
-            };
+            engine.retention[r] = RetentionState { cohort: snap.cohort, returns: snap.returns, rows: snap.rows };
         }
         for (f, snap) in state.funnels.into_iter().enumerate() {
             let steps = engine.cfg.funnels[f].steps.len();
@@ -815,11 +743,7 @@ impl Engine {
                     retained: (0..def.days.len())
                         .map(|i| row.retained.get(i).copied().unwrap_or(0).max(0) as u64)
                         .collect(),
-                    mature: def
-                        .days
-                        .iter()
-                        .map(|&n| wm >= self.cal.day_start_ms(d + n as i32 + 1))
-                        .collect(),
+                    mature: def.days.iter().map(|&n| wm >= self.cal.day_start_ms(d + n as i32 + 1)).collect(),
                 });
             }
             out.retention.push(RetentionTable {
@@ -847,16 +771,10 @@ impl Engine {
                 .filter(|(_, users)| users.first().is_some_and(|&u| u > 0))
                 .map(|(d, users)| FunnelRow {
                     date: Calendar::label(d),
-                    users: (0..steps)
-                        .map(|k| users.get(k).copied().unwrap_or(0).max(0) as u64)
-                        .collect(),
+                    users: (0..steps).map(|k| users.get(k).copied().unwrap_or(0).max(0) as u64).collect(),
                 })
                 .collect();
-            let time_to_convert = state
-                .time_to_convert
-                .iter()
-                .map(TimeToConvert::of)
-                .collect();
+            let time_to_convert = state.time_to_convert.iter().map(TimeToConvert::of).collect();
             out.funnels.push(FunnelTable {
                 name: def.name.clone(),
                 steps: def.steps.iter().map(|s| s.label().to_owned()).collect(),
@@ -873,17 +791,14 @@ impl Engine {
 
     /// An estimate of the heap bytes this state holds.
     pub fn state_bytes(&self) -> u64 {
-        let ids = self.user_ids.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
-            + self.user_id_bytes;
+        let ids = self.user_ids.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1) + self.user_id_bytes;
         let users = self.users.capacity() * std::mem::size_of::<UserCore>();
         let retention: usize = self
             .retention
             .iter()
             .map(|r| {
                 r.cohort.capacity() * std::mem::size_of::<Day>()
-                    + r.returns
-                        .as_ref()
-                        .map_or(0, |v| v.capacity() * std::mem::size_of::<DayBits>())
+                    + r.returns.as_ref().map_or(0, |v| v.capacity() * std::mem::size_of::<DayBits>())
             })
             .sum();
         let funnels: usize = self
@@ -922,21 +837,14 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
     };
     let to = cal.day_of(wm.max(0));
     let from = to - cfg.export_days as i32 + 1;
-    let in_window = |date: &str| {
-        date.parse::<jiff::civil::Date>()
-            .map(calendar::day_number)
-            .is_ok_and(|d| d >= from && d <= to)
-    };
+    let in_window =
+        |date: &str| date.parse::<jiff::civil::Date>().map(calendar::day_number).is_ok_and(|d| d >= from && d <= to);
     for (t, def) in out.retention.iter_mut().zip(&cfg.retention) {
         t.cohorts.retain(|r| in_window(&r.date) && r.users > 0);
         for row in &mut t.cohorts {
             if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
                 let d = calendar::day_number(date);
-                row.mature = def
-                    .days
-                    .iter()
-                    .map(|&n| wm >= cal.day_start_ms(d + n as i32 + 1))
-                    .collect();
+                row.mature = def.days.iter().map(|&n| wm >= cal.day_start_ms(d + n as i32 + 1)).collect();
             }
         }
     }

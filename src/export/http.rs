@@ -31,22 +31,12 @@ pub fn router(registry: Registry, published: Arc<Published>) -> Router {
         .route("/api/v1/retention", get(retention))
         .route("/api/v1/funnels", get(funnels))
         .route("/api/v1/activity", get(activity))
-        .with_state(AppState {
-            registry,
-            published,
-        })
+        .with_state(AppState { registry, published })
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = render(&state.registry);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -73,12 +63,6 @@ async fn activity(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

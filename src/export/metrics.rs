@@ -20,24 +20,14 @@ const NS: &str = "cohortflow_";
 
 /// (name without prefix, help, type, variable labels)
 const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
-    (
-        "cohort_users",
-        "Users in each cohort (by cohort date).",
-        MetricType::GAUGE,
-        &["retention", "cohort_date"],
-    ),
+    ("cohort_users", "Users in each cohort (by cohort date).", MetricType::GAUGE, &["retention", "cohort_date"]),
     (
         "retained_users",
         "Users of the cohort with a return event on day N (or from day N on, in on_or_after mode).",
         MetricType::GAUGE,
         &["retention", "cohort_date", "day"],
     ),
-    (
-        "retention_ratio",
-        "retained_users / cohort_users.",
-        MetricType::GAUGE,
-        &["retention", "cohort_date", "day"],
-    ),
+    ("retention_ratio", "retained_users / cohort_users.", MetricType::GAUGE, &["retention", "cohort_date", "day"]),
     (
         "retention_mature",
         "1 once the watermark has passed the end of day D+N (the cell is final), else 0.",
@@ -56,12 +46,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::GAUGE,
         &["retention", "day"],
     ),
-    (
-        "new_users",
-        "Users first seen on each business day.",
-        MetricType::GAUGE,
-        &["date"],
-    ),
+    ("new_users", "Users first seen on each business day.", MetricType::GAUGE, &["date"]),
     (
         "active_users",
         "Distinct users active on the day (1d) or in the 7 or 30 days ending on it.",
@@ -92,60 +77,20 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::SUMMARY,
         &["funnel", "step"],
     ),
-    (
-        "events_ingested_total",
-        "Events accepted into the engine.",
-        MetricType::COUNTER,
-        &[],
-    ),
-    (
-        "events_rejected_total",
-        "Messages rejected, by reason.",
-        MetricType::COUNTER,
-        &["reason"],
-    ),
+    ("events_ingested_total", "Events accepted into the engine.", MetricType::COUNTER, &[]),
+    ("events_rejected_total", "Messages rejected, by reason.", MetricType::COUNTER, &["reason"]),
     (
         "events_untracked_total",
         "Accepted events of new users not tracked because max_users was reached.",
         MetricType::COUNTER,
         &[],
     ),
-    (
-        "watermark_timestamp_seconds",
-        "Newest accepted event time minus the allowed lateness.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "max_event_timestamp_seconds",
-        "Newest accepted event time.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "tracked_users",
-        "Users remembered by the engine.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "max_tracked_users",
-        "The configured cap on remembered users.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "state_bytes",
-        "Estimated bytes of engine state.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "event_lag_seconds",
-        "Wall clock minus the newest accepted event time.",
-        MetricType::GAUGE,
-        &[],
-    ),
+    ("watermark_timestamp_seconds", "Newest accepted event time minus the allowed lateness.", MetricType::GAUGE, &[]),
+    ("max_event_timestamp_seconds", "Newest accepted event time.", MetricType::GAUGE, &[]),
+    ("tracked_users", "Users remembered by the engine.", MetricType::GAUGE, &[]),
+    ("max_tracked_users", "The configured cap on remembered users.", MetricType::GAUGE, &[]),
+    ("state_bytes", "Estimated bytes of engine state.", MetricType::GAUGE, &[]),
+    ("event_lag_seconds", "Wall clock minus the newest accepted event time.", MetricType::GAUGE, &[]),
     (
         "consumer_lag_messages",
         "Messages between the next offset to apply and the partition's high watermark.",
@@ -164,36 +109,11 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::GAUGE,
         &["topic", "partition", "reason"],
     ),
-    (
-        "owned_partitions",
-        "Partitions this instance owns.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "kafka_up",
-        "1 when a broker answered lately, else 0.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "last_checkpoint_timestamp_seconds",
-        "When the last snapshot round finished.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "checkpoint_duration_seconds",
-        "How long the last snapshot round took.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "checkpoint_bytes",
-        "Bytes written by the last snapshot round.",
-        MetricType::GAUGE,
-        &[],
-    ),
+    ("owned_partitions", "Partitions this instance owns.", MetricType::GAUGE, &[]),
+    ("kafka_up", "1 when a broker answered lately, else 0.", MetricType::GAUGE, &[]),
+    ("last_checkpoint_timestamp_seconds", "When the last snapshot round finished.", MetricType::GAUGE, &[]),
+    ("checkpoint_duration_seconds", "How long the last snapshot round took.", MetricType::GAUGE, &[]),
+    ("checkpoint_bytes", "Bytes written by the last snapshot round.", MetricType::GAUGE, &[]),
     (
         "checkpoint_failures_total",
         "Snapshot writes that failed (their offsets were not committed).",
@@ -224,11 +144,7 @@ impl FiguresCollector {
                 )
             })
             .collect::<prometheus::Result<Vec<_>>>()?;
-        Ok(FiguresCollector {
-            published,
-            max_users,
-            descs,
-        })
+        Ok(FiguresCollector { published, max_users, descs })
     }
 }
 
@@ -330,10 +246,7 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
         }
         for (i, day) in days.iter().enumerate() {
             if let Some(row) = table.cohorts.iter().rev().find(|r| r.mature[i]) {
-                latest.value(
-                    &[&table.name, day],
-                    row.retained[i] as f64 / row.users as f64,
-                );
+                latest.value(&[&table.name, day], row.retained[i] as f64 / row.users as f64);
                 if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
                     if let Ok(z) = date.to_zoned(jiff::tz::TimeZone::UTC) {
                         latest_cohort.value(&[&table.name, day], z.timestamp().as_second() as f64);
@@ -363,12 +276,7 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
         for row in &table.entries {
             let entered = row.users.first().copied().unwrap_or(0);
             for (k, name) in table.steps.iter().enumerate() {
-                let labels = [
-                    table.name.as_str(),
-                    steps[k].as_str(),
-                    name.as_str(),
-                    row.date.as_str(),
-                ];
+                let labels = [table.name.as_str(), steps[k].as_str(), name.as_str(), row.date.as_str()];
                 users.value(&labels, row.users[k] as f64);
                 if entered > 0 {
                     conversion.value(&labels, row.users[k] as f64 / entered as f64);
@@ -389,10 +297,7 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     ingested.value(&[], f.counters.ingested as f64);
     let mut rejected = Family::new("events_rejected_total");
     for reason in Reject::ALL {
-        rejected.value(
-            &[reason.as_str()],
-            f.counters.rejected[reason.index()] as f64,
-        );
+        rejected.value(&[reason.as_str()], f.counters.rejected[reason.index()] as f64);
     }
     let mut untracked = Family::new("events_untracked_total");
     untracked.value(&[], f.counters.untracked as f64);
@@ -408,11 +313,9 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
         g.value(&[], m as f64 / 1000.0);
         out.push(g.mf);
     }
-    for (name, v) in [
-        ("tracked_users", f.tracked_users),
-        ("max_tracked_users", max_users),
-        ("state_bytes", f.state_bytes),
-    ] {
+    for (name, v) in
+        [("tracked_users", f.tracked_users), ("max_tracked_users", max_users), ("state_bytes", f.state_bytes)]
+    {
         let mut g = Family::new(name);
         g.value(&[], v as f64);
         out.push(g.mf);
@@ -447,10 +350,7 @@ pub fn source_families(s: &crate::export::SourceStatus) -> Vec<MetricFamily> {
     out.extend([owned, up, failures].map(|f| f.mf));
     for (name, v) in [
         ("last_checkpoint_timestamp_seconds", s.last_snapshot_seconds),
-        (
-            "checkpoint_duration_seconds",
-            s.last_snapshot_duration_seconds,
-        ),
+        ("checkpoint_duration_seconds", s.last_snapshot_duration_seconds),
         ("checkpoint_bytes", s.last_snapshot_bytes.map(|b| b as f64)),
     ] {
         if let Some(v) = v {
@@ -511,9 +411,7 @@ mod tests {
     fn every_family_renders_and_is_declared() {
         let published = Published::new();
         let cfg = std::sync::Arc::new(
-            crate::config::Config::from_toml_str(crate::source::demo::DEMO_CONFIG)
-                .expect("config")
-                .engine,
+            crate::config::Config::from_toml_str(crate::source::demo::DEMO_CONFIG).expect("config").engine,
         );
         let mut engine = crate::engine::Engine::new(cfg);
         let mut g = crate::source::demo::Generator::new(1, 1_790_000_000_000, 300.0);
@@ -540,10 +438,7 @@ mod tests {
         });
         let text = render(&registry(published, 10).expect("registry"));
         for (name, _, _, _) in FAMILIES {
-            assert!(
-                text.contains(&format!("# TYPE cohortflow_{name} ")),
-                "{name} missing"
-            );
+            assert!(text.contains(&format!("# TYPE cohortflow_{name} ")), "{name} missing");
         }
     }
 }

@@ -160,12 +160,8 @@ impl Generator {
         let line = if self.rng.u32(..500) == 0 {
             self.hostile(user.id, ts)
         } else {
-            let stamp = jiff::Timestamp::from_millisecond(ts)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            let amount = amount
-                .map(|a| format!(",\"amount\":{a}"))
-                .unwrap_or_default();
+            let stamp = jiff::Timestamp::from_millisecond(ts).map(|t| t.to_string()).unwrap_or_default();
+            let amount = amount.map(|a| format!(",\"amount\":{a}")).unwrap_or_default();
             format!(
                 r#"{{"user_id":"u{}","event":"{event}","ts":"{stamp}","props":{{"platform":"{}","channel":"{}"{amount}}}}}"#,
                 user.id, user.platform, user.channel
@@ -173,11 +169,7 @@ impl Generator {
             .into_bytes()
         };
         // 2% arrive up to three minutes late: out of order, within lateness.
-        let delay = if self.rng.u32(..50) == 0 {
-            self.rng.i64(0..3 * MINUTE)
-        } else {
-            0
-        };
+        let delay = if self.rng.u32(..50) == 0 { self.rng.i64(0..3 * MINUTE) } else { 0 };
         self.seq += 1;
         self.pending.push(Reverse((ts + delay, self.seq, line)));
     }
@@ -188,9 +180,7 @@ impl Generator {
             1 => format!(r#"{{"user_id":"","event":"view","ts":{ts}}}"#).into_bytes(),
             2 => format!(r#"{{"user_id":"u{id}","event":"view","ts":"yesterday"}}"#).into_bytes(),
             3 => format!(r#"["u{id}","view",{ts}]"#).into_bytes(),
-            4 => {
-                format!(r#"{{"user_id":"u{id}","event":"view","ts":{ts},"ts":{ts}}}"#).into_bytes()
-            }
+            4 => format!(r#"{{"user_id":"u{id}","event":"view","ts":{ts},"ts":{ts}}}"#).into_bytes(),
             _ => vec![0xff, 0xfe, b'{', b'}'],
         }
     }
@@ -212,10 +202,7 @@ mod tests {
         assert_eq!(a, run());
         assert!(a.len() > 5000, "{}", a.len());
         let names = crate::event::FieldNames::default();
-        let decoded: Vec<_> = a
-            .iter()
-            .filter_map(|l| crate::event::decode(l, &names, None).ok())
-            .collect();
+        let decoded: Vec<_> = a.iter().filter_map(|l| crate::event::decode(l, &names, None).ok()).collect();
         assert!(decoded.len() * 100 > a.len() * 99);
         let mut max = 0;
         for e in &decoded {

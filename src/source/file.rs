@@ -26,10 +26,7 @@ pub struct LineReader<R> {
 impl<R: BufRead> LineReader<R> {
     /// Reads lines from `inner`.
     pub fn new(inner: R) -> Self {
-        LineReader {
-            inner,
-            line: Vec::with_capacity(4096),
-        }
+        LineReader { inner, line: Vec::with_capacity(4096) }
     }
 
     /// The next line, or `None` at the end of input.
@@ -129,8 +126,6 @@ mod tests {
         let mut input = vec![b'y'; MAX_MESSAGE_BYTES];
         input.push(b'\n');
         let mut r = LineReader::new(io::BufReader::new(&input[..]));
-        assert!(
-            matches!(r.next_line().expect("io"), Some(Line::Message(m)) if m.len() == MAX_MESSAGE_BYTES)
-        );
+        assert!(matches!(r.next_line().expect("io"), Some(Line::Message(m)) if m.len() == MAX_MESSAGE_BYTES));
     }
 }

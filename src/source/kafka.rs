@@ -83,11 +83,16 @@ enum Slot {
     Live(Box<Shard>),
     /// The snapshot could not be read: the partition is paused.
     Refused(CheckpointError),
+    /// Lost with the group session (brokers unreachable): snapshotted, not
+    /// consumed, but its figures are still served until the group decides
+    /// where the partition goes.
+    Detached(Box<Shard>),
 }
 
 /// What the consumer thread, the rebalance callback and the publisher share.
 struct Shared {
     cfg: Arc<EngineConfig>,
+    topics: Vec<String>,
     state_dir: PathBuf,
     /// Where a partition without a snapshot starts.
     reset: Offset,
@@ -111,11 +116,7 @@ impl Shared {
 
     /// Snapshots the given shards (all when `only` is None) and returns the
     /// offsets to commit.
-    fn snapshot(
-        &self,
-        shards: &mut BTreeMap<Tp, Slot>,
-        only: Option<&[Tp]>,
-    ) -> (TopicPartitionList, u64) {
+    fn snapshot(&self, shards: &mut BTreeMap<Tp, Slot>, only: Option<&[Tp]>) -> (TopicPartitionList, u64) {
         let started = Instant::now();
         let mut tpl = TopicPartitionList::new();
         let mut bytes = 0;
@@ -141,8 +142,7 @@ impl Shared {
                     }
                 }
             }
-            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next))
-            {
+            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next)) {
                 warn!(error = %e, "cannot list offset for commit");
             }
         }
@@ -168,42 +168,35 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.shared.joined.store(true, Ordering::Relaxed);
                 let mut paused = TopicPartitionList::new();
                 {
                     let mut shards = self.shared.lock();
-                    let listed: Vec<(String, i32)> = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition()))
-                        .collect();
+                    let listed: Vec<(String, i32)> =
+                        tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                     for (topic, partition) in listed {
                         let span = info_span!("partition", %topic, partition);
                         let _guard = span.enter();
                         let tp = Tp { topic, partition };
-                        let path =
-                            checkpoint::path_for(&self.shared.state_dir, &tp.topic, tp.partition);
+                        if let Some(Slot::Detached(shard)) = shards.remove(&tp) {
+                            if let Some(next) = shard.next_offset {
+                                // Back after a lost session: the shard is exactly its snapshot.
+                                info!(next_offset = next, "resumed detached shard");
+                                let _ = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(next));
+                                shards.insert(tp, Slot::Live(shard));
+                                continue;
+                            }
+                        }
+                        let path = checkpoint::path_for(&self.shared.state_dir, &tp.topic, tp.partition);
                         let (slot, offset) = match checkpoint::read(&path, &self.shared.cfg) {
                             Ok(Some(r)) => {
                                 info!(next_offset = r.next_offset, "restored snapshot");
                                 let offset = Offset::Offset(r.next_offset);
-                                let shard = Shard {
-                                    engine: r.engine,
-                                    next_offset: Some(r.next_offset),
-                                    dirty: false,
-                                };
+                                let shard = Shard { engine: r.engine, next_offset: Some(r.next_offset), dirty: false };
                                 (Slot::Live(Box::new(shard)), offset)
                             }
                             Ok(None) => {
@@ -226,12 +219,10 @@ impl ConsumerContext for Context {
                         }
                         shards.insert(tp, slot);
                     }
+                    // Detached shards not handed back belong to someone else now.
+                    shards.retain(|_, slot| !matches!(slot, Slot::Detached(_)));
                 }
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
                     error!(error = %e, "assign failed");
                 }
@@ -245,32 +236,28 @@ impl ConsumerContext for Context {
                 let revoked: Vec<Tp> = tpl
                     .elements()
                     .iter()
-                    .map(|e| Tp {
-                        topic: e.topic().to_owned(),
-                        partition: e.partition(),
-                    })
+                    .map(|e| Tp { topic: e.topic().to_owned(), partition: e.partition() })
                     .collect();
                 {
+                    let lost = consumer.assignment_lost();
                     let mut shards = self.shared.lock();
                     let (offsets, _) = self.shared.snapshot(&mut shards, Some(&revoked));
-                    if offsets.count() > 0 && !consumer.assignment_lost() {
+                    if offsets.count() > 0 && !lost {
                         if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                             warn!(error = %e, "commit on revoke failed (the snapshot holds the offsets)");
                         }
                     }
                     for tp in &revoked {
-                        shards.remove(tp);
+                        match shards.remove(tp) {
+                            Some(Slot::Live(shard)) if lost && !shard.dirty => {
+                                shards.insert(tp.clone(), Slot::Detached(shard));
+                            }
+                            _ => {}
+                        }
                     }
-                    info!(
-                        partitions = revoked.len(),
-                        "partitions revoked after snapshot"
-                    );
+                    info!(partitions = revoked.len(), lost, "partitions revoked after snapshot");
                 }
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = result {
                     error!(error = %e, "unassign failed");
                 }
@@ -284,10 +271,7 @@ impl ConsumerContext for Context {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Timing knobs of the source.
@@ -311,8 +295,7 @@ fn client_config(k: &KafkaConfig) -> ClientConfig {
         c.set(key, value);
     }
     // The snapshot owns the offsets: these two are not the user's to change.
-    c.set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
+    c.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
     c
 }
 
@@ -332,6 +315,7 @@ pub fn run(
     };
     let shared = Arc::new(Shared {
         cfg: Arc::new(config.engine.clone()),
+        topics: kafka.topics.clone(),
         state_dir: config.state_dir.clone(),
         reset,
         shards: Mutex::new(BTreeMap::new()),
@@ -340,26 +324,17 @@ pub fn run(
         snapshot_failures: AtomicU64::new(0),
         last_snapshot: Mutex::new(None),
     });
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| CheckpointError::Io {
-        path: config.state_dir.clone(),
-        source,
-    })?;
-    let consumer: BaseConsumer<Context> = client.create_with_context(Context {
-        shared: shared.clone(),
-    })?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
+    let consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
     let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let producer: Option<ThreadedProducer<DefaultProducerContext>> = match &kafka.dead_letter_topic
-    {
+    let producer: Option<ThreadedProducer<DefaultProducerContext>> = match &kafka.dead_letter_topic {
         Some(_) => {
             let mut p = ClientConfig::new();
-            p.set("bootstrap.servers", &kafka.brokers)
-                .set("enable.idempotence", "true");
+            p.set("bootstrap.servers", &kafka.brokers).set("enable.idempotence", "true");
             for (key, value) in &kafka.options {
-                if !key.starts_with("auto.")
-                    && !key.starts_with("group.")
-                    && !key.starts_with("enable.auto")
-                {
+                if !key.starts_with("auto.") && !key.starts_with("group.") && !key.starts_with("enable.auto") {
                     p.set(key, value);
                 }
             }
@@ -379,10 +354,7 @@ pub fn run(
             Some(Err(e)) => warn!(error = %e, "consume error"),
             Some(Ok(msg)) => {
                 shared.brokers_down.store(false, Ordering::Relaxed);
-                let tp = Tp {
-                    topic: msg.topic().to_owned(),
-                    partition: msg.partition(),
-                };
+                let tp = Tp { topic: msg.topic().to_owned(), partition: msg.partition() };
                 let offset = msg.offset();
                 let mut shards = shared.lock();
                 if let Some(Slot::Live(shard)) = shards.get_mut(&tp) {
@@ -391,34 +363,18 @@ pub fn run(
                         continue;
                     }
                     let payload = msg.payload().unwrap_or(b"");
-                    let result = shard
-                        .engine
-                        .apply(payload, msg.timestamp().to_millis(), now_ms());
+                    let result = shard.engine.apply(payload, msg.timestamp().to_millis(), now_ms());
                     shard.next_offset = Some(offset + 1);
                     shard.dirty = true;
                     drop(shards);
-                    if let (Err(reason), Some(producer), Some(dlq)) =
-                        (result, &producer, &kafka.dead_letter_topic)
-                    {
+                    if let (Err(reason), Some(producer), Some(dlq)) = (result, &producer, &kafka.dead_letter_topic) {
                         let origin_partition = tp.partition.to_string();
                         let origin_offset = offset.to_string();
                         let headers = OwnedHeaders::new()
-                            .insert(Header {
-                                key: "cohortflow.reason",
-                                value: Some(reason.as_str()),
-                            })
-                            .insert(Header {
-                                key: "cohortflow.topic",
-                                value: Some(tp.topic.as_str()),
-                            })
-                            .insert(Header {
-                                key: "cohortflow.partition",
-                                value: Some(origin_partition.as_str()),
-                            })
-                            .insert(Header {
-                                key: "cohortflow.offset",
-                                value: Some(origin_offset.as_str()),
-                            });
+                            .insert(Header { key: "cohortflow.reason", value: Some(reason.as_str()) })
+                            .insert(Header { key: "cohortflow.topic", value: Some(tp.topic.as_str()) })
+                            .insert(Header { key: "cohortflow.partition", value: Some(origin_partition.as_str()) })
+                            .insert(Header { key: "cohortflow.offset", value: Some(origin_offset.as_str()) });
                         let mut record: BaseRecord<'_, [u8], [u8]> =
                             BaseRecord::to(dlq).payload(payload).headers(headers);
                         if let Some(key) = msg.key() {
@@ -459,8 +415,9 @@ fn checkpoint_all(
     if let Some(p) = producer {
         // Dead letters of applied messages must be out before their offsets
         // are final.
-        if let Err(e) = p.flush(Duration::from_secs(30)) {
-            error!(error = %e, "dead-letter flush failed; snapshot postponed");
+        // Briefly: the loop must keep serving figures while brokers are away.
+        if let Err(e) = p.flush(Duration::from_secs(1)) {
+            warn!(error = %e, "dead letters not yet delivered; snapshot postponed");
             return;
         }
     }
@@ -478,22 +435,27 @@ fn checkpoint_all(
 /// High watermarks of owned partitions, through the consumer's metadata
 /// connection; a failure marks the brokers unreachable.
 fn probe_lag(consumer: &BaseConsumer<Context>, shared: &Shared) -> HashMap<Tp, i64> {
+    let mut lags = HashMap::new();
+    // Whether a broker answers at all, whether or not partitions are owned.
+    let topic = shared.topics.first().map(String::as_str);
+    if let Err(e) = consumer.fetch_metadata(topic, Duration::from_millis(1500)) {
+        shared.brokers_down.store(true, Ordering::Relaxed);
+        debug!(error = %e, "metadata probe failed");
+        return lags;
+    }
+    shared.brokers_down.store(false, Ordering::Relaxed);
     let owned: Vec<(Tp, Option<i64>)> = shared
         .lock()
         .iter()
-        .map(|(tp, slot)| {
-            let next = match slot {
-                Slot::Live(s) => s.next_offset,
-                Slot::Refused(_) => None,
-            };
-            (tp.clone(), next)
+        .filter_map(|(tp, slot)| match slot {
+            Slot::Live(s) => Some((tp.clone(), s.next_offset)),
+            Slot::Refused(_) => Some((tp.clone(), None)),
+            Slot::Detached(_) => None,
         })
         .collect();
-    let mut lags = HashMap::new();
     for (tp, next) in owned {
         match consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_millis(1500)) {
             Ok((low, high)) => {
-                shared.brokers_down.store(false, Ordering::Relaxed);
                 lags.insert(tp, (high - next.unwrap_or(low)).max(0));
             }
             Err(e) => {
@@ -531,15 +493,16 @@ fn publish(shared: &Shared, published: &Published, lags: &HashMap<Tp, i64>) {
                 all_restored = false;
                 status.snapshot_error = Some(e.kind());
             }
+            Slot::Detached(shard) => {
+                // Not owned, but its last figures are still the best there are.
+                parts.push(shard.engine.figures_all());
+                continue;
+            }
         }
         partitions.push(status);
     }
     drop(shards);
-    let figures = if parts.is_empty() {
-        Figures::default()
-    } else {
-        merge(parts, &shared.cfg)
-    };
+    let figures = if parts.is_empty() { Figures::default() } else { merge(parts, &shared.cfg) };
     published.publish(figures);
     let last = shared.last_snapshot.lock().ok().and_then(|l| *l);
     let brokers_up = !shared.brokers_down.load(Ordering::Relaxed);

@@ -43,21 +43,14 @@ pub struct Loadgen {
 
 impl Loadgen {
     /// A producer to `topic` on `brokers`, with extra librdkafka `options`.
-    pub fn new(
-        brokers: &str,
-        topic: &str,
-        options: &[String],
-        rate: f64,
-    ) -> Result<Self, LoadgenError> {
+    pub fn new(brokers: &str, topic: &str, options: &[String], rate: f64) -> Result<Self, LoadgenError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", brokers)
             .set("linger.ms", "20")
             .set("queue.buffering.max.messages", "1000000")
             .set("enable.idempotence", "true");
         for o in options {
-            let (k, v) = o
-                .split_once('=')
-                .ok_or_else(|| LoadgenError::BadOption(o.clone()))?;
+            let (k, v) = o.split_once('=').ok_or_else(|| LoadgenError::BadOption(o.clone()))?;
             c.set(k, v);
         }
         Ok(Loadgen {
@@ -81,9 +74,7 @@ impl Loadgen {
         }
         // Keyed by user id so that each partition owns its users; a line
         // without one (hostile input) goes wherever the partitioner says.
-        let key = decode(line, &self.names, None)
-            .ok()
-            .map(|e| e.user_id.into_owned());
+        let key = decode(line, &self.names, None).ok().map(|e| e.user_id.into_owned());
         loop {
             let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.topic).payload(line);
             if let Some(k) = &key {
@@ -134,10 +125,7 @@ impl Loadgen {
         let input: Box<dyn BufRead> = if path == Path::new("-") {
             Box::new(io::stdin().lock())
         } else {
-            Box::new(BufReader::with_capacity(
-                1 << 20,
-                std::fs::File::open(path)?,
-            ))
+            Box::new(BufReader::with_capacity(1 << 20, std::fs::File::open(path)?))
         };
         let mut reader = LineReader::new(input);
         while let Some(line) = reader.next_line()? {
@@ -159,11 +147,7 @@ impl Loadgen {
     /// Waits until every message is delivered.
     pub fn finish(self) -> Result<(), LoadgenError> {
         self.producer.flush(Duration::from_secs(60))?;
-        info!(
-            sent = self.sent,
-            seconds = self.started.elapsed().as_secs_f64(),
-            "done"
-        );
+        info!(sent = self.sent, seconds = self.started.elapsed().as_secs_f64(), "done");
         Ok(())
     }
 }

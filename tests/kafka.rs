@@ -1,0 +1,507 @@
+//! `cohortflow run` against a real Kafka-protocol broker (nisshi, started on
+//! a free loopback port for each test; `scripts/test.sh` installs it):
+//! the same events through `run` and `replay` give the same figures, also
+//! across `kill -9` crashes, two group members, a paused broker, dead
+//! letters and a corrupt snapshot.
+//!
+//! The tests share two cores, so they take turns (one lock), and each has
+//! its own broker, topics and group.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+
+static TURN: Mutex<()> = Mutex::new(());
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohortflow");
+/// 2026-10-10: the data ends well before today, so nothing is too early.
+const START: i64 = 1_791_590_400_000;
+
+fn broker_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("COHORTFLOW_TEST_BROKER") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = Path::new(&home).join(".cache/kbroker/bin/nisshi");
+    assert!(p.exists(), "no broker at {}: run scripts/test.sh, which installs nisshi", p.display());
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(broker_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &format!("memory://t{port}/")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start broker");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, addr }
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(broker_binary())
+            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+            .args(["--broker", &format!("tcp://{}", self.addr)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("topic create");
+        assert!(status.success(), "topic create failed");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("daemon exited early").expect("read");
+            if let Some(rest) = line.split("http://").nth(1) {
+                break rest.split('/').next().expect("addr").to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Daemon { child, addr }
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "daemon exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        get(&self.addr, path)
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.get("/metrics").map(|(_, b)| parse(&b)).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+type Metrics = BTreeMap<String, f64>;
+
+/// The figures to compare, keyed by series.
+const FIGURES: &[&str] = &[
+    "cohortflow_cohort_users{",
+    "cohortflow_retained_users{",
+    "cohortflow_active_users{",
+    "cohortflow_new_users{",
+    "cohortflow_funnel_users{",
+    "cohortflow_funnel_conversions_total{",
+    "cohortflow_funnel_time_to_convert_seconds_count{",
+    "cohortflow_events_ingested_total",
+    "cohortflow_events_rejected_total{",
+];
+
+fn parse(text: &str) -> Metrics {
+    text.lines()
+        .filter(|l| FIGURES.iter().any(|f| l.starts_with(f)))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn read_count(m: &Metrics) -> f64 {
+    m.iter()
+        .filter(|(k, _)| {
+            k.starts_with("cohortflow_events_ingested_total") || k.starts_with("cohortflow_events_rejected_total")
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn sum(parts: &[Metrics]) -> Metrics {
+    let mut out = Metrics::new();
+    for m in parts {
+        for (k, v) in m {
+            *out.entry(k.clone()).or_default() += v;
+        }
+    }
+    out
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    events: PathBuf,
+    lines: usize,
+    state_dir: PathBuf,
+}
+
+const DEFINITIONS: &str = r#"
+[[retention]]
+name = "new_users"
+days = [1, 2, 7]
+
+[[retention]]
+name = "payers"
+cohort_event = "signup"
+return_event = "pay"
+days = [1]
+mode = "on_or_after"
+
+[[funnel]]
+name = "checkout"
+window = "1h"
+steps = ["view", "add_to_cart", "order"]
+
+[[funnel]]
+name = "ads"
+window = "30m"
+mode = "strict_once"
+steps = [{ event = "view", where = { channel = "ads" } }, "add_to_cart"]
+"#;
+
+fn setup(broker: &Broker, name: &str, days: i64, users_per_day: u32, dead_letters: Option<&str>) -> Setup {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topic = format!("events-{name}-{}", free_port());
+    broker.create_topic(&topic, 4);
+    let events = dir.path().join("events.ndjson");
+    let out = Command::new(BIN)
+        .args(["generate", "--days", &days.to_string(), "--users-per-day", &users_per_day.to_string()])
+        .args(["--start-ms", &START.to_string(), "--seed", "7"])
+        .output()
+        .expect("generate");
+    assert!(out.status.success());
+    std::fs::write(&events, &out.stdout).expect("write events");
+    let lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
+    let state_dir = dir.path().join("state");
+    let dlq = dead_letters.map(|t| format!("dead_letter_topic = \"{t}\"\n")).unwrap_or_default();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+snapshot_interval = "500ms"
+shutdown_timeout = "30s"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "g-{topic}"
+{dlq}
+[kafka.options]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"topic.metadata.refresh.interval.ms" = "2000"
+{DEFINITIONS}"#,
+            state = state_dir.display(),
+            brokers = broker.addr,
+        ),
+    )
+    .expect("config");
+    Setup { _dir: dir, config, events, lines, state_dir }
+}
+
+fn topic_of(setup: &Setup) -> String {
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    text.lines().find_map(|l| l.strip_prefix("topics = [\"")?.strip_suffix("\"]").map(str::to_owned)).expect("topic")
+}
+
+fn produce(broker: &Broker, setup: &Setup, rate: u32) -> Child {
+    Command::new(BIN)
+        .args(["loadgen", "--brokers", &broker.addr, "--topic", &topic_of(setup)])
+        .args(["--rate", &rate.to_string()])
+        .arg(&setup.events)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loadgen")
+}
+
+fn replay(setup: &Setup) -> Metrics {
+    let out = Command::new(BIN)
+        .args(["replay", "--config"])
+        .arg(&setup.config)
+        .arg(&setup.events)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Waits until the instances together have read every line.
+fn drained(daemons: &[&Daemon], lines: usize, within: Duration) -> Vec<Metrics> {
+    let deadline = Instant::now() + within;
+    loop {
+        let all: Vec<Metrics> = daemons.iter().map(|d| d.metrics()).collect();
+        let read: f64 = all.iter().map(read_count).sum();
+        if read as usize >= lines {
+            // One more publish interval, so that every figure is current.
+            std::thread::sleep(Duration::from_millis(600));
+            return daemons.iter().map(|d| d.metrics()).collect();
+        }
+        assert!(Instant::now() < deadline, "only {read} of {lines} lines read");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn assert_same(got: &Metrics, want: &Metrics) {
+    let mut diffs = Vec::new();
+    for key in want.keys().chain(got.keys()) {
+        let (a, b) = (got.get(key), want.get(key));
+        if a != b {
+            diffs.push(format!("{key}: run={a:?} replay={b:?}"));
+        }
+    }
+    diffs.dedup();
+    assert!(diffs.is_empty(), "{} differing series, e.g.:\n{}", diffs.len(), diffs[..diffs.len().min(20)].join("\n"));
+    assert!(want.len() > 50, "too few series compared: {}", want.len());
+}
+
+#[test]
+fn run_equals_replay_and_survives_kill_9() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let setup = setup(&broker, "crash", 6, 400, None);
+    let want = replay(&setup);
+
+    let mut producer = produce(&broker, &setup, 1000);
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut daemon = Daemon::start(&setup.config);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(rng.u64(1500..4000)));
+        daemon.kill9();
+        daemon = Daemon::start(&setup.config);
+    }
+    assert!(producer.wait().expect("loadgen").success());
+    let got = drained(&[&daemon], setup.lines, Duration::from_secs(180));
+    assert_same(&got[0], &want);
+
+    // A clean stop and start changes nothing either.
+    daemon.terminate();
+    let daemon = Daemon::start(&setup.config);
+    let got = drained(&[&daemon], setup.lines, Duration::from_secs(60));
+    assert_same(&got[0], &want);
+    let (status, _) = daemon.get("/readyz").expect("readyz");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn two_members_sum_to_replay_and_take_over() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let setup = setup(&broker, "pair", 5, 400, None);
+    let want = replay(&setup);
+    let a = Daemon::start(&setup.config);
+    let b = Daemon::start(&setup.config);
+    let mut producer = produce(&broker, &setup, 0);
+    assert!(producer.wait().expect("loadgen").success());
+    let both = drained(&[&a, &b], setup.lines, Duration::from_secs(120));
+    let counted: Vec<f64> = both.iter().map(read_count).collect();
+    assert!(counted.iter().all(|&c| c > 0.0), "both members must own partitions: {counted:?}");
+    let mut total = sum(&both);
+    // Sums of gauges per member are what Prometheus recording rules add.
+    total.retain(|_, v| *v != 0.0);
+    let mut want_nonzero = want.clone();
+    want_nonzero.retain(|_, v| *v != 0.0);
+    assert_same(&total, &want_nonzero);
+
+    // One member dies; the other restores its partitions from the shared
+    // state directory and still accounts for every line.
+    b.kill9();
+    let alone = drained(&[&a], setup.lines, Duration::from_secs(120));
+    assert_same(&alone[0], &want);
+}
+
+#[test]
+fn paused_broker_then_recovery_and_dead_letters() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let dlq = format!("dead-{}", free_port());
+    broker.create_topic(&dlq, 1);
+    let setup = setup(&broker, "pause", 4, 400, Some(&dlq));
+    let want = replay(&setup);
+    let daemon = Daemon::start(&setup.config);
+    let mut producer = produce(&broker, &setup, 2000);
+    std::thread::sleep(Duration::from_secs(8));
+
+    broker.signal("-STOP");
+    let paused_at = Instant::now();
+    let mut saw_not_ready = false;
+    let before = daemon.metrics();
+    while paused_at.elapsed() < Duration::from_secs(30) {
+        let (status, _) = daemon.get("/readyz").expect("the daemon keeps serving");
+        saw_not_ready |= status == 503;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during = daemon.metrics();
+    assert!(!during.is_empty(), "figures still served while the broker is away");
+    assert!(read_count(&during) >= read_count(&before));
+    assert!(saw_not_ready, "readyz never said not ready while the broker was paused");
+    broker.signal("-CONT");
+
+    assert!(producer.wait().expect("loadgen").success());
+    let got = drained(&[&daemon], setup.lines, Duration::from_secs(180));
+    assert_same(&got[0], &want);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.get("/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready again");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Every rejected message is in the dead-letter topic, unchanged, with
+    // its reason.
+    let rejected: f64 =
+        want.iter().filter(|(k, _)| k.starts_with("cohortflow_events_rejected_total")).map(|(_, v)| v).sum();
+    assert!(rejected > 0.0);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("dlq-reader-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&dlq]).expect("subscribe");
+    let mut by_reason: BTreeMap<String, f64> = BTreeMap::new();
+    let original: Vec<Vec<u8>> =
+        std::fs::read(&setup.events).expect("events").split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while by_reason.values().sum::<f64>() < rejected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            let headers = m.headers().expect("headers");
+            let reason = headers
+                .iter()
+                .find(|h| h.key == "cohortflow.reason")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .expect("reason header");
+            assert!(headers.iter().any(|h| h.key == "cohortflow.offset"));
+            assert!(original.iter().any(|l| l.as_slice() == m.payload().unwrap_or(b"")), "payload changed");
+            *by_reason.entry(reason).or_default() += 1.0;
+        }
+    }
+    for (reason, n) in &by_reason {
+        let key = format!("cohortflow_events_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(want.get(&key), Some(n), "{reason}");
+    }
+    assert_eq!(by_reason.values().sum::<f64>(), rejected);
+}
+
+#[test]
+fn corrupt_snapshot_pauses_its_partition_only() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let setup = setup(&broker, "corrupt", 2, 300, None);
+    let mut producer = produce(&broker, &setup, 0);
+    assert!(producer.wait().expect("loadgen").success());
+    let daemon = Daemon::start(&setup.config);
+    drained(&[&daemon], setup.lines, Duration::from_secs(120));
+    daemon.terminate();
+
+    let topic = topic_of(&setup);
+    let victim = setup.state_dir.join(format!("{topic}-2.snapshot"));
+    let mut bytes = std::fs::read(&victim).expect("snapshot exists");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&victim, &bytes).expect("corrupt it");
+
+    let mut daemon = Daemon::start(&setup.config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = format!("cohortflow_snapshot_refused{{topic=\"{topic}\",partition=\"2\",reason=\"corrupt\"}} 1");
+    loop {
+        let text = daemon.get("/metrics").map(|r| r.1).unwrap_or_default();
+        if text.contains(&refused) && text.contains("cohortflow_owned_partitions 4") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusal never reported");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(daemon.get("/readyz").map(|r| r.0), Some(503));
+    assert!(daemon.alive(), "a bad snapshot must not crash the daemon");
+    // The other partitions were restored and are served.
+    let m = daemon.metrics();
+    assert!(read_count(&m) > 0.0);
+    // The file is left for the operator, untouched.
+    assert_eq!(std::fs::read(&victim).expect("still there"), bytes);
+}
