@@ -194,6 +194,9 @@ struct RawKafka {
     group_id: String,
     #[serde(default)]
     dead_letter_topic: Option<String>,
+    /// Static membership: `group.instance.id`, e.g. the pod name.
+    #[serde(default)]
+    instance_id: Option<String>,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
 }
@@ -694,6 +697,9 @@ impl RawConfig {
                         }
                     };
                     options.insert(name, text);
+                }
+                if let Some(id) = k.instance_id.filter(|i| !i.is_empty()) {
+                    options.insert("group.instance.id".into(), id);
                 }
                 Some(KafkaConfig {
                     brokers: k.brokers,

@@ -164,7 +164,15 @@ fn main() -> Result<()> {
             }
             Ok(producer.finish()?)
         }
-        Command::Generate { days, users_per_day, start_ms, seed } => generate(days, users_per_day, start_ms, seed),
+        Command::Generate { days, users_per_day, start_ms, seed } => {
+            match generate(days, users_per_day, start_ms, seed) {
+                // `generate | head` is a normal way to use it.
+                Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
+                    Ok(())
+                }
+                other => other,
+            }
+        }
         Command::Demo { listen, speed, backfill_days, users_per_day, seed } => {
             let mut config = Config::from_toml_str(DEMO_CONFIG)?;
             config.listen = listen;
