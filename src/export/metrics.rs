@@ -18,6 +18,10 @@ use crate::event::Reject;
 
 const NS: &str = "cohortflow_";
 
+/// How many mature cohorts before the latest one make the trailing
+/// baseline that alerts compare the latest one with.
+pub const TRAILING_COHORTS: usize = 7;
+
 /// (name without prefix, help, type, variable labels)
 const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ("cohort_users", "Users in each cohort (by cohort date).", MetricType::GAUGE, &["retention", "cohort_date"]),
@@ -46,6 +50,31 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::GAUGE,
         &["retention", "day"],
     ),
+    (
+        "retention_latest_cohort_users",
+        "Size of the latest mature cohort for each N (sums across instances for the global ratio).",
+        MetricType::GAUGE,
+        &["retention", "day"],
+    ),
+    (
+        "retention_latest_retained_users",
+        "Retained users of the latest mature cohort for each N.",
+        MetricType::GAUGE,
+        &["retention", "day"],
+    ),
+    (
+        "retention_trailing_cohort_users",
+        "Users of the 7 mature cohorts before the latest one, for each N: the alerting baseline.",
+        MetricType::GAUGE,
+        &["retention", "day"],
+    ),
+    (
+        "retention_trailing_retained_users",
+        "Retained users of the 7 mature cohorts before the latest one, for each N.",
+        MetricType::GAUGE,
+        &["retention", "day"],
+    ),
+    ("ready", "1 when /readyz answers 200, else 0.", MetricType::GAUGE, &[]),
     ("new_users", "Users first seen on each business day.", MetricType::GAUGE, &["date"]),
     (
         "active_users",
@@ -233,6 +262,10 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     let mut mature = Family::new("retention_mature");
     let mut latest = Family::new("retention_latest_ratio");
     let mut latest_cohort = Family::new("retention_latest_cohort_timestamp_seconds");
+    let mut latest_users = Family::new("retention_latest_cohort_users");
+    let mut latest_retained = Family::new("retention_latest_retained_users");
+    let mut trailing_users = Family::new("retention_trailing_cohort_users");
+    let mut trailing_retained = Family::new("retention_trailing_retained_users");
     for table in &f.retention {
         let days: Vec<String> = table.days.iter().map(u32::to_string).collect();
         for row in &table.cohorts {
@@ -245,17 +278,42 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
             }
         }
         for (i, day) in days.iter().enumerate() {
-            if let Some(row) = table.cohorts.iter().rev().find(|r| r.mature[i]) {
-                latest.value(&[&table.name, day], row.retained[i] as f64 / row.users as f64);
+            // Mature cohorts, newest first: the latest one, then the 7 before it.
+            let mut matured = table.cohorts.iter().rev().filter(|r| r.mature[i]);
+            if let Some(row) = matured.next() {
+                let labels = [table.name.as_str(), day.as_str()];
+                latest.value(&labels, row.retained[i] as f64 / row.users as f64);
+                latest_users.value(&labels, row.users as f64);
+                latest_retained.value(&labels, row.retained[i] as f64);
                 if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
                     if let Ok(z) = date.to_zoned(jiff::tz::TimeZone::UTC) {
-                        latest_cohort.value(&[&table.name, day], z.timestamp().as_second() as f64);
+                        latest_cohort.value(&labels, z.timestamp().as_second() as f64);
                     }
+                }
+                let (users, kept) =
+                    matured.take(TRAILING_COHORTS).fold((0u64, 0u64), |(u, k), r| (u + r.users, k + r.retained[i]));
+                if users > 0 {
+                    trailing_users.value(&labels, users as f64);
+                    trailing_retained.value(&labels, kept as f64);
                 }
             }
         }
     }
-    out.extend([cohort_users, retained, ratio, mature, latest, latest_cohort].map(|f| f.mf));
+    out.extend(
+        [
+            cohort_users,
+            retained,
+            ratio,
+            mature,
+            latest,
+            latest_cohort,
+            latest_users,
+            latest_retained,
+            trailing_users,
+            trailing_retained,
+        ]
+        .map(|f| f.mf),
+    );
 
     let mut new_users = Family::new("new_users");
     let mut active = Family::new("active_users");
@@ -369,6 +427,9 @@ impl Collector for FiguresCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut out = families(&self.published.figures(), self.max_users);
+        let mut ready = Family::new("ready");
+        ready.value(&[], f64::from(u8::from(self.published.is_ready())));
+        out.push(ready.mf);
         if let Some(source) = self.published.source().as_ref() {
             out.extend(source_families(source));
             if let Some(max) = self.published.figures().max_event_ms {
@@ -389,6 +450,9 @@ impl Collector for FiguresCollector {
 pub fn registry(published: Arc<Published>, max_users: u64) -> prometheus::Result<Registry> {
     let registry = Registry::new();
     registry.register(Box::new(FiguresCollector::new(published, max_users)?))?;
+    // Memory and CPU of the process itself, for the operations dashboard.
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
     Ok(registry)
 }
 

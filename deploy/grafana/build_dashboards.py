@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Writes the Grafana dashboards (dashboards/*.json) from one description.
+
+Run after changing a panel: python3 deploy/grafana/build_dashboards.py
+Every expression here is evaluated against a real Prometheus by the test
+suite (tests/prometheus.rs). Data source: the provisioned Prometheus, by uid.
+"""
+import json
+import os
+
+DS = {"type": "prometheus", "uid": "prometheus"}
+SCHEMA_VERSION = 39  # Grafana 11
+
+
+def target(expr, legend="", instant=False, fmt="time_series", ref="A"):
+    t = {"datasource": DS, "expr": expr, "refId": ref, "legendFormat": legend}
+    if instant:
+        t.update({"instant": True, "range": False, "format": fmt})
+    return t
+
+
+def panel(pid, title, kind, targets, x, y, w=12, h=8, unit=None, transformations=None, description=""):
+    p = {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": targets,
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {},
+    }
+    if unit:
+        p["fieldConfig"]["defaults"]["unit"] = unit
+    if transformations:
+        p["transformations"] = transformations
+    return p
+
+
+def matrix(row, column):
+    return [
+        {"id": "groupingToMatrix", "options": {"rowField": row, "columnField": column, "valueField": "Value"}},
+        {"id": "sortBy", "options": {"sort": [{"field": row, "desc": True}]}},
+    ]
+
+
+def variable(name, query):
+    return {
+        "name": name,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": False,
+        "multi": False,
+    }
+
+
+def dashboard(uid, title, panels, variables=()):
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["cohortflow"],
+        "timezone": "browser",
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-24h", "to": "now"},
+        "templating": {"list": list(variables)},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+retention = dashboard(
+    "cohortflow-retention",
+    "cohortflow / Retention",
+    [
+        panel(1, "Cohort triangle: retention by cohort date and day N", "table",
+              [target('cohortflow:retention_ratio{retention="$retention"}', instant=True, fmt="table")],
+              0, 0, w=24, h=12, unit="percentunit", transformations=matrix("cohort_date", "day"),
+              description="Share of each cohort back on day N. Immature cells (day N not over yet) grow during the day."),
+        panel(2, "D1 retention: latest mature cohort vs the 7 before it", "timeseries",
+              [target('cohortflow:retention_latest_ratio{retention="$retention",day="1"}', "latest mature cohort"),
+               target('cohortflow:retention_trailing_ratio{retention="$retention",day="1"}', "7 cohorts before", ref="B")],
+              0, 12, unit="percentunit"),
+        panel(3, "Cohort size by date", "barchart",
+              [target('cohortflow:cohort_users:sum{retention="$retention"}', instant=True, fmt="table")],
+              12, 12, transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True, "retention": True}}}]),
+        panel(4, "New users by day", "barchart",
+              [target("cohortflow:new_users:sum", instant=True, fmt="table")],
+              0, 20, transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}]),
+        panel(5, "DAU / WAU / MAU by day", "table",
+              [target("cohortflow:active_users:sum", instant=True, fmt="table")],
+              12, 20, transformations=matrix("date", "window")),
+    ],
+    [variable("retention", "label_values(cohortflow_cohort_users, retention)")],
+)
+
+funnels = dashboard(
+    "cohortflow-funnels",
+    "cohortflow / Funnels",
+    [
+        panel(1, "Users per step by entry day", "table",
+              [target('cohortflow:funnel_users:sum{funnel="$funnel"}', instant=True, fmt="table")],
+              0, 0, w=24, h=10, transformations=matrix("entry_date", "step_name")),
+        panel(2, "Conversion from step 1 by entry day", "table",
+              [target('cohortflow:funnel_conversion_ratio{funnel="$funnel"}', instant=True, fmt="table")],
+              0, 10, w=24, h=10, unit="percentunit", transformations=matrix("entry_date", "step_name")),
+        panel(3, "Conversion over the last hour, by step", "timeseries",
+              [target('cohortflow:funnel_conversion_ratio:1h{funnel="$funnel"}', "step {{step}}")],
+              0, 20, unit="percentunit"),
+        panel(4, "Conversions per minute, by step", "timeseries",
+              [target('sum by (step) (rate(cohortflow_funnel_conversions_total{funnel="$funnel"}[5m])) * 60', "step {{step}}")],
+              12, 20),
+        panel(5, "Time to convert from step 1", "timeseries",
+              [target('max by (step, quantile) (cohortflow_funnel_time_to_convert_seconds{funnel="$funnel"})',
+                      "step {{step}} p{{quantile}}")],
+              0, 28, w=24, unit="s"),
+    ],
+    [variable("funnel", "label_values(cohortflow_funnel_users, funnel)")],
+)
+
+operations = dashboard(
+    "cohortflow-operations",
+    "cohortflow / Operations",
+    [
+        panel(1, "Events ingested per second", "timeseries",
+              [target("cohortflow:events_ingested:rate5m", "ingested")], 0, 0, unit="ops"),
+        panel(2, "Rejected per second, by reason", "timeseries",
+              [target("cohortflow:events_rejected:rate5m", "{{reason}}")], 12, 0, unit="ops"),
+        panel(3, "Consumer lag by partition", "timeseries",
+              [target("sum by (topic, partition) (cohortflow_consumer_lag_messages)", "{{topic}}/{{partition}}")],
+              0, 8),
+        panel(4, "Event lag (wall clock - newest event)", "timeseries",
+              [target("max by (instance) (cohortflow_event_lag_seconds)", "{{instance}}")], 12, 8, unit="s"),
+        panel(5, "Snapshot age", "timeseries",
+              [target("time() - cohortflow_last_checkpoint_timestamp_seconds", "{{instance}}")], 0, 16, unit="s"),
+        panel(6, "Snapshot duration", "timeseries",
+              [target("cohortflow_checkpoint_duration_seconds", "{{instance}}")], 12, 16, unit="s"),
+        panel(7, "Tracked users", "timeseries",
+              [target("sum by (instance) (cohortflow_tracked_users)", "{{instance}}"),
+               target("sum by (instance) (cohortflow_max_tracked_users)", "cap {{instance}}", ref="B")], 0, 24),
+        panel(8, "Memory", "timeseries",
+              [target('process_resident_memory_bytes{job="cohortflow"}', "RSS {{instance}}"),
+               target("sum by (instance) (cohortflow_state_bytes)", "state {{instance}}", ref="B")], 12, 24, unit="bytes"),
+        panel(9, "Up and ready", "stat",
+              [target('up{job="cohortflow"}', "up {{instance}}"),
+               target("cohortflow_ready", "ready {{instance}}", ref="B"),
+               target("cohortflow_kafka_up", "kafka {{instance}}", ref="C")], 0, 32, w=24, h=4),
+    ],
+)
+
+here = os.path.dirname(os.path.abspath(__file__))
+for name, d in (("retention", retention), ("funnels", funnels), ("operations", operations)):
+    with open(os.path.join(here, "dashboards", f"{name}.json"), "w") as f:
+        json.dump(d, f, indent=2)
+        f.write("\n")
