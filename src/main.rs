@@ -194,6 +194,19 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Binds `listen` and serves the HTTP endpoints over `published` until `stop`.
+async fn start_http(
+    listen: SocketAddr,
+    published: &Arc<Published>,
+    max_users: u64,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<io::Result<()>>)> {
+    let registry = metrics::registry(published.clone(), max_users)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    Ok((addr, tokio::spawn(http::serve(listener, http::router(registry, published.clone()), stop))))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -206,14 +219,9 @@ fn run(config: Config) -> Result<()> {
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal();
         let published = Published::new();
-        let registry = metrics::registry(published.clone(), config.engine.max_users)?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        info!("serving http://{addr}/metrics");
         let http_stop = CancellationToken::new();
-        let server = tokio::spawn(http::serve(listener, http::router(registry, published.clone()), http_stop.clone()));
+        let (addr, server) = start_http(config.listen, &published, config.engine.max_users, http_stop.clone()).await?;
+        info!("serving http://{addr}/metrics");
 
         let timing = kafka::Timing {
             snapshot_interval: Duration::from_millis(config.snapshot_interval_ms as u64),
@@ -285,10 +293,9 @@ fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> R
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
             let shutdown = shutdown_on_signal();
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let (addr, server) = start_http(addr, &published, config.engine.max_users, shutdown).await?;
             info!(%addr, "serving the final figures until interrupted");
-            http::serve(listener, http::router(registry, published), shutdown).await?;
+            server.await??;
             Ok::<_, anyhow::Error>(())
         })?;
     }
@@ -357,13 +364,8 @@ fn demo(config: Config, speed: f64, backfill_days: u32, users_per_day: f64, seed
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal();
         let published = Published::new();
-        let registry = metrics::registry(published.clone(), config.engine.max_users)?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
+        let (addr, server) = start_http(config.listen, &published, config.engine.max_users, shutdown.clone()).await?;
         info!("demo serving http://{addr}/metrics, http://{addr}/api/v1/retention, http://{addr}/api/v1/funnels");
-        let server = tokio::spawn(http::serve(listener, http::router(registry, published.clone()), shutdown.clone()));
 
         let engine_cfg = Arc::new(config.engine.clone());
         let stop = shutdown.clone();

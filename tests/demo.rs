@@ -1,31 +1,12 @@
 //! `cohortflow demo` as a user runs it: a real process serving HTTP on
 //! 127.0.0.1, scraped over a real socket.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A plain HTTP/1.1 GET; returns (status, body).
-fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
-}
+use common::{Process, get, spawn_serving};
 
 fn sum(metrics: &str, prefix: &str) -> f64 {
     metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -33,31 +14,14 @@ fn sum(metrics: &str, prefix: &str) -> f64 {
 
 #[test]
 fn demo_serves_cohorts_retention_and_funnels() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortflow"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--backfill-days", "12", "--users-per-day", "800"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let stderr = child.stderr.take().expect("stderr");
-    let _daemon = Daemon(child);
-
-    // The daemon logs the address it bound (port 0 = any free port).
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("demo exited early").expect("read stderr");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().expect("address").to_owned();
-        }
-    };
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohortflow"));
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--backfill-days", "12", "--users-per-day", "800"]);
+    let (child, addr) = spawn_serving(cmd);
+    let _daemon = Process(child);
 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok((200, _)) = get(&addr, "/readyz") {
+        if let Some((200, _)) = get(&addr, "/readyz") {
             break;
         }
         assert!(Instant::now() < deadline, "demo never became ready");

@@ -7,8 +7,9 @@
 //! The tests share two cores, so they take turns (one lock), and each has
 //! its own broker, topics and group.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,23 +97,9 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start daemon");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines.next().expect("daemon exited early").expect("read");
-            if let Some(rest) = line.split("http://").nth(1) {
-                break rest.split('/').next().expect("addr").to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(config);
+        let (child, addr) = common::spawn_serving(cmd);
         Daemon { child, addr }
     }
 
@@ -155,13 +142,7 @@ impl Drop for Daemon {
 }
 
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+    common::get(addr, path)
 }
 
 type Metrics = BTreeMap<String, f64>;

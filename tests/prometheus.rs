@@ -5,11 +5,14 @@
 //! PromQL expression of the rules and dashboards must evaluate without
 //! error, and those that describe the engine's figures must return data.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohortflow");
 
@@ -18,15 +21,6 @@ static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -62,17 +56,11 @@ fn encode(s: &str) -> String {
 }
 
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
+    let (status, body) = common::get(addr, path)?;
     // Prometheus answers in chunks; keep the JSON object only.
     let body = match (body.find('{'), body.rfind('}')) {
         (Some(a), Some(b)) => body[a..=b].to_owned(),
-        _ => body.to_owned(),
+        _ => body,
     };
     Some((status, body))
 }
@@ -137,23 +125,10 @@ fn rule_exprs(rules: &str) -> Vec<(String, bool)> {
 fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("tmp");
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--backfill-days", "40", "--users-per-day", "300"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("demo");
-    let stderr = demo.stderr.take().expect("stderr");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--backfill-days", "40", "--users-per-day", "300"]);
+    let (demo, target) = common::spawn_serving(cmd);
     let _demo = Process(demo);
-    let mut lines = BufReader::new(stderr).lines();
-    let target = loop {
-        let line = lines.next().expect("demo exited").expect("read");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().expect("addr").to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
 
     // The project's rules, evaluated every 2 s instead of 30 s.
     let rules_text = std::fs::read_to_string(root().join("deploy/prometheus/rules.yml")).expect("rules");
