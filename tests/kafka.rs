@@ -20,6 +20,7 @@ use rdkafka::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -485,4 +486,52 @@ fn corrupt_snapshot_pauses_its_partition_only() {
     assert!(read_count(&m) > 0.0);
     // The file is left for the operator, untouched.
     assert_eq!(std::fs::read(&victim).expect("still there"), bytes);
+}
+
+#[test]
+fn huge_messages_are_rejected_and_dead_lettered() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let dlq = format!("dead-{}", free_port());
+    broker.create_topic(&dlq, 1);
+    let setup = setup(&broker, "huge", 1, 50, Some(&dlq));
+    let topic = topic_of(&setup);
+
+    // Valid JSON, one field padded past 1 MiB; then an ordinary event.
+    let mut huge = br#"{"user_id":"big","event":"view","ts":1791600000000,"pad":""#.to_vec();
+    huge.resize((1 << 20) + 100, b'x');
+    huge.extend_from_slice(b"\"}");
+    let normal = br#"{"user_id":"small","event":"view","ts":1791600000000}"#;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("message.max.bytes", "4194304")
+        .create()
+        .expect("producer");
+    for payload in [&huge[..], &normal[..]] {
+        producer.send(BaseRecord::<(), [u8]>::to(&topic).payload(payload)).expect("queue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("the broker takes a 1 MiB message");
+
+    let daemon = Daemon::start(&setup.config);
+    let got = drained(&[&daemon], 2, Duration::from_secs(120));
+    assert_eq!(got[0].get(r#"cohortflow_events_rejected_total{reason="too_large"}"#), Some(&1.0));
+    assert_eq!(got[0].get("cohortflow_events_ingested_total"), Some(&1.0));
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("dlq-reader-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&dlq]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the huge message never reached the dead-letter topic");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            assert_eq!(m.payload(), Some(&huge[..]), "forwarded unchanged");
+            let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == "cohortflow.reason")?.value);
+            assert_eq!(reason, Some(&b"too_large"[..]));
+            break;
+        }
+    }
 }

@@ -338,7 +338,11 @@ pub fn run(
     let producer: Option<ThreadedProducer<DefaultProducerContext>> = match &kafka.dead_letter_topic {
         Some(_) => {
             let mut p = ClientConfig::new();
-            p.set("bootstrap.servers", &kafka.brokers).set("enable.idempotence", "true");
+            // Room for a rejected message of any size the consumer can read
+            // (too_large ones are over 1 MiB); the broker's limit still applies.
+            p.set("bootstrap.servers", &kafka.brokers)
+                .set("enable.idempotence", "true")
+                .set("message.max.bytes", "4194304");
             for (key, value) in &kafka.options {
                 if !key.starts_with("auto.") && !key.starts_with("group.") && !key.starts_with("enable.auto") {
                     p.set(key, value);
