@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -27,6 +27,23 @@ use cohortflow::source::{kafka, loadgen};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What the traffic generator simulates (`loadgen`, `generate`).
+#[derive(Args)]
+struct TrafficArgs {
+    /// Simulated days of generated traffic.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Sign-ups per simulated day.
+    #[arg(long, default_value_t = 2000.0)]
+    users_per_day: f64,
+    /// First simulated instant, epoch ms (default: `days` days before today, UTC).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// Random seed of the generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -82,18 +99,8 @@ enum Command {
         /// generated traffic, `--days` of it).
         #[arg(long)]
         count: Option<u64>,
-        /// Simulated days of generated traffic.
-        #[arg(long, default_value_t = 30)]
-        days: u32,
-        /// Sign-ups per simulated day.
-        #[arg(long, default_value_t = 2000.0)]
-        users_per_day: f64,
-        /// First simulated instant, epoch ms (default: `days` days before today, UTC).
-        #[arg(long)]
-        start_ms: Option<i64>,
-        /// Random seed of the generator.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        traffic: TrafficArgs,
         /// librdkafka producer settings, KEY=VALUE (repeatable).
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
@@ -102,18 +109,8 @@ enum Command {
     },
     /// Writes generated traffic (the demo's generator) as NDJSON to stdout.
     Generate {
-        /// Simulated days.
-        #[arg(long, default_value_t = 30)]
-        days: u32,
-        /// Sign-ups per simulated day.
-        #[arg(long, default_value_t = 2000.0)]
-        users_per_day: f64,
-        /// First simulated instant, epoch ms (default: `days` days before today, UTC).
-        #[arg(long)]
-        start_ms: Option<i64>,
-        /// Random seed of the generator.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        traffic: TrafficArgs,
     },
     /// Validates a config file (environment overrides included) and exits.
     CheckConfig {
@@ -146,17 +143,12 @@ fn main() -> Result<()> {
             init_logging(&config);
             replay(config, listen, inputs)
         }
-        Command::Loadgen { brokers, topic, rate, count, days, users_per_day, start_ms, seed, options, files } => {
+        Command::Loadgen { brokers, topic, rate, count, traffic, options, files } => {
             tracing_subscriber::fmt().with_writer(io::stderr).with_ansi(io::stderr().is_terminal()).init();
             let mut producer = loadgen::Loadgen::new(&brokers, &topic, &options, rate)?;
             if files.is_empty() {
-                producer.generated(
-                    days,
-                    users_per_day,
-                    start_ms.unwrap_or_else(|| default_start(days)),
-                    seed,
-                    count,
-                )?;
+                let start = traffic.start_ms.unwrap_or_else(|| default_start(traffic.days));
+                producer.generated(traffic.days, traffic.users_per_day, start, traffic.seed, count)?;
             } else {
                 for f in &files {
                     producer.file(f, count)?;
@@ -164,8 +156,8 @@ fn main() -> Result<()> {
             }
             Ok(producer.finish()?)
         }
-        Command::Generate { days, users_per_day, start_ms, seed } => {
-            match generate(days, users_per_day, start_ms, seed) {
+        Command::Generate { traffic } => {
+            match generate(&traffic) {
                 // `generate | head` is a normal way to use it.
                 Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
                     Ok(())
@@ -337,10 +329,11 @@ fn default_start(days: u32) -> i64 {
     (now_ms() / DAY_MS - i64::from(days)) * DAY_MS
 }
 
-fn generate(days: u32, users_per_day: f64, start_ms: Option<i64>, seed: u64) -> Result<()> {
+fn generate(traffic: &TrafficArgs) -> Result<()> {
     const DAY_MS: i64 = 86_400_000;
-    let start = start_ms.unwrap_or_else(|| default_start(days));
-    let mut generator = Generator::new(seed, start, users_per_day);
+    let days = traffic.days;
+    let start = traffic.start_ms.unwrap_or_else(|| default_start(days));
+    let mut generator = Generator::new(traffic.seed, start, traffic.users_per_day);
     let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut lines = Vec::new();
     let end = start + i64::from(days) * DAY_MS;

@@ -146,6 +146,18 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     common::get(addr, path)
 }
 
+/// A consumer of the dead-letter topic, from its start.
+fn dead_letter_reader(broker: &Broker, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("dlq-reader-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
 type Metrics = BTreeMap<String, f64>;
 
 /// The figures to compare, keyed by series.
@@ -418,13 +430,7 @@ fn paused_broker_then_recovery_and_dead_letters() {
     let rejected: f64 =
         want.iter().filter(|(k, _)| k.starts_with("cohortflow_events_rejected_total")).map(|(_, v)| v).sum();
     assert!(rejected > 0.0);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", format!("dlq-reader-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&dlq]).expect("subscribe");
+    let consumer = dead_letter_reader(&broker, &dlq);
     let mut by_reason: BTreeMap<String, f64> = BTreeMap::new();
     let original: Vec<Vec<u8>> =
         std::fs::read(&setup.events).expect("events").split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
@@ -517,13 +523,7 @@ fn huge_messages_are_rejected_and_dead_lettered() {
     assert_eq!(got[0].get(r#"cohortflow_events_rejected_total{reason="too_large"}"#), Some(&1.0));
     assert_eq!(got[0].get("cohortflow_events_ingested_total"), Some(&1.0));
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", format!("dlq-reader-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&dlq]).expect("subscribe");
+    let consumer = dead_letter_reader(&broker, &dlq);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "the huge message never reached the dead-letter topic");
