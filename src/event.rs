@@ -165,30 +165,41 @@ impl<'a> Event<'a> {
     /// a usable value. Anything else (not an object, another type, a number
     /// out of range, a string with a lone surrogate) reads as absent.
     pub fn prop(&self, key: &str) -> Option<PropValue<'a>> {
-        let mut de = serde_json::Deserializer::from_str(self.props?.get());
-        let found = de::Deserializer::deserialize_any(&mut de, PropsVisitor { key }).ok()?;
-        found.and_then(interpret_prop)
+        self.props(&[key]).pop().flatten()
+    }
+
+    /// The values of several properties in one pass over `props` (the
+    /// first occurrence of a repeated key wins), read like [`Event::prop`].
+    pub fn props<S: AsRef<str>>(&self, keys: &[S]) -> Vec<Option<PropValue<'a>>> {
+        let Some(raw) = self.props else {
+            return vec![None; keys.len()];
+        };
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let found = de::Deserializer::deserialize_any(&mut de, PropsVisitor { keys }).unwrap_or_default();
+        found.into_iter().map(|v| v.and_then(interpret_prop)).chain(std::iter::repeat(None)).take(keys.len()).collect()
     }
 }
 
-struct PropsVisitor<'k> {
-    key: &'k str,
+struct PropsVisitor<'k, S> {
+    keys: &'k [S],
 }
 
-impl<'de> Visitor<'de> for PropsVisitor<'_> {
-    type Value = Option<&'de RawValue>;
+impl<'de, S: AsRef<str>> Visitor<'de> for PropsVisitor<'_, S> {
+    type Value = Vec<Option<&'de RawValue>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
+        let mut found = vec![None; self.keys.len()];
         while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
-            if found.is_none() && key.0.as_ref() == self.key.as_bytes() {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+            let slot = self.keys.iter().position(|k| k.as_ref().as_bytes() == key.0.as_ref());
+            match slot {
+                Some(i) if found[i].is_none() => found[i] = Some(map.next_value::<&'de RawValue>()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(found)
@@ -196,25 +207,25 @@ impl<'de> Visitor<'de> for PropsVisitor<'_> {
 
     // Anything but an object: no props.
     fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Ok(None)
+        Ok(Vec::new())
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Vec::new())
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Vec::new())
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Vec::new())
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Vec::new())
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Vec::new())
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Vec::new())
     }
 }
 
@@ -312,9 +323,10 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     }
 }
 
-/// A map key as bytes. Read through `deserialize_bytes`, so that serde_json
-/// hands over keys with lone surrogate escapes instead of failing the
-/// whole document on them.
+/// A map key, borrowed when it has no escapes. Read as a string, so that
+/// serde_json checks it is valid JSON text: a raw control character or a
+/// lone surrogate escape in a field *name* makes the document invalid JSON
+/// (values of unknown fields stay unchecked beyond JSON syntax).
 struct KeyBytes<'de>(Cow<'de, [u8]>);
 
 impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
@@ -338,7 +350,7 @@ impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
                 Ok(KeyBytes(Cow::Owned(v.as_bytes().to_vec())))
             }
         }
-        d.deserialize_bytes(V)
+        d.deserialize_str(V)
     }
 }
 
@@ -562,7 +574,7 @@ mod tests {
     fn weird_props_and_unknown_fields_cost_nothing() {
         let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
         let line = format!(
-            r#"{{"x":1e999,"y":"\ud800","z":{deep},"\udc00":1,"user_id":"u","event":"e","ts":0,
+            r#"{{"x":1e999,"y":"\ud800","z":{deep},"user_id":"u","event":"e","ts":0,
                "props":{{"a":1e999,"b":"\udfff","c":[1],"d":true,"e":-2.5,"f":null}}}}"#
         );
         let e = dec(&line).expect("accepted");
@@ -574,6 +586,9 @@ mod tests {
         assert_eq!(e.prop("f"), None);
         let not_object = dec(r#"{"user_id":"u","event":"e","ts":0,"props":[1,2]}"#).expect("accepted");
         assert_eq!(not_object.prop("0"), None);
+        // Field names must be valid JSON strings.
+        assert_eq!(dec(r#"{"\udc00":1,"user_id":"u","event":"e","ts":0}"#), Err(Reject::InvalidJson));
+        assert_eq!(dec("{\"a\u{1}\":1,\"user_id\":\"u\",\"event\":\"e\",\"ts\":0}"), Err(Reject::InvalidJson));
         let very_deep =
             format!(r#"{{"user_id":"u","event":"e","ts":0,"z":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
         assert!(dec(&very_deep).is_ok());

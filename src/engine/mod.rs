@@ -163,6 +163,10 @@ pub struct Engine {
     max_retention_day: i32,
     /// Per-event step masks, one per funnel; kept to avoid an allocation.
     scratch_masks: Vec<u32>,
+    /// The distinct property keys step filters read.
+    filter_keys: Vec<String>,
+    /// Per funnel and step: the filter as (index into `filter_keys`, value).
+    filters: Vec<Vec<Vec<(usize, FilterValue)>>>,
 }
 
 impl Engine {
@@ -237,6 +241,28 @@ impl Engine {
             })
             .collect();
         let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
+        let mut filter_keys: Vec<String> = Vec::new();
+        let filters = cfg
+            .funnels
+            .iter()
+            .map(|f| {
+                f.steps
+                    .iter()
+                    .map(|step| {
+                        step.filter
+                            .iter()
+                            .map(|(key, want)| {
+                                let i = filter_keys.iter().position(|k| k == key).unwrap_or_else(|| {
+                                    filter_keys.push(key.clone());
+                                    filter_keys.len() - 1
+                                });
+                                (i, want.clone())
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         let max_retention_day = cfg.retention.iter().flat_map(|r| r.days.iter().copied()).max().unwrap_or(0) as i32;
         Engine {
             cal: Calendar::new(cfg.timezone.clone()),
@@ -255,6 +281,8 @@ impl Engine {
             max_window_ms,
             max_retention_day,
             scratch_masks: Vec::new(),
+            filter_keys,
+            filters,
         }
     }
 
@@ -320,9 +348,13 @@ impl Engine {
         let mut masks = std::mem::take(&mut self.scratch_masks);
         masks.clear();
         masks.extend_from_slice(&class.steps);
-        for &(f, k) in &class.filtered {
-            if filter_holds(&self.cfg.funnels[f].steps[k].filter, ev) {
-                masks[f] |= 1 << k;
+        if !class.filtered.is_empty() {
+            // One pass over props for every filter key this event may need.
+            let values = ev.props(&self.filter_keys);
+            for &(f, k) in &class.filtered {
+                if self.filters[f][k].iter().all(|(key, want)| prop_equals(values[*key].as_ref(), want)) {
+                    masks[f] |= 1 << k;
+                }
             }
         }
 
@@ -869,11 +901,11 @@ fn ensure_len(v: &mut Vec<i64>, n: usize) -> &mut Vec<i64> {
     v
 }
 
-fn filter_holds(filter: &[(String, FilterValue)], ev: &Event<'_>) -> bool {
-    filter.iter().all(|(key, want)| match (ev.prop(key), want) {
+fn prop_equals(value: Option<&PropValue<'_>>, want: &FilterValue) -> bool {
+    match (value, want) {
         (Some(PropValue::Str(s)), FilterValue::Str(w)) => s == w.as_str(),
-        (Some(PropValue::Num(x)), FilterValue::Num(w)) => x == *w,
-        (Some(PropValue::Bool(b)), FilterValue::Bool(w)) => b == *w,
+        (Some(PropValue::Num(x)), FilterValue::Num(w)) => x == w,
+        (Some(PropValue::Bool(b)), FilterValue::Bool(w)) => b == w,
         _ => false,
-    })
+    }
 }

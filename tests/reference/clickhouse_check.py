@@ -108,6 +108,9 @@ def validate(raw):
         return "invalid_json", None
     if not isinstance(top, Obj):
         return "not_object", None
+    # Field names of the event object must be valid Unicode.
+    if any(not valid_unicode(k) for k, _ in top):
+        return "invalid_json", None
     fields = {}
     for k, v in top:
         if k in ("user_id", "event", "ts"):
