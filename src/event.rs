@@ -165,67 +165,76 @@ impl<'a> Event<'a> {
     /// a usable value. Anything else (not an object, another type, a number
     /// out of range, a string with a lone surrogate) reads as absent.
     pub fn prop(&self, key: &str) -> Option<PropValue<'a>> {
-        self.props(&[key]).pop().flatten()
+        let mut found = [None];
+        self.find_props(&[key], &mut found);
+        found[0].and_then(interpret_prop)
     }
 
     /// The values of several properties in one pass over `props` (the
     /// first occurrence of a repeated key wins), read like [`Event::prop`].
     pub fn props<S: AsRef<str>>(&self, keys: &[S]) -> Vec<Option<PropValue<'a>>> {
-        let Some(raw) = self.props else {
-            return vec![None; keys.len()];
-        };
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        let found = de::Deserializer::deserialize_any(&mut de, PropsVisitor { keys }).unwrap_or_default();
-        found.into_iter().map(|v| v.and_then(interpret_prop)).chain(std::iter::repeat(None)).take(keys.len()).collect()
+        let mut found = vec![None; keys.len()];
+        self.find_props(keys, &mut found);
+        found.into_iter().map(|v| v.and_then(interpret_prop)).collect()
+    }
+
+    fn find_props<S: AsRef<str>>(&self, keys: &[S], found: &mut [Option<&'a RawValue>]) {
+        if let Some(raw) = self.props {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            // Not an object, or broken inside: no usable props.
+            if de::Deserializer::deserialize_any(&mut de, PropsVisitor { keys, found: &mut *found }).is_err() {
+                found.iter_mut().for_each(|f| *f = None);
+            }
+        }
     }
 }
 
-struct PropsVisitor<'k, S> {
+struct PropsVisitor<'k, 'de, S> {
     keys: &'k [S],
+    found: &'k mut [Option<&'de RawValue>],
 }
 
-impl<'de, S: AsRef<str>> Visitor<'de> for PropsVisitor<'_, S> {
-    type Value = Vec<Option<&'de RawValue>>;
+impl<'de, S: AsRef<str>> Visitor<'de> for PropsVisitor<'_, 'de, S> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = vec![None; self.keys.len()];
         while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
             let slot = self.keys.iter().position(|k| k.as_ref().as_bytes() == key.0.as_ref());
             match slot {
-                Some(i) if found[i].is_none() => found[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) if self.found[i].is_none() => self.found[i] = Some(map.next_value::<&'de RawValue>()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     // Anything but an object: no props.
     fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Ok(Vec::new())
+        Ok(())
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(())
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(())
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(())
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(())
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(())
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(())
     }
 }
 

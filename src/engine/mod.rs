@@ -349,8 +349,17 @@ impl Engine {
         masks.clear();
         masks.extend_from_slice(&class.steps);
         if !class.filtered.is_empty() {
-            // One pass over props for every filter key this event may need.
-            let values = ev.props(&self.filter_keys);
+            // One pass over props for every filter key this event may need
+            // (no allocation in the common case of a single key).
+            let one;
+            let many;
+            let values: &[Option<PropValue<'_>>] = if let [key] = &self.filter_keys[..] {
+                one = [ev.prop(key)];
+                &one
+            } else {
+                many = ev.props(&self.filter_keys);
+                &many
+            };
             for &(f, k) in &class.filtered {
                 if self.filters[f][k].iter().all(|(key, want)| prop_equals(values[*key].as_ref(), want)) {
                     masks[f] |= 1 << k;
