@@ -119,7 +119,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
 /// Writes `engine` and `next_offset` to `path` atomically and durably.
 /// Returns the bytes written.
 pub fn write(path: &Path, engine: &Engine, next_offset: i64) -> Result<u64, CheckpointError> {
-    let payload = postcard::to_stdvec(&engine.state())
+    let payload = engine
+        .encode_state()
         .map_err(|e| CheckpointError::Corrupt { path: path.to_owned(), reason: format!("cannot encode: {e}") })?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);

@@ -134,6 +134,35 @@ struct FunnelSnapshot {
     time_to_convert: Vec<Vec<(u64, u64)>>,
 }
 
+/// [`EngineState`] borrowed from a live engine: the same fields in the
+/// same order, so that it encodes to what `EngineState` decodes.
+#[derive(Serialize)]
+struct EngineStateRef<'a> {
+    user_ids: Vec<&'a str>,
+    users: &'a [UserCore],
+    retention: Vec<RetentionSnapshotRef<'a>>,
+    funnels: Vec<FunnelSnapshotRef<'a>>,
+    activity: &'a DayRows<ActivityCounts>,
+    max_ts: Option<i64>,
+    maintained_day: Day,
+    counters: &'a Counters,
+}
+
+#[derive(Serialize)]
+struct RetentionSnapshotRef<'a> {
+    cohort: &'a [Day],
+    returns: Option<&'a [DayBits]>,
+    rows: &'a DayRows<CohortCounts>,
+}
+
+#[derive(Serialize)]
+struct FunnelSnapshotRef<'a> {
+    users: Vec<(u32, &'a FunnelUser)>,
+    rows: &'a DayRows<Vec<i64>>,
+    conversions: &'a [u64],
+    time_to_convert: Vec<Vec<(u64, u64)>>,
+}
+
 /// Why a snapshot's state cannot be loaded into an engine.
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot state does not fit the configuration: {0}")]
@@ -634,34 +663,32 @@ impl Engine {
         }
     }
 
-    /// A copy of the mutable state, for a snapshot.
-    pub fn state(&self) -> EngineState {
-        let mut user_ids: Vec<Box<str>> = vec![Box::from(""); self.users.len()];
+    /// Encodes the mutable state for a snapshot (postcard), reading it in
+    /// place: it encodes exactly as an [`EngineState`] decodes, without
+    /// copying the state first.
+    pub fn encode_state(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut user_ids: Vec<&str> = vec![""; self.users.len()];
         for (id, &i) in &self.user_ids {
-            user_ids[i as usize] = id.clone();
+            user_ids[i as usize] = id;
         }
-        EngineState {
+        let view = EngineStateRef {
             user_ids,
-            users: self.users.clone(),
+            users: &self.users,
             retention: self
                 .retention
                 .iter()
-                .map(|r| RetentionSnapshot {
-                    cohort: r.cohort.clone(),
-                    returns: r.returns.clone(),
-                    rows: r.rows.clone(),
-                })
+                .map(|r| RetentionSnapshotRef { cohort: &r.cohort, returns: r.returns.as_deref(), rows: &r.rows })
                 .collect(),
             funnels: self
                 .funnels
                 .iter()
                 .map(|f| {
-                    let mut users: Vec<(u32, FunnelUser)> = f.users.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    let mut users: Vec<(u32, &FunnelUser)> = f.users.iter().map(|(k, v)| (*k, v)).collect();
                     users.sort_unstable_by_key(|(k, _)| *k);
-                    FunnelSnapshot {
+                    FunnelSnapshotRef {
                         users,
-                        rows: f.rows.clone(),
-                        conversions: f.conversions.clone(),
+                        rows: &f.rows,
+                        conversions: &f.conversions,
                         time_to_convert: f
                             .time_to_convert
                             .iter()
@@ -670,11 +697,12 @@ impl Engine {
                     }
                 })
                 .collect(),
-            activity: self.activity.clone(),
+            activity: &self.activity,
             max_ts: self.max_ts,
             maintained_day: self.maintained_day,
-            counters: self.counters.clone(),
-        }
+            counters: &self.counters,
+        };
+        postcard::to_stdvec(&view)
     }
 
     /// An engine for `cfg` holding `state`; refused when the state's shape
