@@ -103,9 +103,10 @@ struct FunnelState {
     hits: usize,
 }
 
-/// The mutable state of an engine, for snapshots: everything but what is
-/// derived from the config. Opaque outside the engine.
-#[derive(Debug, Serialize, Deserialize)]
+/// The mutable state of an engine as a snapshot decodes it: everything but
+/// what is derived from the config. Encoded from the live engine by
+/// [`Engine::encode_state`]. Opaque outside the engine.
+#[derive(Debug, Deserialize)]
 pub struct EngineState {
     /// User ids in index order.
     user_ids: Vec<Box<str>>,
@@ -118,14 +119,14 @@ pub struct EngineState {
     counters: Counters,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct RetentionSnapshot {
     cohort: Vec<Day>,
     returns: Option<Vec<DayBits>>,
     rows: DayRows<CohortCounts>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct FunnelSnapshot {
     users: Vec<(u32, FunnelUser)>,
     rows: DayRows<Vec<i64>>,

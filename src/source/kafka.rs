@@ -358,13 +358,19 @@ pub fn run(
     let mut last_publish = Instant::now() - timing.publish_interval;
     let mut last_probe = Instant::now();
     let mut lags: HashMap<Tp, i64> = HashMap::new();
+    let mut tp = Tp { topic: String::new(), partition: -1 };
     while !shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => warn!(error = %e, "consume error"),
             Some(Ok(msg)) => {
                 shared.brokers_down.store(false, Ordering::Relaxed);
-                let tp = Tp { topic: msg.topic().to_owned(), partition: msg.partition() };
+                // Reused from message to message: no allocation per message.
+                if tp.partition != msg.partition() || tp.topic != msg.topic() {
+                    tp.topic.clear();
+                    tp.topic.push_str(msg.topic());
+                    tp.partition = msg.partition();
+                }
                 let offset = msg.offset();
                 let mut shards = shared.lock();
                 if let Some(Slot::Live(shard)) = shards.get_mut(&tp) {
