@@ -44,6 +44,9 @@ struct TrafficArgs {
     /// Random seed of the generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Only valid events: no hostile lines (benchmarks compare figures with ClickHouse).
+    #[arg(long)]
+    clean: bool,
 }
 
 #[derive(Subcommand)]
@@ -147,8 +150,8 @@ fn main() -> Result<()> {
             tracing_subscriber::fmt().with_writer(io::stderr).with_ansi(io::stderr().is_terminal()).init();
             let mut producer = loadgen::Loadgen::new(&brokers, &topic, &options, rate)?;
             if files.is_empty() {
-                let start = traffic.start_ms.unwrap_or_else(|| default_start(traffic.days));
-                producer.generated(traffic.days, traffic.users_per_day, start, traffic.seed, count)?;
+                let (generator, end) = traffic.generator();
+                producer.generated(generator, end, count)?;
             } else {
                 for f in &files {
                     producer.file(f, count)?;
@@ -329,14 +332,24 @@ fn default_start(days: u32) -> i64 {
     (now_ms() / DAY_MS - i64::from(days)) * DAY_MS
 }
 
+impl TrafficArgs {
+    /// The generator these arguments describe, and the simulated instant it
+    /// stops at (epoch ms).
+    fn generator(&self) -> (Generator, i64) {
+        const DAY_MS: i64 = 86_400_000;
+        let start = self.start_ms.unwrap_or_else(|| default_start(self.days));
+        let mut generator = Generator::new(self.seed, start, self.users_per_day);
+        if self.clean {
+            generator = generator.clean();
+        }
+        (generator, start + i64::from(self.days) * DAY_MS)
+    }
+}
+
 fn generate(traffic: &TrafficArgs) -> Result<()> {
-    const DAY_MS: i64 = 86_400_000;
-    let days = traffic.days;
-    let start = traffic.start_ms.unwrap_or_else(|| default_start(days));
-    let mut generator = Generator::new(traffic.seed, start, traffic.users_per_day);
+    let (mut generator, end) = traffic.generator();
     let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut lines = Vec::new();
-    let end = start + i64::from(days) * DAY_MS;
     while generator.clock_ms() < end {
         lines.clear();
         generator.advance_to((generator.clock_ms() + 3_600_000).min(end), &mut lines);

@@ -35,6 +35,8 @@ pub struct Generator {
     /// Simulated time generated so far.
     clock_ms: i64,
     users_per_day: f64,
+    /// Whether 1 line in 500 is hostile.
+    hostile: bool,
 }
 
 const PLATFORMS: [&str; 3] = ["ios", "android", "web"];
@@ -51,7 +53,15 @@ impl Generator {
             seq: 0,
             clock_ms: start_ms,
             users_per_day,
+            hostile: true,
         }
+    }
+
+    /// Emits only valid events: no hostile lines (for comparing figures
+    /// with another engine that validates differently).
+    pub fn clean(mut self) -> Self {
+        self.hostile = false;
+        self
     }
 
     /// Simulated time reached.
@@ -157,7 +167,7 @@ impl Generator {
     fn emit(&mut self, idx: usize, event: &str, ts: i64, amount: Option<f64>) {
         let user = self.users[idx];
         // 1 in 500 lines is hostile, as real topics have.
-        let line = if self.rng.u32(..500) == 0 {
+        let line = if self.rng.u32(..500) == 0 && self.hostile {
             self.hostile(user.id, ts)
         } else {
             let stamp = jiff::Timestamp::from_millisecond(ts).map(|t| t.to_string()).unwrap_or_default();

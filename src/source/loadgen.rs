@@ -95,17 +95,8 @@ impl Loadgen {
         Ok(())
     }
 
-    /// Produces generated traffic.
-    pub fn generated(
-        &mut self,
-        days: u32,
-        users_per_day: f64,
-        start_ms: i64,
-        seed: u64,
-        count: Option<u64>,
-    ) -> Result<(), LoadgenError> {
-        let mut g = Generator::new(seed, start_ms, users_per_day);
-        let end = start_ms + i64::from(days) * 86_400_000;
+    /// Produces the traffic of `g` up to its simulated time `end` (epoch ms).
+    pub fn generated(&mut self, mut g: Generator, end: i64, count: Option<u64>) -> Result<(), LoadgenError> {
         let mut lines = Vec::new();
         while g.clock_ms() < end {
             lines.clear();

@@ -173,6 +173,96 @@ def parse_metrics(path):
     return out
 
 
+def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS):
+    """Every figure cohortflow exports, computed by ClickHouse over `base`
+    (a subquery of distinct events with user_id, event, ts_ms, channel and
+    day), for the business days up to `wm_day`: {(metric, labels): value},
+    and the keys where cohortflow may be above ClickHouse (strict_increase,
+    see the module docs). `q` runs a query and returns its rows as dicts."""
+    def date(s):
+        return dt.date.fromisoformat(s)
+
+    expected = {}
+    # Activity and new users.
+    new = {date(r["first"]): int(r["c"]) for r in q(
+        f"SELECT toString(first) AS first, count() AS c FROM "
+        f"(SELECT user_id, min(day) AS first FROM {base} GROUP BY user_id) GROUP BY first")}
+    windows = {}
+    for label, n in (("1d", 1), ("7d", 7), ("30d", 30)):
+        windows[label] = {date(r["d"]): int(r["c"]) for r in q(
+            f"SELECT toString(day + k) AS d, uniqExact(user_id) AS c FROM (SELECT DISTINCT user_id, day FROM {base}) "
+            f"ARRAY JOIN range(0, {n}) AS k GROUP BY d")}
+    for d, mau in windows["30d"].items():
+        if d > wm_day or mau == 0:
+            continue
+        ds = str(d)
+        expected[("cohortflow_new_users", (("date", ds),))] = new.get(d, 0)
+        for label in ("1d", "7d", "30d"):
+            expected[("cohortflow_active_users", (("date", ds), ("window", label)))] = windows[label].get(d, 0)
+
+    # Retention.
+    for name, cohort_ev, return_ev, days, mode in retention:
+        cohort_cond = f"event = '{cohort_ev}'" if cohort_ev else "1"
+        return_cond = f"event = '{return_ev}'" if return_ev else "1"
+        op = "=" if mode == "on" else ">="
+        conds = ", ".join(f"({return_cond}) AND day {op} cohort + {n}" for n in days)
+        sums = ", ".join(f"sum(r[{i + 2}]) AS r{i}" for i in range(len(days)))
+        rows = q(
+            f"SELECT toString(cohort) AS cohort, count() AS users, {sums} FROM ("
+            f" SELECT user_id, cohort, retention(day = cohort AND ({cohort_cond}), {conds}) AS r"
+            f" FROM {base} AS e INNER JOIN (SELECT user_id, min(day) AS cohort FROM {base} WHERE {cohort_cond} GROUP BY user_id) AS c USING user_id"
+            f" GROUP BY user_id, cohort) GROUP BY cohort")
+        for r in rows:
+            if date(r["cohort"]) > wm_day:
+                continue
+            expected[("cohortflow_cohort_users", (("cohort_date", r["cohort"]), ("retention", name)))] = int(r["users"])
+            for i, n in enumerate(days):
+                key = ("cohortflow_retained_users", (("cohort_date", r["cohort"]), ("day", str(n)), ("retention", name)))
+                expected[key] = int(r[f"r{i}"])
+
+    # Funnels.
+    at_least = set()
+    for name, window, mode, steps in funnels:
+        def cond(step):
+            ev, channel = step
+            return f"event = '{ev}'" + (f" AND channel = '{channel}'" if channel else "")
+        params = f"{window}" + (f", '{mode}'" if mode != "default" else "")
+        step_conds = ", ".join([f"({cond(steps[0])}) AND day = d"] + [cond(s) for s in steps[1:]])
+        rows = q(
+            f"SELECT toString(d) AS d, lvl, count() AS c FROM ("
+            f" SELECT user_id, d, windowFunnel({params})(toUInt64(ts_ms), {step_conds}) AS lvl"
+            f" FROM {base} AS e INNER JOIN (SELECT user_id, groupUniqArray(day) AS ds FROM {base} WHERE {cond(steps[0])} GROUP BY user_id) AS x USING user_id"
+            f" ARRAY JOIN ds AS d GROUP BY user_id, d) GROUP BY d, lvl")
+        per_day = {}
+        for r in rows:
+            per_day.setdefault(r["d"], [0] * (len(steps) + 1))[int(r["lvl"])] += int(r["c"])
+        for d, by_level in per_day.items():
+            if date(d) > wm_day:
+                continue
+            for k in range(1, len(steps) + 1):
+                key = ("cohortflow_funnel_users", (("entry_date", d), ("funnel", name), ("step", str(k)), ("step_name", steps[k - 1][0])))
+                expected[key] = sum(by_level[k:])
+                if mode == "strict_increase":
+                    at_least.add(key)
+    return expected, at_least
+
+
+def differences(expected, at_least, got):
+    """The series where ClickHouse's figure and cohortflow's differ, as
+    (key, clickhouse, cohortflow), and how many `at_least` series
+    cohortflow has above ClickHouse."""
+    diffs = []
+    above = 0
+    for key in sorted(set(expected) | set(got)):
+        want, have = expected.get(key), got.get(key)
+        if key in at_least and want is not None and have is not None and have >= want:
+            above += have > want
+            continue
+        if want is None or have is None or float(want) != have:
+            diffs.append((key, want, have))
+    return diffs, above
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tz", required=True)
@@ -207,7 +297,6 @@ def main():
 
     wm_day = dt.datetime.fromtimestamp((max_ts - LATENESS_MS) / 1000, tz).date()
 
-    expected = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "events.jsonl")
         with open(path, "w") as f:
@@ -223,70 +312,7 @@ def main():
             res = chdb.query(sql, "JSONEachRow")
             return [json.loads(l) for l in str(res).splitlines() if l.strip()]
 
-        def date(s):
-            return dt.date.fromisoformat(s)
-
-        # Activity and new users.
-        new = {date(r["first"]): int(r["c"]) for r in q(
-            f"SELECT toString(first) AS first, count() AS c FROM "
-            f"(SELECT user_id, min(day) AS first FROM {base} GROUP BY user_id) GROUP BY first")}
-        windows = {}
-        for label, n in (("1d", 1), ("7d", 7), ("30d", 30)):
-            windows[label] = {date(r["d"]): int(r["c"]) for r in q(
-                f"SELECT toString(day + k) AS d, uniqExact(user_id) AS c FROM (SELECT DISTINCT user_id, day FROM {base}) "
-                f"ARRAY JOIN range(0, {n}) AS k GROUP BY d")}
-        for d, mau in windows["30d"].items():
-            if d > wm_day or mau == 0:
-                continue
-            ds = str(d)
-            expected[("cohortflow_new_users", (("date", ds),))] = new.get(d, 0)
-            for label in ("1d", "7d", "30d"):
-                expected[("cohortflow_active_users", (("date", ds), ("window", label)))] = windows[label].get(d, 0)
-
-        # Retention.
-        for name, cohort_ev, return_ev, days, mode in RETENTION:
-            cohort_cond = f"event = '{cohort_ev}'" if cohort_ev else "1"
-            return_cond = f"event = '{return_ev}'" if return_ev else "1"
-            op = "=" if mode == "on" else ">="
-            conds = ", ".join(f"({return_cond}) AND day {op} cohort + {n}" for n in days)
-            sums = ", ".join(f"sum(r[{i + 2}]) AS r{i}" for i in range(len(days)))
-            rows = q(
-                f"SELECT toString(cohort) AS cohort, count() AS users, {sums} FROM ("
-                f" SELECT user_id, cohort, retention(day = cohort AND ({cohort_cond}), {conds}) AS r"
-                f" FROM {base} AS e INNER JOIN (SELECT user_id, min(day) AS cohort FROM {base} WHERE {cohort_cond} GROUP BY user_id) AS c USING user_id"
-                f" GROUP BY user_id, cohort) GROUP BY cohort")
-            for r in rows:
-                if date(r["cohort"]) > wm_day:
-                    continue
-                expected[("cohortflow_cohort_users", (("cohort_date", r["cohort"]), ("retention", name)))] = int(r["users"])
-                for i, n in enumerate(days):
-                    key = ("cohortflow_retained_users", (("cohort_date", r["cohort"]), ("day", str(n)), ("retention", name)))
-                    expected[key] = int(r[f"r{i}"])
-
-        # Funnels.
-        at_least = set()
-        for name, window, mode, steps in FUNNELS:
-            def cond(step):
-                ev, channel = step
-                return f"event = '{ev}'" + (f" AND channel = '{channel}'" if channel else "")
-            params = f"{window}" + (f", '{mode}'" if mode != "default" else "")
-            step_conds = ", ".join([f"({cond(steps[0])}) AND day = d"] + [cond(s) for s in steps[1:]])
-            rows = q(
-                f"SELECT toString(d) AS d, lvl, count() AS c FROM ("
-                f" SELECT user_id, d, windowFunnel({params})(toUInt64(ts_ms), {step_conds}) AS lvl"
-                f" FROM {base} AS e INNER JOIN (SELECT user_id, groupUniqArray(day) AS ds FROM {base} WHERE {cond(steps[0])} GROUP BY user_id) AS x USING user_id"
-                f" ARRAY JOIN ds AS d GROUP BY user_id, d) GROUP BY d, lvl")
-            per_day = {}
-            for r in rows:
-                per_day.setdefault(r["d"], [0] * (len(steps) + 1))[int(r["lvl"])] += int(r["c"])
-            for d, by_level in per_day.items():
-                if date(d) > wm_day:
-                    continue
-                for k in range(1, len(steps) + 1):
-                    key = ("cohortflow_funnel_users", (("entry_date", d), ("funnel", name), ("step", str(k)), ("step_name", steps[k - 1][0])))
-                    expected[key] = sum(by_level[k:])
-                    if mode == "strict_increase":
-                        at_least.add(key)
+        expected, at_least = clickhouse_figures(q, base, wm_day)
 
     for reason in ("too_large", "invalid_utf8", "invalid_json", "not_object", "duplicate_key", "bad_user_id",
                    "bad_event", "bad_timestamp", "too_late", "too_early"):
@@ -297,15 +323,7 @@ def main():
     checked = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
                "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total"}
     got = {k: v for k, v in got.items() if k[0] in checked}
-    diffs = []
-    above = 0
-    for key in sorted(set(expected) | set(got)):
-        want, have = expected.get(key), got.get(key)
-        if key in at_least and want is not None and have is not None and have >= want:
-            above += have > want
-            continue
-        if want is None or have is None or float(want) != have:
-            diffs.append((key, want, have))
+    diffs, above = differences(expected, at_least, got)
     for key, want, have in diffs[:50]:
         print(f"DIFF {key[0]}{dict(key[1])}: clickhouse={want} cohortflow={have}")
     print(f"{args.tz}: {len(accepted)} accepted, rejected {dict(sorted((k, v) for k, v in counts.items() if k != 'ingested'))}")
