@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The Kafka path's throughput next to a bare librdkafka consumer, side by
-# side on one broker and one topic, plus snapshot write/restore timing.
-# Usage: scripts/bench_kafka.sh [MESSAGES] [SNAPSHOT_USERS]
+# side on one broker and one topic; then event → /metrics latency under a
+# steady produced load (examples/latency.rs).
+# Usage: scripts/bench_kafka.sh [MESSAGES] [LATENCY_RATE] [LATENCY_SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 messages=${1:-1000000}
-snapshot_users=${2:-1000000}
+latency_rate=${2:-20000}
+latency_seconds=${3:-30}
 broker=${COHORTFLOW_TEST_BROKER:-$HOME/.cache/kbroker/bin/nisshi}
 [ -x "$broker" ] || { echo "no broker at $broker: run scripts/test.sh first" >&2; exit 1; }
 
-cargo build --release --locked -q --bin cohortflow --examples
+cargo build --release --locked -q --bin cohortflow --example bare_consumer --example latency
 target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
 work=$(mktemp -d)
@@ -63,4 +65,20 @@ run=$(echo "$n / ($end - $start)" | bc -l)
 printf 'cohortflow run (demo definitions): %.0f msg/s\n' "$run"
 printf 'ratio run / bare: %.2f\n' "$(echo "$run / $bare" | bc -l)"
 
-"$target/examples/snapshot_timing" "$snapshot_users"
+kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
+
+# Latency: a fresh daemon on a one-partition topic (so that the ingested
+# count orders messages), fed at a steady rate while /metrics is scraped.
+"$broker" topic create latency --partitions 1 --broker "tcp://127.0.0.1:$port" > /dev/null
+sed -e 's/^topics = .*/topics = ["latency"]/' -e 's/^group_id = .*/group_id = "bench-latency"/' \
+    -e "s|^state_dir = .*|state_dir = \"$work/state-latency\"|" "$work/run.toml" > "$work/latency.toml"
+"$bin" run --config "$work/latency.toml" 2> "$work/latency.log" &
+daemon_pid=$!
+addr=
+for _ in $(seq 100); do
+    addr=$(grep -o 'http://[0-9.:]*' "$work/latency.log" | head -1 | sed 's|http://||') && [ -n "$addr" ] && break
+    sleep 0.1
+done
+for _ in $(seq 600); do curl -sf "http://$addr/readyz" > /dev/null && break; sleep 0.1; done
+printf 'event -> /metrics at %s msg/s for %s s: ' "$latency_rate" "$latency_seconds"
+"$target/examples/latency" "127.0.0.1:$port" latency "$addr" "$latency_rate" "$latency_seconds"
