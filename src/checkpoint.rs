@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::EngineConfig;
-use crate::engine::{Engine, EngineState};
+use crate::engine::Engine;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
 
 /// Why a snapshot could not be written or read.
@@ -187,8 +187,7 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let state: EngineState = postcard::from_bytes(payload).map_err(|e| corrupt(&format!("cannot decode: {e}")))?;
-    let engine = Engine::restore(cfg.clone(), state).map_err(|e| corrupt(&e.to_string()))?;
+    let engine = Engine::decode_state(cfg.clone(), payload).map_err(|e| corrupt(&e.to_string()))?;
     Ok(Some(Restored { engine, next_offset }))
 }
 

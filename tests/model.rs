@@ -64,6 +64,17 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         cohort_event = "c"
         return_event = "a"
         days = [1, 4]
+        [[retention]]
+        name = "any_b"
+        cohort_event = "*"
+        return_event = "b"
+        days = [1, 2]
+        [[retention]]
+        name = "b_any"
+        cohort_event = "b"
+        return_event = "*"
+        days = [1, 3]
+        mode = "on_or_after"
         [[funnel]]
         name = "abc"
         window = "{window}"

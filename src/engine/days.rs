@@ -17,29 +17,41 @@ pub const SPAN: i32 = 128;
 
 /// The set of days on which a user did something, as a bitmap anchored at
 /// the latest such day: bit k is set when the user was active on `last - k`.
+/// The 128 bits are kept as four 32-bit words so that the set takes 20
+/// bytes (a `u128` would align it, and the user records holding it, to 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayBits {
     last: Day,
-    bits: u128,
+    words: [u32; 4],
 }
 
 impl Default for DayBits {
     fn default() -> Self {
-        DayBits { last: NO_DAY, bits: 0 }
+        DayBits { last: NO_DAY, words: [0; 4] }
     }
 }
 
 impl DayBits {
+    fn bits(&self) -> u128 {
+        let [a, b, c, d] = self.words;
+        u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96
+    }
+
+    fn set_bits(&mut self, bits: u128) {
+        self.words = [bits as u32, (bits >> 32) as u32, (bits >> 64) as u32, (bits >> 96) as u32];
+    }
+
     /// Adds `day`; true when it was not there before.
     pub fn insert(&mut self, day: Day) -> bool {
         if self.last == NO_DAY {
-            *self = DayBits { last: day, bits: 1 };
+            self.last = day;
+            self.set_bits(1);
             return true;
         }
         if day > self.last {
             let shift = day - self.last;
-            self.bits = if shift >= SPAN { 0 } else { self.bits << shift };
-            self.bits |= 1;
+            let bits = if shift >= SPAN { 0 } else { self.bits() << shift };
+            self.set_bits(bits | 1);
             self.last = day;
             return true;
         }
@@ -49,9 +61,9 @@ impl DayBits {
             return false;
         }
         let mask = 1u128 << k;
-        let fresh = self.bits & mask == 0;
-        self.bits |= mask;
-        fresh
+        let bits = self.bits();
+        self.set_bits(bits | mask);
+        bits & mask == 0
     }
 
     /// Whether `day` is in the set.
@@ -60,7 +72,7 @@ impl DayBits {
             return false;
         }
         let k = self.last - day;
-        k < SPAN && self.bits & (1u128 << k) != 0
+        k < SPAN && self.bits() & (1u128 << k) != 0
     }
 
     /// The nearest days in the set before and after `day` (which is in
@@ -70,9 +82,10 @@ impl DayBits {
             return (None, None);
         }
         let k = (self.last - day) as u32;
-        let earlier = if k + 1 >= SPAN as u32 { 0 } else { self.bits >> (k + 1) };
+        let bits = self.bits();
+        let earlier = if k + 1 >= SPAN as u32 { 0 } else { bits >> (k + 1) };
         let prev = (earlier != 0).then(|| self.last - (k + 1 + earlier.trailing_zeros()) as Day);
-        let later = self.bits & ((1u128 << k) - 1);
+        let later = bits & ((1u128 << k) - 1);
         let next = (later != 0).then(|| self.last - (127 - later.leading_zeros()) as Day);
         (prev, next)
     }

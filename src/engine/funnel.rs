@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::calendar::Day;
 use crate::config::FunnelMode;
 
 /// One event of a user that fills at least one step of a funnel.
@@ -195,6 +196,101 @@ fn augment(group: &[Hit], step: usize, owner: &mut [Option<usize>], seen: &mut [
     false
 }
 
+/// One user's state in one funnel, in a single exact-size allocation (none
+/// when empty): the user's funnel events of the horizon as [`Hit`]s,
+/// sorted and deduplicated, then the level reached per entry day, sorted
+/// by day, each stored as a hit with an empty mask (`ts` = the day, `tag` =
+/// the level). Users change a few times a day at most, so reallocating on
+/// each change costs less than the spare capacity and second allocation of
+/// two `Vec`s would cost in memory, for every user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelUser(Box<[Hit]>);
+
+impl FunnelUser {
+    fn split(&self) -> usize {
+        self.0.partition_point(|h| h.mask != 0)
+    }
+
+    /// The funnel events, sorted.
+    pub fn hits(&self) -> &[Hit] {
+        &self.0[..self.split()]
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the entries are well formed: hits sorted and distinct, then
+    /// levels with increasing days (checked on snapshot restore).
+    pub fn is_valid(&self) -> bool {
+        let split = self.split();
+        let (hits, levels) = self.0.split_at(split);
+        hits.windows(2).all(|w| w[0] < w[1])
+            && levels.iter().all(|l| l.mask == 0 && l.ts >= i64::from(Day::MIN) && l.ts <= i64::from(Day::MAX))
+            && levels.windows(2).all(|w| w[0].ts < w[1].ts)
+    }
+
+    /// Adds `hit`; false when it is already there.
+    pub fn insert_hit(&mut self, hit: Hit) -> bool {
+        let pos = match self.hits().binary_search(&hit) {
+            Ok(_) => return false,
+            Err(pos) => pos,
+        };
+        let mut v = Vec::with_capacity(self.0.len() + 1);
+        v.extend_from_slice(&self.0[..pos]);
+        v.push(hit);
+        v.extend_from_slice(&self.0[pos..]);
+        self.0 = v.into_boxed_slice();
+        true
+    }
+
+    /// The level recorded for entry day `day` (0 if none).
+    pub fn level(&self, day: Day) -> usize {
+        let levels = &self.0[self.split()..];
+        match levels.binary_search_by_key(&i64::from(day), |l| l.ts) {
+            Ok(i) => levels[i].tag as usize,
+            Err(_) => 0,
+        }
+    }
+
+    /// Records `level` for entry day `day`.
+    pub fn set_level(&mut self, day: Day, level: usize) {
+        let split = self.split();
+        let entry = Hit { ts: i64::from(day), mask: 0, tag: level as u32 };
+        match self.0[split..].binary_search_by_key(&entry.ts, |l| l.ts) {
+            Ok(i) => self.0[split + i] = entry,
+            Err(i) => {
+                let mut v = Vec::with_capacity(self.0.len() + 1);
+                v.extend_from_slice(&self.0[..split + i]);
+                v.push(entry);
+                v.extend_from_slice(&self.0[split + i..]);
+                self.0 = v.into_boxed_slice();
+            }
+        }
+    }
+
+    /// Drops hits before `cutoff` (epoch ms) and levels of entry days
+    /// before `level_cutoff`.
+    pub fn prune(&mut self, cutoff: i64, level_cutoff: Day) {
+        let split = self.split();
+        let old_hits = self.0[..split].partition_point(|h| h.ts < cutoff);
+        let old_levels = self.0[split..].partition_point(|l| l.ts < i64::from(level_cutoff));
+        if old_hits == 0 && old_levels == 0 {
+            return;
+        }
+        let mut v = Vec::with_capacity(self.0.len() - old_hits - old_levels);
+        v.extend_from_slice(&self.0[old_hits..split]);
+        v.extend_from_slice(&self.0[split + old_levels..]);
+        self.0 = v.into_boxed_slice();
+    }
+
+    /// Entries held: hits and levels.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +340,31 @@ mod tests {
         assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 3);
         let hits = [h(106, &[0]), h(107, &[1])];
         assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 0);
+    }
+
+    #[test]
+    fn user_keeps_hits_then_levels_in_one_slice() {
+        let mut u = FunnelUser::default();
+        assert!(u.is_empty() && u.hits().is_empty() && u.level(5) == 0);
+        assert!(u.insert_hit(h(20, &[1])));
+        assert!(u.insert_hit(h(10, &[0])));
+        assert!(!u.insert_hit(h(10, &[0])), "a replayed hit is the same hit");
+        u.set_level(3, 1);
+        u.set_level(1, 2);
+        u.set_level(3, 2);
+        assert!(u.insert_hit(h(15, &[2])));
+        assert_eq!(u.hits(), &[h(10, &[0]), h(15, &[2]), h(20, &[1])]);
+        assert_eq!((u.level(1), u.level(2), u.level(3)), (2, 0, 2));
+        assert_eq!(u.len(), 5);
+        assert!(u.is_valid());
+
+        u.prune(15, 2);
+        assert_eq!(u.hits(), &[h(15, &[2]), h(20, &[1])]);
+        assert_eq!((u.level(1), u.level(3)), (0, 2));
+        u.prune(100, 100);
+        assert!(u.is_empty());
+
+        let unsorted = FunnelUser(vec![h(20, &[1]), h(10, &[0])].into_boxed_slice());
+        assert!(!unsorted.is_valid());
     }
 }

@@ -17,6 +17,7 @@ pub mod calendar;
 pub mod days;
 pub mod figures;
 pub mod funnel;
+pub mod ids;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,14 +30,13 @@ use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
 use days::{DayBits, DayRows, NO_DAY};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
-use funnel::Hit;
+use funnel::{FunnelUser, Hit};
+use ids::UserIds;
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest activity window (MAU).
 const MAU_DAYS: i32 = 30;
 const WAU_DAYS: i32 = 7;
-
-type UserIds = HashMap<Box<str>, u32, foldhash::fast::RandomState>;
 
 /// What one event name means to the configured definitions, computed once
 /// per name at start so that an event costs one hash lookup.
@@ -76,40 +76,50 @@ struct CohortCounts {
 
 #[derive(Debug)]
 struct RetentionState {
-    /// Per user: the cohort day, or [`NO_DAY`].
-    cohort: Vec<Day>,
-    /// Per user: days with a return event; `None` when any event returns
-    /// (then the user's `active` days serve).
-    returns: Option<Vec<DayBits>>,
+    /// Per user: the cohort day, or [`NO_DAY`]; `None` when any event is a
+    /// cohort event (then the user's `first_seen` is the cohort day).
+    cohort: Option<Vec<Day>>,
+    returns: Returns,
     rows: DayRows<CohortCounts>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct FunnelUser {
-    /// Funnel events of the horizon, sorted, deduplicated.
-    hits: Vec<Hit>,
-    /// Level reached per entry day, sorted by day.
-    levels: Vec<(Day, u8)>,
+/// What a retention definition remembers of each user's return events:
+/// no more than its mode needs.
+#[derive(Debug, Serialize, Deserialize)]
+enum Returns {
+    /// Any event returns: the user's `active` days serve.
+    Active,
+    /// `on_or_after`, which only ever asks for the latest return day: per
+    /// user that day, or [`NO_DAY`].
+    Latest(Vec<Day>),
+    /// `on`: per user the days with a return event.
+    Days(Vec<DayBits>),
 }
 
 #[derive(Debug)]
 struct FunnelState {
-    users: HashMap<u32, FunnelUser, foldhash::fast::RandomState>,
+    /// Per user (index), what the funnel holds of them.
+    users: Vec<FunnelUser>,
     /// Per entry day: users with level ≥ k+1.
     rows: DayRows<Vec<i64>>,
     conversions: Vec<u64>,
     /// Time to convert to step k+1, in ms.
     time_to_convert: Vec<Histogram<u64>>,
-    hits: usize,
+    /// Entries (hits and levels) held by all users, for [`Engine::state_bytes`].
+    entries: usize,
 }
 
-/// The mutable state of an engine as a snapshot decodes it: everything but
+/// The mutable state of an engine as a snapshot decodes it, but for the
+/// funnels' per-user state (which [`FunnelUsers`] decodes): everything but
 /// what is derived from the config. Encoded from the live engine by
-/// [`Engine::encode_state`]. Opaque outside the engine.
+/// [`Engine::encode_state`].
 #[derive(Debug, Deserialize)]
-pub struct EngineState {
-    /// User ids in index order.
-    user_ids: Vec<Box<str>>,
+struct EngineState {
+    /// User ids, one after the other, in index order.
+    #[serde(with = "serde_bytes")]
+    id_bytes: Vec<u8>,
+    /// Where each id ends in `id_bytes`.
+    id_ends: Vec<u32>,
     users: Vec<UserCore>,
     retention: Vec<RetentionSnapshot>,
     funnels: Vec<FunnelSnapshot>,
@@ -121,14 +131,13 @@ pub struct EngineState {
 
 #[derive(Debug, Deserialize)]
 struct RetentionSnapshot {
-    cohort: Vec<Day>,
-    returns: Option<Vec<DayBits>>,
+    cohort: Option<Vec<Day>>,
+    returns: Returns,
     rows: DayRows<CohortCounts>,
 }
 
 #[derive(Debug, Deserialize)]
 struct FunnelSnapshot {
-    users: Vec<(u32, FunnelUser)>,
     rows: DayRows<Vec<i64>>,
     conversions: Vec<u64>,
     /// Per step: (value, count) pairs of the time-to-convert histogram.
@@ -139,7 +148,9 @@ struct FunnelSnapshot {
 /// same order, so that it encodes to what `EngineState` decodes.
 #[derive(Serialize)]
 struct EngineStateRef<'a> {
-    user_ids: Vec<&'a str>,
+    #[serde(with = "serde_bytes")]
+    id_bytes: &'a [u8],
+    id_ends: &'a [u32],
     users: &'a [UserCore],
     retention: Vec<RetentionSnapshotRef<'a>>,
     funnels: Vec<FunnelSnapshotRef<'a>>,
@@ -151,18 +162,25 @@ struct EngineStateRef<'a> {
 
 #[derive(Serialize)]
 struct RetentionSnapshotRef<'a> {
-    cohort: &'a [Day],
-    returns: Option<&'a [DayBits]>,
+    cohort: Option<&'a [Day]>,
+    returns: &'a Returns,
     rows: &'a DayRows<CohortCounts>,
 }
 
 #[derive(Serialize)]
 struct FunnelSnapshotRef<'a> {
-    users: Vec<(u32, &'a FunnelUser)>,
     rows: &'a DayRows<Vec<i64>>,
     conversions: &'a [u64],
     time_to_convert: Vec<Vec<(u64, u64)>>,
 }
+
+/// The second part of a snapshot: per funnel, per user, what the funnel
+/// holds; decoded on a thread of its own while the first part is.
+#[derive(Debug, Deserialize)]
+struct FunnelUsers(Vec<Vec<FunnelUser>>);
+
+#[derive(Serialize)]
+struct FunnelUsersRef<'a>(Vec<&'a [FunnelUser]>);
 
 /// Why a snapshot's state cannot be loaded into an engine.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +196,6 @@ pub struct Engine {
     /// The class of names no definition names.
     other: Class,
     user_ids: UserIds,
-    user_id_bytes: usize,
     users: Vec<UserCore>,
     retention: Vec<RetentionState>,
     funnels: Vec<FunnelState>,
@@ -252,8 +269,12 @@ impl Engine {
             .retention
             .iter()
             .map(|def| RetentionState {
-                cohort: Vec::new(),
-                returns: (def.return_event != EventMatch::Any).then(Vec::new),
+                cohort: (def.cohort_event != EventMatch::Any).then(Vec::new),
+                returns: match (&def.return_event, def.mode) {
+                    (EventMatch::Any, _) => Returns::Active,
+                    (_, RetentionMode::OnOrAfter) => Returns::Latest(Vec::new()),
+                    (_, RetentionMode::On) => Returns::Days(Vec::new()),
+                },
                 rows: DayRows::default(),
             })
             .collect();
@@ -261,13 +282,13 @@ impl Engine {
             .funnels
             .iter()
             .map(|def| FunnelState {
-                users: HashMap::default(),
+                users: Vec::new(),
                 rows: DayRows::default(),
                 conversions: vec![0; def.steps.len()],
                 time_to_convert: (0..def.steps.len())
                     .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
                     .collect(),
-                hits: 0,
+                entries: 0,
             })
             .collect();
         let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
@@ -300,7 +321,6 @@ impl Engine {
             classes,
             other,
             user_ids: UserIds::default(),
-            user_id_bytes: 0,
             users: Vec::new(),
             retention,
             funnels,
@@ -441,10 +461,15 @@ impl Engine {
             let is_return = return_bits & (1 << r) != 0;
             let is_cohort = cohort_bits & (1 << r) != 0;
             if is_return {
-                self.credit_return(r, uid, day, newly_active, prev_active_latest);
+                self.credit_return(r, uid, day, newly_active, prev_active_latest, old_first);
             }
             if is_cohort {
-                let current = self.retention[r].cohort[uid as usize];
+                let current = match &self.retention[r].cohort {
+                    Some(cohort) => cohort[uid as usize],
+                    // The cohort is the first day seen, as it was before
+                    // this event.
+                    None => old_first,
+                };
                 if current == NO_DAY || day < current {
                     self.move_cohort(r, uid, current, day);
                 }
@@ -465,53 +490,78 @@ impl Engine {
     }
 
     fn user_index(&mut self, id: &str) -> Option<u32> {
-        if let Some(&i) = self.user_ids.get(id) {
+        if let Some(i) = self.user_ids.get(id) {
             return Some(i);
         }
         if self.users.len() as u64 >= self.cfg.max_users {
             return None;
         }
-        let i = self.users.len() as u32;
-        self.user_ids.insert(id.into(), i);
-        self.user_id_bytes += id.len();
+        let i = self.user_ids.push(id)?;
         self.users.push(UserCore { first_seen: NO_DAY, active: DayBits::default() });
         for state in &mut self.retention {
-            state.cohort.push(NO_DAY);
-            if let Some(returns) = &mut state.returns {
-                returns.push(DayBits::default());
+            if let Some(cohort) = &mut state.cohort {
+                cohort.push(NO_DAY);
             }
+            match &mut state.returns {
+                Returns::Active => {}
+                Returns::Latest(v) => v.push(NO_DAY),
+                Returns::Days(v) => v.push(DayBits::default()),
+            }
+        }
+        for state in &mut self.funnels {
+            state.users.push(FunnelUser::default());
         }
         Some(i)
     }
 
-    fn return_days(&self, r: usize, uid: u32) -> &DayBits {
-        match &self.retention[r].returns {
-            Some(v) => &v[uid as usize],
-            None => &self.users[uid as usize].active,
-        }
-    }
-
     fn retained_by(&self, r: usize, uid: u32, cohort: Day, n: u32) -> bool {
         let target = cohort + n as i32;
-        let days = self.return_days(r, uid);
-        match self.cfg.retention[r].mode {
-            RetentionMode::On => days.contains(target),
-            RetentionMode::OnOrAfter => days.latest().is_some_and(|l| l >= target),
+        let u = uid as usize;
+        match &self.retention[r].returns {
+            Returns::Active => match self.cfg.retention[r].mode {
+                RetentionMode::On => self.users[u].active.contains(target),
+                RetentionMode::OnOrAfter => self.users[u].active.latest().is_some_and(|l| l >= target),
+            },
+            Returns::Latest(v) => v[u] != NO_DAY && v[u] >= target,
+            Returns::Days(v) => v[u].contains(target),
         }
     }
 
     /// A return event on `day`: credit the cohort cells it newly fills.
-    fn credit_return(&mut self, r: usize, uid: u32, day: Day, newly_active: bool, prev_active_latest: Option<Day>) {
+    /// `first_seen` is the user's first day before this event (the cohort
+    /// of a definition whose cohort event is any event: a cohort this event
+    /// moves is moved after the credit).
+    fn credit_return(
+        &mut self,
+        r: usize,
+        uid: u32,
+        day: Day,
+        newly_active: bool,
+        prev_active_latest: Option<Day>,
+        first_seen: Day,
+    ) {
         let state = &mut self.retention[r];
         let (newly, prev_latest) = match &mut state.returns {
-            Some(v) => {
+            Returns::Active => (newly_active, prev_active_latest),
+            Returns::Latest(v) => {
+                let latest = &mut v[uid as usize];
+                let prev = (*latest != NO_DAY).then_some(*latest);
+                let newly = prev.is_none_or(|p| day > p);
+                if newly {
+                    *latest = day;
+                }
+                (newly, prev)
+            }
+            Returns::Days(v) => {
                 let bits = &mut v[uid as usize];
                 let prev = bits.latest();
                 (bits.insert(day), prev)
             }
-            None => (newly_active, prev_active_latest),
         };
-        let cohort = state.cohort[uid as usize];
+        let cohort = match &state.cohort {
+            Some(cohort) => cohort[uid as usize],
+            None => first_seen,
+        };
         if cohort == NO_DAY {
             return;
         }
@@ -558,7 +608,9 @@ impl Engine {
             }
         }
         let now = flags(self, new);
-        self.retention[r].cohort[uid as usize] = new;
+        if let Some(cohort) = &mut self.retention[r].cohort {
+            cohort[uid as usize] = new;
+        }
         if let Some(row) = self.retention[r].rows.row(new) {
             row.users += 1;
             let retained = ensure_len(&mut row.retained, n_days);
@@ -575,47 +627,36 @@ impl Engine {
         let mode = def.mode;
         let cutoff = self.horizon_ms().map_or(i64::MIN, |h| h - window);
         let state = &mut self.funnels[f];
-        let user = state.users.entry(uid).or_default();
-        let before = user.hits.len();
-        prune_hits(user, cutoff);
-        match user.hits.binary_search(&hit) {
-            Ok(_) => {
-                state.hits -= before - user.hits.len();
-                return;
-            }
-            Err(pos) => user.hits.insert(pos, hit),
+        let user = &mut state.users[uid as usize];
+        let before = user.len();
+        user.prune(cutoff, Day::MIN);
+        let inserted = user.insert_hit(hit);
+        state.entries = state.entries + user.len() - before;
+        if !inserted {
+            return;
         }
-        state.hits = state.hits + user.hits.len() - before;
 
         // Entry days whose chains this event can join.
         let first_day = if hit.mask & !1 == 0 { day } else { self.cal.day_of(hit.ts - window) };
         for d in first_day..=day {
             let (start, end) = self.cal.bounds(d);
-            let user = match self.funnels[f].users.get(&uid) {
-                Some(u) => u,
-                None => return,
-            };
-            let from = user.hits.partition_point(|h| h.ts < start);
-            let entered = user.hits[from..].iter().take_while(|h| h.ts < end).any(|h| h.mask & 1 != 0);
+            let user = &self.funnels[f].users[uid as usize];
+            let hits = user.hits();
+            let from = hits.partition_point(|h| h.ts < start);
+            let entered = hits[from..].iter().take_while(|h| h.ts < end).any(|h| h.mask & 1 != 0);
             if !entered {
                 continue;
             }
-            let chain = funnel::level(&user.hits, start, end, window, steps, mode);
-            let pos = user.levels.binary_search_by_key(&d, |&(day, _)| day);
-            let old = match pos {
-                Ok(i) => usize::from(user.levels[i].1),
-                Err(_) => 0,
-            };
+            let chain = funnel::level(hits, start, end, window, steps, mode);
+            let old = user.level(d);
             if chain.level <= old {
                 continue;
             }
             let state = &mut self.funnels[f];
-            if let Some(user) = state.users.get_mut(&uid) {
-                match pos {
-                    Ok(i) => user.levels[i].1 = chain.level as u8,
-                    Err(i) => user.levels.insert(i, (d, chain.level as u8)),
-                }
-            }
+            let user = &mut state.users[uid as usize];
+            let before = user.len();
+            user.set_level(d, chain.level);
+            state.entries = state.entries + user.len() - before;
             let row = state.rows.row(d);
             if let Some(row) = row {
                 let users = ensure_len(row, steps);
@@ -652,50 +693,42 @@ impl Engine {
             state.rows.drop_before(keep_from);
             let cutoff = horizon - self.cfg.funnels[f].window_ms;
             let level_cutoff = self.cal.day_of(cutoff.max(0));
-            let mut hits = 0;
-            state.users.retain(|_, user| {
-                prune_hits(user, cutoff);
-                let keep = user.levels.partition_point(|&(d, _)| d < level_cutoff);
-                user.levels.drain(..keep);
-                hits += user.hits.len();
-                !(user.hits.is_empty() && user.levels.is_empty())
-            });
-            state.hits = hits;
+            let mut entries = 0;
+            for user in &mut state.users {
+                user.prune(cutoff, level_cutoff);
+                entries += user.len();
+            }
+            state.entries = entries;
         }
     }
 
-    /// Encodes the mutable state for a snapshot (postcard), reading it in
-    /// place: it encodes exactly as an [`EngineState`] decodes, without
-    /// copying the state first.
+    /// Encodes the mutable state for a snapshot, reading it in place
+    /// (without copying it first): the length of the first part (u64, little
+    /// endian), the first part (postcard: everything but the funnels'
+    /// per-user state), the second part (postcard: that state). The two are
+    /// decoded in parallel by [`Engine::decode_state`].
     pub fn encode_state(&self) -> Result<Vec<u8>, postcard::Error> {
-        let mut user_ids: Vec<&str> = vec![""; self.users.len()];
-        for (id, &i) in &self.user_ids {
-            user_ids[i as usize] = id;
-        }
+        let (id_bytes, id_ends) = self.user_ids.parts();
         let view = EngineStateRef {
-            user_ids,
+            id_bytes,
+            id_ends,
             users: &self.users,
             retention: self
                 .retention
                 .iter()
-                .map(|r| RetentionSnapshotRef { cohort: &r.cohort, returns: r.returns.as_deref(), rows: &r.rows })
+                .map(|r| RetentionSnapshotRef { cohort: r.cohort.as_deref(), returns: &r.returns, rows: &r.rows })
                 .collect(),
             funnels: self
                 .funnels
                 .iter()
-                .map(|f| {
-                    let mut users: Vec<(u32, &FunnelUser)> = f.users.iter().map(|(k, v)| (*k, v)).collect();
-                    users.sort_unstable_by_key(|(k, _)| *k);
-                    FunnelSnapshotRef {
-                        users,
-                        rows: &f.rows,
-                        conversions: &f.conversions,
-                        time_to_convert: f
-                            .time_to_convert
-                            .iter()
-                            .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
-                            .collect(),
-                    }
+                .map(|f| FunnelSnapshotRef {
+                    rows: &f.rows,
+                    conversions: &f.conversions,
+                    time_to_convert: f
+                        .time_to_convert
+                        .iter()
+                        .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+                        .collect(),
                 })
                 .collect(),
             activity: &self.activity,
@@ -703,38 +736,81 @@ impl Engine {
             maintained_day: self.maintained_day,
             counters: &self.counters,
         };
-        postcard::to_stdvec(&view)
+        let head = postcard::to_stdvec(&view)?;
+        let mut out = Vec::with_capacity(8 + head.len() + self.funnels.iter().map(|f| f.entries * 12).sum::<usize>());
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend_from_slice(&head);
+        drop(head);
+        postcard::to_extend(&FunnelUsersRef(self.funnels.iter().map(|f| &f.users[..]).collect()), out)
     }
 
-    /// An engine for `cfg` holding `state`; refused when the state's shape
-    /// does not fit the configuration's definitions.
-    pub fn restore(cfg: Arc<EngineConfig>, state: EngineState) -> Result<Self, StateMismatch> {
+    /// An engine for `cfg` holding the state `bytes` encode (see
+    /// [`Engine::encode_state`]); refused when they do not decode, or the
+    /// state's shape does not fit the configuration's definitions. The two
+    /// parts are decoded on two threads, the user id index built while the
+    /// funnels' part decodes.
+    pub fn decode_state(cfg: Arc<EngineConfig>, bytes: &[u8]) -> Result<Self, StateMismatch> {
+        let undecodable = |e: postcard::Error| StateMismatch(format!("cannot decode: {e}"));
+        let (len, rest) = bytes.split_at_checked(8).ok_or_else(|| StateMismatch("truncated".into()))?;
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(len);
+        let (head, tail) = usize::try_from(u64::from_le_bytes(len_bytes))
+            .ok()
+            .and_then(|n| rest.split_at_checked(n))
+            .ok_or_else(|| StateMismatch("first part longer than the state".into()))?;
+        std::thread::scope(|scope| {
+            let funnel_users = scope.spawn(|| -> Result<FunnelUsers, StateMismatch> {
+                let users: FunnelUsers = postcard::from_bytes(tail).map_err(undecodable)?;
+                if !users.0.iter().flatten().all(FunnelUser::is_valid) {
+                    return Err(StateMismatch("a funnel user's events are out of order".into()));
+                }
+                Ok(users)
+            });
+            let mut state: EngineState = postcard::from_bytes(head).map_err(undecodable)?;
+            let ids = UserIds::from_parts(std::mem::take(&mut state.id_bytes), std::mem::take(&mut state.id_ends))
+                .map_err(|e| StateMismatch(e.to_string()))?;
+            let funnel_users = funnel_users.join().map_err(|_| StateMismatch("decoding panicked".into()))??;
+            Engine::restore(cfg, state, ids, funnel_users)
+        })
+    }
+
+    fn restore(
+        cfg: Arc<EngineConfig>,
+        state: EngineState,
+        ids: UserIds,
+        funnel_users: FunnelUsers,
+    ) -> Result<Self, StateMismatch> {
         let mut engine = Engine::new(cfg);
         let n = state.users.len();
-        if state.user_ids.len() != n {
+        if ids.len() != n {
             return Err(StateMismatch("user table lengths differ".into()));
         }
-        if state.retention.len() != engine.retention.len() || state.funnels.len() != engine.funnels.len() {
+        if state.retention.len() != engine.retention.len()
+            || state.funnels.len() != engine.funnels.len()
+            || funnel_users.0.len() != engine.funnels.len()
+        {
             return Err(StateMismatch("the number of retention definitions or funnels differs".into()));
         }
-        for (id, i) in state.user_ids.into_iter().enumerate().map(|(i, id)| (id, i as u32)) {
-            engine.user_id_bytes += id.len();
-            if engine.user_ids.insert(id, i).is_some() {
-                return Err(StateMismatch("a user id appears twice".into()));
-            }
-        }
+        engine.user_ids = ids;
         engine.users = state.users;
-        for (r, (snap, def)) in state.retention.into_iter().zip(&engine.cfg.retention).enumerate() {
-            let wants_returns = def.return_event != EventMatch::Any;
-            if snap.cohort.len() != n
-                || snap.returns.is_some() != wants_returns
-                || snap.returns.as_ref().is_some_and(|v| v.len() != n)
-            {
-                return Err(StateMismatch(format!("retention definition {} has another shape", def.name)));
+        for (r, snap) in state.retention.into_iter().enumerate() {
+            let same_shape = match (&snap.returns, &engine.retention[r].returns) {
+                (Returns::Active, Returns::Active) => true,
+                (Returns::Latest(v), Returns::Latest(_)) => v.len() == n,
+                (Returns::Days(v), Returns::Days(_)) => v.len() == n,
+                _ => false,
+            } && match (&snap.cohort, &engine.retention[r].cohort) {
+                (None, None) => true,
+                (Some(v), Some(_)) => v.len() == n,
+                _ => false,
+            };
+            if !same_shape {
+                let name = &engine.cfg.retention[r].name;
+                return Err(StateMismatch(format!("retention definition {name} has another shape")));
             }
             engine.retention[r] = RetentionState { cohort: snap.cohort, returns: snap.returns, rows: snap.rows };
         }
-        for (f, snap) in state.funnels.into_iter().enumerate() {
+        for (f, (snap, users)) in state.funnels.into_iter().zip(funnel_users.0).enumerate() {
             let steps = engine.cfg.funnels[f].steps.len();
             if snap.conversions.len() != steps || snap.time_to_convert.len() != steps {
                 return Err(StateMismatch(format!(
@@ -743,11 +819,11 @@ impl Engine {
                 )));
             }
             let state = &mut engine.funnels[f];
-            state.hits = snap.users.iter().map(|(_, u)| u.hits.len()).sum();
-            if snap.users.iter().any(|(u, _)| *u as usize >= n) {
-                return Err(StateMismatch("a funnel refers to an unknown user".into()));
+            if users.len() != n {
+                return Err(StateMismatch(format!("funnel {} has another shape", engine.cfg.funnels[f].name)));
             }
-            state.users = snap.users.into_iter().collect();
+            state.entries = users.iter().map(FunnelUser::len).sum();
+            state.users = users;
             state.rows = snap.rows;
             state.conversions = snap.conversions;
             for (h, values) in state.time_to_convert.iter_mut().zip(snap.time_to_convert) {
@@ -861,23 +937,26 @@ impl Engine {
 
     /// An estimate of the heap bytes this state holds.
     pub fn state_bytes(&self) -> u64 {
-        let ids = self.user_ids.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1) + self.user_id_bytes;
+        let ids = self.user_ids.heap_bytes();
         let users = self.users.capacity() * std::mem::size_of::<UserCore>();
         let retention: usize = self
             .retention
             .iter()
             .map(|r| {
-                r.cohort.capacity() * std::mem::size_of::<Day>()
-                    + r.returns.as_ref().map_or(0, |v| v.capacity() * std::mem::size_of::<DayBits>())
+                r.cohort.as_ref().map_or(0, |v| v.capacity() * std::mem::size_of::<Day>())
+                    + match &r.returns {
+                        Returns::Active => 0,
+                        Returns::Latest(v) => v.capacity() * std::mem::size_of::<Day>(),
+                        Returns::Days(v) => v.capacity() * std::mem::size_of::<DayBits>(),
+                    }
             })
             .sum();
+        // Users' allocations at their sizes (the allocator's own overhead
+        // is not counted).
         let funnels: usize = self
             .funnels
             .iter()
-            .map(|f| {
-                f.users.capacity() * (std::mem::size_of::<(u32, FunnelUser)>() + 1)
-                    + f.hits * std::mem::size_of::<Hit>()
-            })
+            .map(|f| f.users.capacity() * std::mem::size_of::<FunnelUser>() + f.entries * std::mem::size_of::<Hit>())
             .sum();
         (ids + users + retention + funnels) as u64
     }
@@ -923,13 +1002,6 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
         t.entries.retain(|r| in_window(&r.date));
     }
     out
-}
-
-fn prune_hits(user: &mut FunnelUser, cutoff: i64) {
-    if user.hits.first().is_some_and(|h| h.ts < cutoff) {
-        let n = user.hits.partition_point(|h| h.ts < cutoff);
-        user.hits.drain(..n);
-    }
 }
 
 fn ensure_len(v: &mut Vec<i64>, n: usize) -> &mut Vec<i64> {
