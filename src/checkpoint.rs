@@ -8,17 +8,22 @@
 //! | next offset i64 | payload length u64 | CRC-32 of payload u32 | payload
 //! ```
 //!
-//! The payload is the engine state in postcard encoding. A snapshot is
-//! written to a temporary file, synced, renamed over the old one, and the
-//! directory synced: a crash at any moment leaves either the old snapshot or
-//! the new one, never a mix. Reading checks the magic, the version, the
-//! fingerprint of the configuration it was taken under and the checksum
-//! before decoding anything, so a corrupt or incompatible file is refused
-//! with a reason, never half-loaded.
+//! The payload is the engine state: a small postcard head, then per-user
+//! columns as they lie in memory (see `engine::state`). A snapshot is
+//! streamed to a temporary file (length and checksum filled into the header
+//! last), synced, renamed over the old one, and the directory synced: a
+//! crash at any moment leaves either the old snapshot or the new one, never
+//! a mix. Reading checks the magic, the version and the fingerprint of the
+//! configuration it was taken under before decoding anything, checks the
+//! columns' sizes against the payload's before allocating them, and checks
+//! the checksum over everything read before handing out the engine, so a
+//! corrupt or incompatible file is refused with a reason, never
+//! half-loaded. Format 3 (this one) does not read the snapshots of earlier
+//! formats: such a partition is refused like any other unreadable snapshot.
 
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hash};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,7 +32,7 @@ use crate::engine::Engine;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
 
 /// Why a snapshot could not be written or read.
@@ -116,52 +121,84 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_owned(), source }
 }
 
-/// Writes `engine` and `next_offset` to `path` atomically and durably.
-/// Returns the bytes written.
+/// Writes `engine` and `next_offset` to `path` atomically and durably,
+/// streaming the state into the file (the checksum and length are filled
+/// into the header last). Returns the bytes written.
 pub fn write(path: &Path, engine: &Engine, next_offset: i64) -> Result<u64, CheckpointError> {
-    let payload = engine
-        .encode_state()
-        .map_err(|e| CheckpointError::Corrupt { path: path.to_owned(), reason: format!("cannot encode: {e}") })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = path.with_extension("snapshot.tmp");
+    let written = write_file(&tmp, engine, next_offset).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    // The rename is durable only once the directory is.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+    Ok(written)
+}
+
+fn write_file(tmp: &Path, engine: &Engine, next_offset: i64) -> io::Result<u64> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&fingerprint(engine.config()).to_le_bytes());
     header.extend_from_slice(&next_offset.to_le_bytes());
-    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    header.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension("snapshot.tmp");
-    {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&header).map_err(io_err(&tmp))?;
-        f.write_all(&payload).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    // The rename is durable only once the directory is.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
-    Ok((header.len() + payload.len()) as u64)
+    // Payload length and checksum: known once the payload is written.
+    header.extend_from_slice(&[0; 12]);
+    let mut out = CrcWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, File::create(tmp)?),
+        hasher: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    out.inner.write_all(&header)?;
+    engine.write_state(&mut out)?;
+    let (len, crc) = (out.len, out.hasher.finalize());
+    let mut f = out.inner.into_inner().map_err(io::IntoInnerError::into_error)?;
+    f.seek(io::SeekFrom::Start(28))?;
+    f.write_all(&len.to_le_bytes())?;
+    f.write_all(&crc.to_le_bytes())?;
+    f.sync_all()?;
+    Ok(HEADER_LEN as u64 + len)
 }
 
-/// Reads the snapshot at `path`: `Ok(None)` when there is none.
+/// Computes the CRC-32 and length of what passes through.
+struct CrcWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads the snapshot at `path`: `Ok(None)` when there is none. The
+/// payload is read once, straight into the engine's columns, and its
+/// checksum computed on the way.
 pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, CheckpointError> {
-    let mut f = match File::open(path) {
+    let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).map_err(io_err(path))?;
+    let file_len = f.metadata().map_err(io_err(path))?.len();
+    let mut f = io::BufReader::with_capacity(1 << 20, f);
     let corrupt = |reason: &str| CheckpointError::Corrupt { path: path.to_owned(), reason: reason.to_owned() };
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+    let mut header = [0u8; HEADER_LEN];
+    if f.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
         return Err(corrupt("not a cohortflow snapshot (bad magic or truncated header)"));
     }
-    let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u32_at = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let u64_at = |i: usize| {
         let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[i..i + 8]);
+        b.copy_from_slice(&header[i..i + 8]);
         u64::from_le_bytes(b)
     };
     let version = u32_at(8);
@@ -180,15 +217,35 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
     let next_offset = u64_at(20) as i64;
     let len = u64_at(28);
     let crc = u32_at(36);
-    let payload = &bytes[HEADER_LEN..];
-    if payload.len() as u64 != len {
-        return Err(corrupt(&format!("payload is {} bytes, header says {len}", payload.len())));
+    let payload_len = file_len - HEADER_LEN as u64;
+    if payload_len != len {
+        return Err(corrupt(&format!("payload is {payload_len} bytes, header says {len}")));
     }
-    if crc32fast::hash(payload) != crc {
+    let mut reader = CrcReader { inner: f, hasher: crc32fast::Hasher::new() };
+    let decoded = Engine::read_state(cfg.clone(), &mut reader, len);
+    // A damaged file is told as such, not by the decoding error it caused.
+    if decoded.is_err() {
+        io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
+    }
+    if reader.hasher.finalize() != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let engine = Engine::decode_state(cfg.clone(), payload).map_err(|e| corrupt(&e.to_string()))?;
+    let engine = decoded.map_err(|e| corrupt(&e.to_string()))?;
     Ok(Some(Restored { engine, next_offset }))
+}
+
+/// Computes the CRC-32 of what passes through.
+struct CrcReader<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

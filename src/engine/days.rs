@@ -19,7 +19,8 @@ pub const SPAN: i32 = 128;
 /// the latest such day: bit k is set when the user was active on `last - k`.
 /// The 128 bits are kept as four 32-bit words so that the set takes 20
 /// bytes (a `u128` would align it, and the user records holding it, to 16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct DayBits {
     last: Day,
     words: [u32; 4],

@@ -8,13 +8,12 @@
 //! mode, which is what lets the engine drop old hits: a recomputed level is
 //! combined with the stored one by `max`.
 
-use serde::{Deserialize, Serialize};
-
 use super::calendar::Day;
 use crate::config::FunnelMode;
 
 /// One event of a user that fills at least one step of a funnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct Hit {
     /// Event time, epoch ms.
     pub ts: i64,
@@ -203,10 +202,22 @@ fn augment(group: &[Hit], step: usize, owner: &mut [Option<usize>], seen: &mut [
 /// the level). Users change a few times a day at most, so reallocating on
 /// each change costs less than the spare capacity and second allocation of
 /// two `Vec`s would cost in memory, for every user.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FunnelUser(Box<[Hit]>);
 
 impl FunnelUser {
+    /// The user of `entries` as [`FunnelUser::entries`] gave them; `None`
+    /// when they are not well formed.
+    pub fn from_entries(entries: &[Hit]) -> Option<Self> {
+        let user = FunnelUser(entries.into());
+        user.is_valid().then_some(user)
+    }
+
+    /// Hits and levels as stored (for snapshots).
+    pub fn entries(&self) -> &[Hit] {
+        &self.0
+    }
+
     fn split(&self) -> usize {
         self.0.partition_point(|h| h.mask != 0)
     }

@@ -18,6 +18,7 @@ pub mod days;
 pub mod figures;
 pub mod funnel;
 pub mod ids;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use days::{DayBits, DayRows, NO_DAY};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
 use funnel::{FunnelUser, Hit};
 use ids::UserIds;
+pub use state::StateMismatch;
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest activity window (MAU).
@@ -52,7 +54,9 @@ struct Class {
     filtered: Vec<(usize, usize)>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// Plain data (`Pod`), so that snapshots copy the column as it is.
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 struct UserCore {
     /// The first day the user was seen (any event).
     first_seen: Day,
@@ -85,7 +89,7 @@ struct RetentionState {
 
 /// What a retention definition remembers of each user's return events:
 /// no more than its mode needs.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 enum Returns {
     /// Any event returns: the user's `active` days serve.
     Active,
@@ -108,84 +112,6 @@ struct FunnelState {
     /// Entries (hits and levels) held by all users, for [`Engine::state_bytes`].
     entries: usize,
 }
-
-/// The mutable state of an engine as a snapshot decodes it, but for the
-/// funnels' per-user state (which [`FunnelUsers`] decodes): everything but
-/// what is derived from the config. Encoded from the live engine by
-/// [`Engine::encode_state`].
-#[derive(Debug, Deserialize)]
-struct EngineState {
-    /// User ids, one after the other, in index order.
-    #[serde(with = "serde_bytes")]
-    id_bytes: Vec<u8>,
-    /// Where each id ends in `id_bytes`.
-    id_ends: Vec<u32>,
-    users: Vec<UserCore>,
-    retention: Vec<RetentionSnapshot>,
-    funnels: Vec<FunnelSnapshot>,
-    activity: DayRows<ActivityCounts>,
-    max_ts: Option<i64>,
-    maintained_day: Day,
-    counters: Counters,
-}
-
-#[derive(Debug, Deserialize)]
-struct RetentionSnapshot {
-    cohort: Option<Vec<Day>>,
-    returns: Returns,
-    rows: DayRows<CohortCounts>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FunnelSnapshot {
-    rows: DayRows<Vec<i64>>,
-    conversions: Vec<u64>,
-    /// Per step: (value, count) pairs of the time-to-convert histogram.
-    time_to_convert: Vec<Vec<(u64, u64)>>,
-}
-
-/// [`EngineState`] borrowed from a live engine: the same fields in the
-/// same order, so that it encodes to what `EngineState` decodes.
-#[derive(Serialize)]
-struct EngineStateRef<'a> {
-    #[serde(with = "serde_bytes")]
-    id_bytes: &'a [u8],
-    id_ends: &'a [u32],
-    users: &'a [UserCore],
-    retention: Vec<RetentionSnapshotRef<'a>>,
-    funnels: Vec<FunnelSnapshotRef<'a>>,
-    activity: &'a DayRows<ActivityCounts>,
-    max_ts: Option<i64>,
-    maintained_day: Day,
-    counters: &'a Counters,
-}
-
-#[derive(Serialize)]
-struct RetentionSnapshotRef<'a> {
-    cohort: Option<&'a [Day]>,
-    returns: &'a Returns,
-    rows: &'a DayRows<CohortCounts>,
-}
-
-#[derive(Serialize)]
-struct FunnelSnapshotRef<'a> {
-    rows: &'a DayRows<Vec<i64>>,
-    conversions: &'a [u64],
-    time_to_convert: Vec<Vec<(u64, u64)>>,
-}
-
-/// The second part of a snapshot: per funnel, per user, what the funnel
-/// holds; decoded on a thread of its own while the first part is.
-#[derive(Debug, Deserialize)]
-struct FunnelUsers(Vec<Vec<FunnelUser>>);
-
-#[derive(Serialize)]
-struct FunnelUsersRef<'a>(Vec<&'a [FunnelUser]>);
-
-/// Why a snapshot's state cannot be loaded into an engine.
-#[derive(Debug, thiserror::Error)]
-#[error("snapshot state does not fit the configuration: {0}")]
-pub struct StateMismatch(String);
 
 /// The state of one shard. See the module docs.
 #[derive(Debug)]
@@ -700,143 +626,6 @@ impl Engine {
             }
             state.entries = entries;
         }
-    }
-
-    /// Encodes the mutable state for a snapshot, reading it in place
-    /// (without copying it first): the length of the first part (u64, little
-    /// endian), the first part (postcard: everything but the funnels'
-    /// per-user state), the second part (postcard: that state). The two are
-    /// decoded in parallel by [`Engine::decode_state`].
-    pub fn encode_state(&self) -> Result<Vec<u8>, postcard::Error> {
-        let (id_bytes, id_ends) = self.user_ids.parts();
-        let view = EngineStateRef {
-            id_bytes,
-            id_ends,
-            users: &self.users,
-            retention: self
-                .retention
-                .iter()
-                .map(|r| RetentionSnapshotRef { cohort: r.cohort.as_deref(), returns: &r.returns, rows: &r.rows })
-                .collect(),
-            funnels: self
-                .funnels
-                .iter()
-                .map(|f| FunnelSnapshotRef {
-                    rows: &f.rows,
-                    conversions: &f.conversions,
-                    time_to_convert: f
-                        .time_to_convert
-                        .iter()
-                        .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
-                        .collect(),
-                })
-                .collect(),
-            activity: &self.activity,
-            max_ts: self.max_ts,
-            maintained_day: self.maintained_day,
-            counters: &self.counters,
-        };
-        let head = postcard::to_stdvec(&view)?;
-        let mut out = Vec::with_capacity(8 + head.len() + self.funnels.iter().map(|f| f.entries * 12).sum::<usize>());
-        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
-        out.extend_from_slice(&head);
-        drop(head);
-        postcard::to_extend(&FunnelUsersRef(self.funnels.iter().map(|f| &f.users[..]).collect()), out)
-    }
-
-    /// An engine for `cfg` holding the state `bytes` encode (see
-    /// [`Engine::encode_state`]); refused when they do not decode, or the
-    /// state's shape does not fit the configuration's definitions. The two
-    /// parts are decoded on two threads, the user id index built while the
-    /// funnels' part decodes.
-    pub fn decode_state(cfg: Arc<EngineConfig>, bytes: &[u8]) -> Result<Self, StateMismatch> {
-        let undecodable = |e: postcard::Error| StateMismatch(format!("cannot decode: {e}"));
-        let (len, rest) = bytes.split_at_checked(8).ok_or_else(|| StateMismatch("truncated".into()))?;
-        let mut len_bytes = [0u8; 8];
-        len_bytes.copy_from_slice(len);
-        let (head, tail) = usize::try_from(u64::from_le_bytes(len_bytes))
-            .ok()
-            .and_then(|n| rest.split_at_checked(n))
-            .ok_or_else(|| StateMismatch("first part longer than the state".into()))?;
-        std::thread::scope(|scope| {
-            let funnel_users = scope.spawn(|| -> Result<FunnelUsers, StateMismatch> {
-                let users: FunnelUsers = postcard::from_bytes(tail).map_err(undecodable)?;
-                if !users.0.iter().flatten().all(FunnelUser::is_valid) {
-                    return Err(StateMismatch("a funnel user's events are out of order".into()));
-                }
-                Ok(users)
-            });
-            let mut state: EngineState = postcard::from_bytes(head).map_err(undecodable)?;
-            let ids = UserIds::from_parts(std::mem::take(&mut state.id_bytes), std::mem::take(&mut state.id_ends))
-                .map_err(|e| StateMismatch(e.to_string()))?;
-            let funnel_users = funnel_users.join().map_err(|_| StateMismatch("decoding panicked".into()))??;
-            Engine::restore(cfg, state, ids, funnel_users)
-        })
-    }
-
-    fn restore(
-        cfg: Arc<EngineConfig>,
-        state: EngineState,
-        ids: UserIds,
-        funnel_users: FunnelUsers,
-    ) -> Result<Self, StateMismatch> {
-        let mut engine = Engine::new(cfg);
-        let n = state.users.len();
-        if ids.len() != n {
-            return Err(StateMismatch("user table lengths differ".into()));
-        }
-        if state.retention.len() != engine.retention.len()
-            || state.funnels.len() != engine.funnels.len()
-            || funnel_users.0.len() != engine.funnels.len()
-        {
-            return Err(StateMismatch("the number of retention definitions or funnels differs".into()));
-        }
-        engine.user_ids = ids;
-        engine.users = state.users;
-        for (r, snap) in state.retention.into_iter().enumerate() {
-            let same_shape = match (&snap.returns, &engine.retention[r].returns) {
-                (Returns::Active, Returns::Active) => true,
-                (Returns::Latest(v), Returns::Latest(_)) => v.len() == n,
-                (Returns::Days(v), Returns::Days(_)) => v.len() == n,
-                _ => false,
-            } && match (&snap.cohort, &engine.retention[r].cohort) {
-                (None, None) => true,
-                (Some(v), Some(_)) => v.len() == n,
-                _ => false,
-            };
-            if !same_shape {
-                let name = &engine.cfg.retention[r].name;
-                return Err(StateMismatch(format!("retention definition {name} has another shape")));
-            }
-            engine.retention[r] = RetentionState { cohort: snap.cohort, returns: snap.returns, rows: snap.rows };
-        }
-        for (f, (snap, users)) in state.funnels.into_iter().zip(funnel_users.0).enumerate() {
-            let steps = engine.cfg.funnels[f].steps.len();
-            if snap.conversions.len() != steps || snap.time_to_convert.len() != steps {
-                return Err(StateMismatch(format!(
-                    "funnel {} has another number of steps",
-                    engine.cfg.funnels[f].name
-                )));
-            }
-            let state = &mut engine.funnels[f];
-            if users.len() != n {
-                return Err(StateMismatch(format!("funnel {} has another shape", engine.cfg.funnels[f].name)));
-            }
-            state.entries = users.iter().map(FunnelUser::len).sum();
-            state.users = users;
-            state.rows = snap.rows;
-            state.conversions = snap.conversions;
-            for (h, values) in state.time_to_convert.iter_mut().zip(snap.time_to_convert) {
-                for (value, count) in values {
-                    h.saturating_record_n(value, count);
-                }
-            }
-        }
-        engine.activity = state.activity;
-        engine.max_ts = state.max_ts;
-        engine.maintained_day = state.maintained_day;
-        engine.counters = state.counters;
-        Ok(engine)
     }
 
     /// The counters alone (cheap).

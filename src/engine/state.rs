@@ -1,0 +1,291 @@
+//! An engine's state as a snapshot holds it, and back.
+//!
+//! The per-user columns, which are almost all of it, are written as they
+//! lie in memory (little-endian arrays of plain records, through
+//! `bytemuck`): encoding is a few copies, not a walk over every field, and
+//! decoding is a copy per column. The small rest (day rows, counters,
+//! histograms, the columns' shapes) is postcard. The layout:
+//!
+//! ```text
+//! head length u64 | head (postcard) | id bytes | id ends [u32; n] | users [UserCore; n]
+//!   | per retention definition: cohort days [i32; n]?, latest return days [i32; n] or return day sets [DayBits; n]
+//!   | per funnel: entries per user [u32; n], entries [Hit; total]
+//! ```
+//!
+//! Decoding runs on a thread per funnel (its users' allocations) besides
+//! the one that rebuilds the user id index.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::calendar::Day;
+use super::days::{DayBits, DayRows};
+use super::figures::Counters;
+use super::funnel::{FunnelUser, Hit};
+use super::ids::UserIds;
+use super::{ActivityCounts, CohortCounts, Engine, Returns, UserCore};
+use crate::config::EngineConfig;
+
+#[cfg(target_endian = "big")]
+compile_error!("snapshots store little-endian columns as they lie in memory: big-endian targets are not supported");
+
+/// Why a snapshot's state cannot be loaded into an engine.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot state does not fit the configuration: {0}")]
+pub struct StateMismatch(String);
+
+/// Everything but the per-user columns, and the columns' shapes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    users: u64,
+    id_bytes: u64,
+    retention: Vec<RetentionHead>,
+    funnels: Vec<FunnelHead>,
+    activity: DayRows<ActivityCounts>,
+    max_ts: Option<i64>,
+    maintained_day: Day,
+    counters: Counters,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RetentionHead {
+    /// Whether a cohort column follows.
+    cohort: bool,
+    /// 0: no return column, 1: latest return days, 2: return day sets.
+    returns: u8,
+    rows: DayRows<CohortCounts>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FunnelHead {
+    entries: u64,
+    rows: DayRows<Vec<i64>>,
+    conversions: Vec<u64>,
+    /// Per step: (value, count) pairs of the time-to-convert histogram.
+    time_to_convert: Vec<Vec<(u64, u64)>>,
+}
+
+impl Head {
+    /// The bytes the columns take, from the shapes the head gives.
+    fn columns_len(&self) -> Option<u64> {
+        let n = self.users;
+        let mut total = self.id_bytes.checked_add(n.checked_mul(4 + std::mem::size_of::<UserCore>() as u64)?)?;
+        for r in &self.retention {
+            let per_user = 4 * u64::from(r.cohort)
+                + match r.returns {
+                    0 => 0,
+                    1 => 4,
+                    _ => std::mem::size_of::<DayBits>() as u64,
+                };
+            total = total.checked_add(n.checked_mul(per_user)?)?;
+        }
+        for f in &self.funnels {
+            total = total.checked_add(n.checked_mul(4)?)?;
+            total = total.checked_add(f.entries.checked_mul(std::mem::size_of::<Hit>() as u64)?)?;
+        }
+        Some(total)
+    }
+}
+
+fn column<T: bytemuck::NoUninit, W: Write>(out: &mut W, values: &[T]) -> std::io::Result<()> {
+    out.write_all(bytemuck::cast_slice(values))
+}
+
+/// Columns read off a snapshot in order, each straight into its final
+/// vector (no intermediate copy of the whole payload).
+struct Columns<'r, R> {
+    reader: &'r mut R,
+}
+
+impl<R: Read> Columns<'_, R> {
+    fn take<T: bytemuck::Pod>(&mut self, n: usize) -> Result<Vec<T>, StateMismatch> {
+        let mut v = vec![T::zeroed(); n];
+        self.reader
+            .read_exact(bytemuck::cast_slice_mut(&mut v))
+            .map_err(|e| StateMismatch(format!("cannot read a column: {e}")))?;
+        Ok(v)
+    }
+}
+
+fn count(n: u64) -> Result<usize, StateMismatch> {
+    usize::try_from(n).map_err(|_| StateMismatch("count out of range".into()))
+}
+
+impl Engine {
+    /// Writes the mutable state for a snapshot to `out` (see the module
+    /// docs), column by column: nothing the size of the state is built in
+    /// memory first.
+    pub fn write_state<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        let (id_bytes, id_ends) = self.user_ids.parts();
+        let head = Head {
+            users: self.users.len() as u64,
+            id_bytes: id_bytes.len() as u64,
+            retention: self
+                .retention
+                .iter()
+                .map(|r| RetentionHead {
+                    cohort: r.cohort.is_some(),
+                    returns: match r.returns {
+                        Returns::Active => 0,
+                        Returns::Latest(_) => 1,
+                        Returns::Days(_) => 2,
+                    },
+                    rows: r.rows.clone(),
+                })
+                .collect(),
+            funnels: self
+                .funnels
+                .iter()
+                .map(|f| FunnelHead {
+                    entries: f.entries as u64,
+                    rows: f.rows.clone(),
+                    conversions: f.conversions.clone(),
+                    time_to_convert: f
+                        .time_to_convert
+                        .iter()
+                        .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+                        .collect(),
+                })
+                .collect(),
+            activity: self.activity.clone(),
+            max_ts: self.max_ts,
+            maintained_day: self.maintained_day,
+            counters: self.counters.clone(),
+        };
+        let head = postcard::to_stdvec(&head).map_err(std::io::Error::other)?;
+        out.write_all(&(head.len() as u64).to_le_bytes())?;
+        out.write_all(&head)?;
+        out.write_all(id_bytes)?;
+        column(out, id_ends)?;
+        column(out, &self.users)?;
+        for r in &self.retention {
+            if let Some(cohort) = &r.cohort {
+                column(out, cohort)?;
+            }
+            match &r.returns {
+                Returns::Active => {}
+                Returns::Latest(v) => column(out, v)?,
+                Returns::Days(v) => column(out, v)?,
+            }
+        }
+        for f in &self.funnels {
+            let lens: Vec<u32> = f.users.iter().map(|u| u.len() as u32).collect();
+            column(out, &lens)?;
+            for u in &f.users {
+                column(out, u.entries())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An engine for `cfg` holding the state that `reader` yields, `len`
+    /// bytes written by [`Engine::write_state`]; refused when they do not
+    /// decode, or the state's shape does not fit the configuration's
+    /// definitions. The columns' sizes are checked against `len` before
+    /// anything is allocated for them.
+    pub fn read_state<R: Read>(cfg: Arc<EngineConfig>, reader: &mut R, len: u64) -> Result<Self, StateMismatch> {
+        let io = |e: std::io::Error| StateMismatch(format!("cannot read: {e}"));
+        let mut len_bytes = [0u8; 8];
+        reader.read_exact(&mut len_bytes).map_err(io)?;
+        let head_len = u64::from_le_bytes(len_bytes);
+        if head_len > len.saturating_sub(8) {
+            return Err(StateMismatch("head longer than the state".into()));
+        }
+        let mut head = vec![0u8; count(head_len)?];
+        reader.read_exact(&mut head).map_err(io)?;
+        let head: Head = postcard::from_bytes(&head).map_err(|e| StateMismatch(format!("cannot decode: {e}")))?;
+        if head.columns_len() != Some(len - 8 - head_len) {
+            return Err(StateMismatch("the columns do not fill the state".into()));
+        }
+
+        let mut engine = Engine::new(cfg);
+        if head.retention.len() != engine.retention.len() || head.funnels.len() != engine.funnels.len() {
+            return Err(StateMismatch("the number of retention definitions or funnels differs".into()));
+        }
+        let n = count(head.users)?;
+        let mut columns = Columns { reader };
+        let id_bytes: Vec<u8> = columns.take(count(head.id_bytes)?)?;
+        let id_ends: Vec<u32> = columns.take(n)?;
+        let users: Vec<UserCore> = columns.take(n)?;
+        for (r, h) in head.retention.into_iter().enumerate() {
+            let state = &mut engine.retention[r];
+            if state.cohort.is_some() != h.cohort {
+                let name = &engine.cfg.retention[r].name;
+                return Err(StateMismatch(format!("retention definition {name} has another shape")));
+            }
+            if h.cohort {
+                state.cohort = Some(columns.take(n)?);
+            }
+            state.returns = match (&state.returns, h.returns) {
+                (Returns::Active, 0) => Returns::Active,
+                (Returns::Latest(_), 1) => Returns::Latest(columns.take(n)?),
+                (Returns::Days(_), 2) => Returns::Days(columns.take::<DayBits>(n)?),
+                _ => {
+                    let name = &engine.cfg.retention[r].name;
+                    return Err(StateMismatch(format!("retention definition {name} has another shape")));
+                }
+            };
+            state.rows = h.rows;
+        }
+        let mut funnel_columns = Vec::with_capacity(head.funnels.len());
+        for h in &head.funnels {
+            let lens: Vec<u32> = columns.take(n)?;
+            let entries = count(h.entries)?;
+            if lens.iter().map(|&l| l as u64).sum::<u64>() != h.entries {
+                return Err(StateMismatch("funnel entry counts do not add up".into()));
+            }
+            funnel_columns.push((lens, columns.take::<Hit>(entries)?));
+        }
+
+        // A thread per funnel rebuilds its users' allocations while this
+        // one rebuilds the id index.
+        let (ids, funnel_users) = std::thread::scope(|scope| {
+            let jobs: Vec<_> = funnel_columns
+                .into_iter()
+                .map(|(lens, entries)| {
+                    scope.spawn(move || -> Result<Vec<FunnelUser>, StateMismatch> {
+                        let mut at = 0;
+                        lens.iter()
+                            .map(|&len| {
+                                let user = FunnelUser::from_entries(&entries[at..at + len as usize]);
+                                at += len as usize;
+                                user.ok_or_else(|| StateMismatch("a funnel user's events are out of order".into()))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            let ids = UserIds::from_parts(id_bytes, id_ends).map_err(|e| StateMismatch(e.to_string()));
+            let funnel_users: Vec<_> = jobs
+                .into_iter()
+                .map(|job| job.join().unwrap_or_else(|_| Err(StateMismatch("decoding panicked".into()))))
+                .collect();
+            (ids, funnel_users)
+        });
+        engine.user_ids = ids?;
+        engine.users = users;
+        for ((state, h), users) in engine.funnels.iter_mut().zip(head.funnels).zip(funnel_users) {
+            let users = users?;
+            let steps = state.conversions.len();
+            if h.conversions.len() != steps || h.time_to_convert.len() != steps {
+                return Err(StateMismatch("a funnel has another number of steps".into()));
+            }
+            state.entries = count(h.entries)?;
+            state.users = users;
+            state.rows = h.rows;
+            state.conversions = h.conversions;
+            for (hist, values) in state.time_to_convert.iter_mut().zip(h.time_to_convert) {
+                for (value, count) in values {
+                    hist.saturating_record_n(value, count);
+                }
+            }
+        }
+        engine.activity = head.activity;
+        engine.max_ts = head.max_ts;
+        engine.maintained_day = head.maintained_day;
+        engine.counters = head.counters;
+        Ok(engine)
+    }
+}
