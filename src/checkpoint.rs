@@ -33,7 +33,13 @@ use crate::engine::Engine;
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes.
 pub const FORMAT_VERSION: u32 = 3;
-const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
+// Where the header's fields start (see the layout above).
+const VERSION_AT: usize = 8;
+const FINGERPRINT_AT: usize = 12;
+const OFFSET_AT: usize = 20;
+const LEN_AT: usize = 28;
+const CRC_AT: usize = 36;
+const HEADER_LEN: usize = CRC_AT + 4;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +149,7 @@ fn write_file(tmp: &Path, engine: &Engine, next_offset: i64) -> io::Result<u64> 
     header.extend_from_slice(&next_offset.to_le_bytes());
     // Payload length and checksum: known once the payload is written.
     header.extend_from_slice(&[0; 12]);
+    debug_assert_eq!(header.len(), HEADER_LEN);
     let mut out = CrcWriter {
         inner: io::BufWriter::with_capacity(1 << 20, File::create(tmp)?),
         hasher: crc32fast::Hasher::new(),
@@ -152,7 +159,7 @@ fn write_file(tmp: &Path, engine: &Engine, next_offset: i64) -> io::Result<u64> 
     engine.write_state(&mut out)?;
     let (len, crc) = (out.len, out.hasher.finalize());
     let mut f = out.inner.into_inner().map_err(io::IntoInnerError::into_error)?;
-    f.seek(io::SeekFrom::Start(28))?;
+    f.seek(io::SeekFrom::Start(LEN_AT as u64))?;
     f.write_all(&len.to_le_bytes())?;
     f.write_all(&crc.to_le_bytes())?;
     f.sync_all()?;
@@ -201,23 +208,23 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
         b.copy_from_slice(&header[i..i + 8]);
         u64::from_le_bytes(b)
     };
-    let version = u32_at(8);
+    let version = u32_at(VERSION_AT);
     if version != FORMAT_VERSION {
         return Err(CheckpointError::Incompatible {
             path: path.to_owned(),
             reason: format!("format version {version}, this build reads {FORMAT_VERSION}"),
         });
     }
-    if u64_at(12) != fingerprint(cfg) {
+    if u64_at(FINGERPRINT_AT) != fingerprint(cfg) {
         return Err(CheckpointError::Incompatible {
             path: path.to_owned(),
             reason: "taken under another configuration (definitions, time zone, lateness or history)".into(),
         });
     }
-    let next_offset = u64_at(20) as i64;
-    let len = u64_at(28);
-    let crc = u32_at(36);
-    let payload_len = file_len - HEADER_LEN as u64;
+    let next_offset = u64_at(OFFSET_AT) as i64;
+    let len = u64_at(LEN_AT);
+    let crc = u32_at(CRC_AT);
+    let payload_len = file_len.saturating_sub(HEADER_LEN as u64);
     if payload_len != len {
         return Err(corrupt(&format!("payload is {payload_len} bytes, header says {len}")));
     }

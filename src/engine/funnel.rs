@@ -284,12 +284,6 @@ impl FunnelUser {
     /// Drops hits before `cutoff` (epoch ms) and levels of entry days
     /// before `level_cutoff`.
     pub fn prune(&mut self, cutoff: i64, level_cutoff: Day) {
-        // The common case, on every event: nothing old at the front.
-        let old_front =
-            self.0.first().is_some_and(|e| if e.mask != 0 { e.ts < cutoff } else { e.ts < i64::from(level_cutoff) });
-        if !old_front && level_cutoff == Day::MIN {
-            return;
-        }
         let split = self.split();
         let old_hits = self.0[..split].partition_point(|h| h.ts < cutoff);
         let old_levels = self.0[split..].partition_point(|l| l.ts < i64::from(level_cutoff));

@@ -43,11 +43,6 @@ impl UserIds {
         self.ends.is_empty()
     }
 
-    /// The id of user `i`.
-    pub fn id(&self, i: u32) -> &[u8] {
-        id_in(&self.bytes, &self.ends, i)
-    }
-
     /// The index of `id`, if it is known.
     pub fn get(&self, id: &str) -> Option<u32> {
         let (bytes, ends) = (&self.bytes, &self.ends);
@@ -127,7 +122,7 @@ mod tests {
         assert_eq!(ids.get("user-ü"), Some(2));
         assert_eq!(ids.get("u999"), Some(1002));
         assert_eq!(ids.get("u1000"), None);
-        assert_eq!(ids.id(2), "user-ü".as_bytes());
+        assert_eq!(id_in(&ids.bytes, &ids.ends, 2), "user-ü".as_bytes());
 
         let (bytes, ends) = ids.parts();
         let back = UserIds::from_parts(bytes.to_vec(), ends.to_vec()).expect("valid parts");

@@ -520,16 +520,17 @@ impl Engine {
     /// Moves a user from cohort `old` (maybe none) to the earlier `new`.
     fn move_cohort(&mut self, r: usize, uid: u32, old: Day, new: Day) {
         let n_days = self.cfg.retention[r].days.len();
-        let flags = |engine: &Self, c: Day| -> Vec<bool> {
-            engine.cfg.retention[r].days.iter().map(|&n| engine.retained_by(r, uid, c, n)).collect()
+        // Bit i: retained by the i-th N (config validation keeps N ≤ 88).
+        let flags = |engine: &Self, c: Day| -> u128 {
+            let days = engine.cfg.retention[r].days.iter().enumerate();
+            days.fold(0, |m, (i, &n)| m | u128::from(engine.retained_by(r, uid, c, n)) << i)
         };
         if old != NO_DAY {
             let was = flags(self, old);
             if let Some(row) = self.retention[r].rows.row(old) {
                 row.users -= 1;
-                let retained = ensure_len(&mut row.retained, n_days);
-                for (i, w) in was.into_iter().enumerate() {
-                    retained[i] -= i64::from(w);
+                for (i, cell) in ensure_len(&mut row.retained, n_days).iter_mut().enumerate() {
+                    *cell -= (was >> i & 1) as i64;
                 }
             }
         }
@@ -539,9 +540,8 @@ impl Engine {
         }
         if let Some(row) = self.retention[r].rows.row(new) {
             row.users += 1;
-            let retained = ensure_len(&mut row.retained, n_days);
-            for (i, w) in now.into_iter().enumerate() {
-                retained[i] += i64::from(w);
+            for (i, cell) in ensure_len(&mut row.retained, n_days).iter_mut().enumerate() {
+                *cell += (now >> i & 1) as i64;
             }
         }
     }
@@ -551,16 +551,12 @@ impl Engine {
         let window = def.window_ms;
         let steps = def.steps.len();
         let mode = def.mode;
-        let cutoff = self.horizon_ms().map_or(i64::MIN, |h| h - window);
+        // Hits too old to matter are dropped by `maintain`, once a day.
         let state = &mut self.funnels[f];
-        let user = &mut state.users[uid as usize];
-        let before = user.len();
-        user.prune(cutoff, Day::MIN);
-        let inserted = user.insert_hit(hit);
-        state.entries = state.entries + user.len() - before;
-        if !inserted {
+        if !state.users[uid as usize].insert_hit(hit) {
             return;
         }
+        state.entries += 1;
 
         // Entry days whose chains this event can join.
         let first_day = if hit.mask & !1 == 0 { day } else { self.cal.day_of(hit.ts - window) };

@@ -171,8 +171,9 @@ impl Engine {
             }
         }
         for f in &self.funnels {
-            let lens: Vec<u32> = f.users.iter().map(|u| u.len() as u32).collect();
-            column(out, &lens)?;
+            for u in &f.users {
+                out.write_all(&(u.len() as u32).to_le_bytes())?;
+            }
             for u in &f.users {
                 column(out, u.entries())?;
             }
