@@ -26,6 +26,92 @@ pub struct Hit {
     pub tag: u32,
 }
 
+/// How a funnel stores one entry of a user: a [`Hit`] (an event that fills
+/// at least one step) or the level reached on an entry day. Hits sort by
+/// time first.
+pub trait Entry: bytemuck::Pod + Ord + std::fmt::Debug {
+    /// The entry for `hit`.
+    fn from_hit(hit: Hit) -> Self;
+    /// The entry recording `level` for entry day `day`.
+    fn level_entry(day: Day, level: usize) -> Self;
+    /// A hit's time, epoch ms.
+    fn ts(&self) -> i64;
+    /// A hit's steps (bit k: step k+1); 0 for a level entry.
+    fn mask(&self) -> u32;
+    /// A level entry's day and level.
+    fn day_level(&self) -> (Day, usize);
+}
+
+impl Entry for Hit {
+    fn from_hit(hit: Hit) -> Self {
+        hit
+    }
+
+    fn level_entry(day: Day, level: usize) -> Self {
+        Hit { ts: i64::from(day), mask: 0, tag: level as u32 }
+    }
+
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+
+    fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    fn day_level(&self) -> (Day, usize) {
+        (self.ts as Day, self.tag as usize)
+    }
+}
+
+/// Bits of a [`Packed`] entry below the time or day.
+const MASK_BITS: u32 = 22;
+/// Bits of a packed level entry's payload below the day.
+const LEVEL_BITS: u32 = 6;
+const _: () = assert!(crate::event::MIN_TS_MS >= 0 && crate::event::END_TS_MS <= 1 << (64 - MASK_BITS));
+const _: () = assert!(crate::config::MAX_STEPS < 1 << LEVEL_BITS);
+
+/// A [`Hit`] in 8 bytes: the time above the step mask. It has no tag, so
+/// two distinct events of one user at one millisecond with the same steps
+/// are one entry; that changes no level unless the funnel is `strict_once`
+/// and one event can fill two steps (then the engine stores [`Hit`]s), or
+/// it has more than [`Packed::MAX_STEPS`] steps. A level entry has an
+/// empty mask, the day (plus one: the first day of the epoch in a zone
+/// west of UTC is day -1) and the level above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+pub struct Packed(u64);
+
+impl Packed {
+    /// The most steps a funnel of packed entries can have.
+    pub const MAX_STEPS: usize = MASK_BITS as usize;
+}
+
+impl Entry for Packed {
+    fn from_hit(hit: Hit) -> Self {
+        debug_assert!((0..1 << (64 - MASK_BITS)).contains(&hit.ts) && hit.mask < 1 << MASK_BITS);
+        Packed((hit.ts as u64) << MASK_BITS | u64::from(hit.mask))
+    }
+
+    fn level_entry(day: Day, level: usize) -> Self {
+        debug_assert!(day >= -1 && level < 1 << LEVEL_BITS);
+        Packed((((i64::from(day) + 1) as u64) << LEVEL_BITS | level as u64) << MASK_BITS)
+    }
+
+    fn ts(&self) -> i64 {
+        (self.0 >> MASK_BITS) as i64
+    }
+
+    fn mask(&self) -> u32 {
+        (self.0 & ((1 << MASK_BITS) - 1)) as u32
+    }
+
+    fn day_level(&self) -> (Day, usize) {
+        let payload = self.0 >> MASK_BITS;
+        (((payload >> LEVEL_BITS) as i64 - 1) as Day, (payload & ((1 << LEVEL_BITS) - 1)) as usize)
+    }
+}
+
 /// The best chain found for an entry day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chain {
@@ -45,9 +131,9 @@ impl Chain {
 /// The level of the entry day `[day_start, day_end)`: step 1 only from
 /// events in that range, later steps at any time within `window` ms
 /// (inclusive) of the chain's step 1. `hits` is sorted by time.
-pub fn level(hits: &[Hit], day_start: i64, day_end: i64, window: i64, steps: usize, mode: FunnelMode) -> Chain {
-    let from = hits.partition_point(|h| h.ts < day_start);
-    let until = hits.partition_point(|h| h.ts <= day_end.saturating_add(window));
+pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, steps: usize, mode: FunnelMode) -> Chain {
+    let from = hits.partition_point(|h| h.ts() < day_start);
+    let until = hits.partition_point(|h| h.ts() <= day_end.saturating_add(window));
     let hits = &hits[from..until];
     match mode {
         FunnelMode::Default => level_default(hits, day_end, window, steps),
@@ -55,15 +141,15 @@ pub fn level(hits: &[Hit], day_start: i64, day_end: i64, window: i64, steps: usi
             let mut best = Chain::none();
             let mut previous_start = None;
             for (i, h) in hits.iter().enumerate() {
-                if h.ts >= day_end {
+                if h.ts() >= day_end {
                     break;
                 }
-                if h.mask & 1 == 0 || previous_start == Some(h.ts) {
+                if h.mask() & 1 == 0 || previous_start == Some(h.ts()) {
                     continue;
                 }
-                previous_start = Some(h.ts);
+                previous_start = Some(h.ts());
                 // The whole group at the start time, not just from this hit on.
-                let group_from = hits[..i].partition_point(|x| x.ts < h.ts);
+                let group_from = hits[..i].partition_point(|x| x.ts() < h.ts());
                 let chain = level_from(&hits[group_from..], window, steps, mode);
                 if chain.level > best.level {
                     best = chain;
@@ -80,15 +166,15 @@ pub fn level(hits: &[Hit], day_start: i64, day_end: i64, window: i64, steps: usi
 /// ClickHouse's single pass: for each step the latest chain start that
 /// reaches it. In this mode a later start never does worse, so the pass
 /// finds the true maximum. Equal timestamps are taken in step order.
-fn level_default(hits: &[Hit], day_end: i64, window: i64, steps: usize) -> Chain {
+fn level_default<E: Entry>(hits: &[E], day_end: i64, window: i64, steps: usize) -> Chain {
     // (first, last) of the chain that reached step k+1, if any.
     let mut reached: [Option<(i64, i64)>; crate::config::MAX_STEPS] = [None; crate::config::MAX_STEPS];
     let mut i = 0;
     while i < hits.len() {
-        let ts = hits[i].ts;
+        let ts = hits[i].ts();
         let mut union = 0u32;
-        while i < hits.len() && hits[i].ts == ts {
-            union |= hits[i].mask;
+        while i < hits.len() && hits[i].ts() == ts {
+            union |= hits[i].mask();
             i += 1;
         }
         for k in 0..steps {
@@ -126,21 +212,21 @@ fn chain_of(reached: &[Option<(i64, i64)>], steps: usize) -> Chain {
 /// The greedy chain from the step-1 event at `hits[0]`: at each timestamp,
 /// advance as far as the mode allows. Being further along at the same time
 /// is never worse, so greedy is optimal for a fixed start.
-fn level_from(hits: &[Hit], window: i64, steps: usize, mode: FunnelMode) -> Chain {
-    let start = hits[0].ts;
+fn level_from<E: Entry>(hits: &[E], window: i64, steps: usize, mode: FunnelMode) -> Chain {
+    let start = hits[0].ts();
     let mut chain = Chain::none();
     let mut i = 0;
-    while i < hits.len() && hits[i].ts <= start + window {
-        let ts = hits[i].ts;
+    while i < hits.len() && hits[i].ts() <= start + window {
+        let ts = hits[i].ts();
         let group_start = i;
-        while i < hits.len() && hits[i].ts == ts {
+        while i < hits.len() && hits[i].ts() == ts {
             i += 1;
         }
         let group = &hits[group_start..i];
         let before = chain.level;
         chain.level = match mode {
             FunnelMode::StrictIncrease => {
-                let union = group.iter().fold(0, |m, h| m | h.mask);
+                let union = group.iter().fold(0, |m, h| m | h.mask());
                 if ts == start {
                     1
                 } else if union & (1 << chain.level) != 0 {
@@ -164,7 +250,7 @@ fn level_from(hits: &[Hit], window: i64, steps: usize, mode: FunnelMode) -> Chai
 /// How many consecutive steps from `from` on can be filled by distinct
 /// events of one timestamp group: a bipartite matching, grown one step at a
 /// time (Kuhn's augmenting paths). Groups are tiny: distinct masks at one ms.
-fn distinct_run(group: &[Hit], from: usize, steps: usize) -> usize {
+fn distinct_run<E: Entry>(group: &[E], from: usize, steps: usize) -> usize {
     let mut owner: Vec<Option<usize>> = vec![None; group.len()];
     let mut run = 0;
     while from + run < steps {
@@ -177,9 +263,9 @@ fn distinct_run(group: &[Hit], from: usize, steps: usize) -> usize {
     run
 }
 
-fn augment(group: &[Hit], step: usize, owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
+fn augment<E: Entry>(group: &[E], step: usize, owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
     for (j, h) in group.iter().enumerate() {
-        if h.mask & (1 << step) == 0 || seen[j] {
+        if h.mask() & (1 << step) == 0 || seen[j] {
             continue;
         }
         seen[j] = true;
@@ -193,113 +279,6 @@ fn augment(group: &[Hit], step: usize, owner: &mut [Option<usize>], seen: &mut [
         }
     }
     false
-}
-
-/// One user's state in one funnel, in a single exact-size allocation (none
-/// when empty): the user's funnel events of the horizon as [`Hit`]s,
-/// sorted and deduplicated, then the level reached per entry day, sorted
-/// by day, each stored as a hit with an empty mask (`ts` = the day, `tag` =
-/// the level). Users change a few times a day at most, so reallocating on
-/// each change costs less than the spare capacity and second allocation of
-/// two `Vec`s would cost in memory, for every user.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FunnelUser(Box<[Hit]>);
-
-impl FunnelUser {
-    /// The user of `entries` as [`FunnelUser::entries`] gave them; `None`
-    /// when they are not well formed.
-    pub fn from_entries(entries: &[Hit]) -> Option<Self> {
-        let user = FunnelUser(entries.into());
-        user.is_valid().then_some(user)
-    }
-
-    /// Hits and levels as stored (for snapshots).
-    pub fn entries(&self) -> &[Hit] {
-        &self.0
-    }
-
-    fn split(&self) -> usize {
-        self.0.partition_point(|h| h.mask != 0)
-    }
-
-    /// The funnel events, sorted.
-    pub fn hits(&self) -> &[Hit] {
-        &self.0[..self.split()]
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether the entries are well formed: hits sorted and distinct, then
-    /// levels with increasing days (checked on snapshot restore).
-    pub fn is_valid(&self) -> bool {
-        let split = self.split();
-        let (hits, levels) = self.0.split_at(split);
-        hits.windows(2).all(|w| w[0] < w[1])
-            && levels.iter().all(|l| l.mask == 0 && l.ts >= i64::from(Day::MIN) && l.ts <= i64::from(Day::MAX))
-            && levels.windows(2).all(|w| w[0].ts < w[1].ts)
-    }
-
-    /// Adds `hit`; false when it is already there.
-    pub fn insert_hit(&mut self, hit: Hit) -> bool {
-        let pos = match self.hits().binary_search(&hit) {
-            Ok(_) => return false,
-            Err(pos) => pos,
-        };
-        let mut v = Vec::with_capacity(self.0.len() + 1);
-        v.extend_from_slice(&self.0[..pos]);
-        v.push(hit);
-        v.extend_from_slice(&self.0[pos..]);
-        self.0 = v.into_boxed_slice();
-        true
-    }
-
-    /// The level recorded for entry day `day` (0 if none).
-    pub fn level(&self, day: Day) -> usize {
-        let levels = &self.0[self.split()..];
-        match levels.binary_search_by_key(&i64::from(day), |l| l.ts) {
-            Ok(i) => levels[i].tag as usize,
-            Err(_) => 0,
-        }
-    }
-
-    /// Records `level` for entry day `day`.
-    pub fn set_level(&mut self, day: Day, level: usize) {
-        let split = self.split();
-        let entry = Hit { ts: i64::from(day), mask: 0, tag: level as u32 };
-        match self.0[split..].binary_search_by_key(&entry.ts, |l| l.ts) {
-            Ok(i) => self.0[split + i] = entry,
-            Err(i) => {
-                let mut v = Vec::with_capacity(self.0.len() + 1);
-                v.extend_from_slice(&self.0[..split + i]);
-                v.push(entry);
-                v.extend_from_slice(&self.0[split + i..]);
-                self.0 = v.into_boxed_slice();
-            }
-        }
-    }
-
-    /// Drops hits before `cutoff` (epoch ms) and levels of entry days
-    /// before `level_cutoff`.
-    pub fn prune(&mut self, cutoff: i64, level_cutoff: Day) {
-        let split = self.split();
-        let old_hits = self.0[..split].partition_point(|h| h.ts < cutoff);
-        let old_levels = self.0[split..].partition_point(|l| l.ts < i64::from(level_cutoff));
-        if old_hits == 0 && old_levels == 0 {
-            return;
-        }
-        let mut v = Vec::with_capacity(self.0.len() - old_hits - old_levels);
-        v.extend_from_slice(&self.0[old_hits..split]);
-        v.extend_from_slice(&self.0[split + old_levels..]);
-        self.0 = v.into_boxed_slice();
-    }
-
-    /// Entries held: hits and levels.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 #[cfg(test)]
@@ -351,31 +330,5 @@ mod tests {
         assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 3);
         let hits = [h(106, &[0]), h(107, &[1])];
         assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 0);
-    }
-
-    #[test]
-    fn user_keeps_hits_then_levels_in_one_slice() {
-        let mut u = FunnelUser::default();
-        assert!(u.is_empty() && u.hits().is_empty() && u.level(5) == 0);
-        assert!(u.insert_hit(h(20, &[1])));
-        assert!(u.insert_hit(h(10, &[0])));
-        assert!(!u.insert_hit(h(10, &[0])), "a replayed hit is the same hit");
-        u.set_level(3, 1);
-        u.set_level(1, 2);
-        u.set_level(3, 2);
-        assert!(u.insert_hit(h(15, &[2])));
-        assert_eq!(u.hits(), &[h(10, &[0]), h(15, &[2]), h(20, &[1])]);
-        assert_eq!((u.level(1), u.level(2), u.level(3)), (2, 0, 2));
-        assert_eq!(u.len(), 5);
-        assert!(u.is_valid());
-
-        u.prune(15, 2);
-        assert_eq!(u.hits(), &[h(15, &[2]), h(20, &[1])]);
-        assert_eq!((u.level(1), u.level(3)), (0, 2));
-        u.prune(100, 100);
-        assert!(u.is_empty());
-
-        let unsorted = FunnelUser(vec![h(20, &[1]), h(10, &[0])].into_boxed_slice());
-        assert!(!unsorted.is_valid());
     }
 }

@@ -19,6 +19,7 @@ pub mod figures;
 pub mod funnel;
 pub mod ids;
 pub mod state;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,14 +27,15 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EngineConfig, EventMatch, FilterValue, RetentionMode};
+use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
 use days::{DayBits, DayRows, NO_DAY};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
-use funnel::{FunnelUser, Hit};
+use funnel::{Entry, Hit};
 use ids::UserIds;
 pub use state::StateMismatch;
+use store::{FunnelStore, Store};
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest activity window (MAU).
@@ -102,15 +104,19 @@ enum Returns {
 
 #[derive(Debug)]
 struct FunnelState {
-    /// Per user (index), what the funnel holds of them.
-    users: Vec<FunnelUser>,
+    /// Per user (index), the funnel's events and levels.
+    store: Store,
+    tally: FunnelTally,
+}
+
+/// A funnel's figures.
+#[derive(Debug)]
+struct FunnelTally {
     /// Per entry day: users with level ≥ k+1.
     rows: DayRows<Vec<i64>>,
     conversions: Vec<u64>,
     /// Time to convert to step k+1, in ms.
     time_to_convert: Vec<Histogram<u64>>,
-    /// Entries (hits and levels) held by all users, for [`Engine::state_bytes`].
-    entries: usize,
 }
 
 /// The state of one shard. See the module docs.
@@ -208,13 +214,14 @@ impl Engine {
             .funnels
             .iter()
             .map(|def| FunnelState {
-                users: Vec::new(),
-                rows: DayRows::default(),
-                conversions: vec![0; def.steps.len()],
-                time_to_convert: (0..def.steps.len())
-                    .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
-                    .collect(),
-                entries: 0,
+                store: Store::new(def),
+                tally: FunnelTally {
+                    rows: DayRows::default(),
+                    conversions: vec![0; def.steps.len()],
+                    time_to_convert: (0..def.steps.len())
+                        .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
+                        .collect(),
+                },
             })
             .collect();
         let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
@@ -404,7 +411,9 @@ impl Engine {
 
         // Funnels.
         if masks.iter().any(|&m| m != 0) {
-            let tag = event_tag(ev);
+            // Only funnels that keep distinct events of one millisecond apart
+            // read the tag.
+            let tag = if self.funnels.iter().any(|f| matches!(f.store, Store::Wide(_))) { event_tag(ev) } else { 0 };
             for (f, &mask) in masks.iter().enumerate() {
                 if mask != 0 {
                     self.funnel_event(f, uid, Hit { ts, mask, tag }, day);
@@ -435,7 +444,7 @@ impl Engine {
             }
         }
         for state in &mut self.funnels {
-            state.users.push(FunnelUser::default());
+            state.store.push_user();
         }
         Some(i)
     }
@@ -548,50 +557,10 @@ impl Engine {
 
     fn funnel_event(&mut self, f: usize, uid: u32, hit: Hit, day: Day) {
         let def = &self.cfg.funnels[f];
-        let window = def.window_ms;
-        let steps = def.steps.len();
-        let mode = def.mode;
-        // Hits too old to matter are dropped by `maintain`, once a day.
-        let state = &mut self.funnels[f];
-        if !state.users[uid as usize].insert_hit(hit) {
-            return;
-        }
-        state.entries += 1;
-
-        // Entry days whose chains this event can join.
-        let first_day = if hit.mask & !1 == 0 { day } else { self.cal.day_of(hit.ts - window) };
-        for d in first_day..=day {
-            let (start, end) = self.cal.bounds(d);
-            let user = &self.funnels[f].users[uid as usize];
-            let hits = user.hits();
-            let from = hits.partition_point(|h| h.ts < start);
-            let entered = hits[from..].iter().take_while(|h| h.ts < end).any(|h| h.mask & 1 != 0);
-            if !entered {
-                continue;
-            }
-            let chain = funnel::level(hits, start, end, window, steps, mode);
-            let old = user.level(d);
-            if chain.level <= old {
-                continue;
-            }
-            let state = &mut self.funnels[f];
-            let user = &mut state.users[uid as usize];
-            let before = user.len();
-            user.set_level(d, chain.level);
-            state.entries = state.entries + user.len() - before;
-            let row = state.rows.row(d);
-            if let Some(row) = row {
-                let users = ensure_len(row, steps);
-                for u in users.iter_mut().take(chain.level).skip(old) {
-                    *u += 1;
-                }
-            }
-            for k in old..chain.level {
-                state.conversions[k] += 1;
-                if k > 0 {
-                    state.time_to_convert[k].saturating_record(chain.reached[k].max(0) as u64);
-                }
-            }
+        let FunnelState { store, tally } = &mut self.funnels[f];
+        match store {
+            Store::Packed(s) => tally.record(s, &self.cal, def, uid, hit, day),
+            Store::Wide(s) => tally.record(s, &self.cal, def, uid, hit, day),
         }
     }
 
@@ -612,15 +581,9 @@ impl Engine {
             state.rows.drop_before(keep_from);
         }
         for (f, state) in self.funnels.iter_mut().enumerate() {
-            state.rows.drop_before(keep_from);
+            state.tally.rows.drop_before(keep_from);
             let cutoff = horizon - self.cfg.funnels[f].window_ms;
-            let level_cutoff = self.cal.day_of(cutoff.max(0));
-            let mut entries = 0;
-            for user in &mut state.users {
-                user.prune(cutoff, level_cutoff);
-                entries += user.len();
-            }
-            state.entries = entries;
+            state.store.prune(cutoff, self.cal.day_of(cutoff.max(0)));
         }
     }
 
@@ -694,7 +657,7 @@ impl Engine {
             });
         }
         for (f, def) in self.cfg.funnels.iter().enumerate() {
-            let state = &self.funnels[f];
+            let state = &self.funnels[f].tally;
             let steps = def.steps.len();
             let entries = state
                 .rows
@@ -736,14 +699,57 @@ impl Engine {
                     }
             })
             .sum();
-        // Users' allocations at their sizes (the allocator's own overhead
-        // is not counted).
-        let funnels: usize = self
-            .funnels
-            .iter()
-            .map(|f| f.users.capacity() * std::mem::size_of::<FunnelUser>() + f.entries * std::mem::size_of::<Hit>())
-            .sum();
+        let funnels: usize = self.funnels.iter().map(|f| f.store.heap_bytes()).sum();
         (ids + users + retention + funnels) as u64
+    }
+}
+
+impl FunnelTally {
+    /// Adds `hit` of user `uid` (on business day `day`) to `store` and
+    /// moves the counters of every entry day whose level it raises.
+    fn record<E: Entry>(
+        &mut self,
+        store: &mut FunnelStore<E>,
+        cal: &Calendar,
+        def: &FunnelDef,
+        uid: u32,
+        hit: Hit,
+        day: Day,
+    ) {
+        let (window, steps, mode) = (def.window_ms, def.steps.len(), def.mode);
+        // Hits too old to matter are dropped by `maintain`, once a day.
+        if !store.insert_hit(uid, E::from_hit(hit)) {
+            return;
+        }
+        // Entry days whose chains this event can join.
+        let first_day = if hit.mask & !1 == 0 { day } else { cal.day_of(hit.ts - window) };
+        for d in first_day..=day {
+            let (start, end) = cal.bounds(d);
+            let hits = store.hits(uid);
+            let from = hits.partition_point(|h| h.ts() < start);
+            let entered = hits[from..].iter().take_while(|h| h.ts() < end).any(|h| h.mask() & 1 != 0);
+            if !entered {
+                continue;
+            }
+            let chain = funnel::level(hits, start, end, window, steps, mode);
+            let old = store.level(uid, d);
+            if chain.level <= old {
+                continue;
+            }
+            store.set_level(uid, d, chain.level);
+            if let Some(row) = self.rows.row(d) {
+                let users = ensure_len(row, steps);
+                for u in users.iter_mut().take(chain.level).skip(old) {
+                    *u += 1;
+                }
+            }
+            for k in old..chain.level {
+                self.conversions[k] += 1;
+                if k > 0 {
+                    self.time_to_convert[k].saturating_record(chain.reached[k].max(0) as u64);
+                }
+            }
+        }
     }
 }
 

@@ -9,11 +9,11 @@
 //! ```text
 //! head length u64 | head (postcard) | id bytes | id ends [u32; n] | users [UserCore; n]
 //!   | per retention definition: cohort days [i32; n]?, latest return days [i32; n] or return day sets [DayBits; n]
-//!   | per funnel: entries per user [u32; n], entries [Hit; total]
+//!   | per funnel: entries per user [u32; n], entries [Packed or Hit; total] in user order
 //! ```
 //!
-//! Decoding runs on a thread per funnel (its users' allocations) besides
-//! the one that rebuilds the user id index.
+//! Decoding runs on a thread per funnel (its arena) besides the one that
+//! rebuilds the user id index.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use super::calendar::Day;
 use super::days::{DayBits, DayRows};
 use super::figures::Counters;
-use super::funnel::{FunnelUser, Hit};
+use super::funnel::Entry;
 use super::ids::UserIds;
+use super::store::{FunnelStore, Store};
 use super::{ActivityCounts, CohortCounts, Engine, Returns, UserCore};
 use crate::config::EngineConfig;
 
@@ -60,6 +61,8 @@ struct RetentionHead {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FunnelHead {
+    /// Bytes an entry takes: 8 (packed) or 16 (with tags).
+    entry_bytes: u8,
     entries: u64,
     rows: DayRows<Vec<i64>>,
     conversions: Vec<u64>,
@@ -83,7 +86,7 @@ impl Head {
         }
         for f in &self.funnels {
             total = total.checked_add(n.checked_mul(4)?)?;
-            total = total.checked_add(f.entries.checked_mul(std::mem::size_of::<Hit>() as u64)?)?;
+            total = total.checked_add(f.entries.checked_mul(u64::from(f.entry_bytes))?)?;
         }
         Some(total)
     }
@@ -107,6 +110,20 @@ impl<R: Read> Columns<'_, R> {
             .map_err(|e| StateMismatch(format!("cannot read a column: {e}")))?;
         Ok(v)
     }
+}
+
+fn write_store<E: Entry, W: Write>(out: &mut W, store: &FunnelStore<E>) -> std::io::Result<()> {
+    for len in store.lens() {
+        out.write_all(&len.to_le_bytes())?;
+    }
+    for u in 0..store.users() {
+        column(out, store.get(u as u32))?;
+    }
+    Ok(())
+}
+
+fn rebuild<E: Entry>(lens: &[u32], words: &[u64]) -> Option<FunnelStore<E>> {
+    FunnelStore::from_parts(lens, bytemuck::try_cast_slice(words).ok()?)
 }
 
 fn count(n: u64) -> Result<usize, StateMismatch> {
@@ -139,10 +156,12 @@ impl Engine {
                 .funnels
                 .iter()
                 .map(|f| FunnelHead {
-                    entries: f.entries as u64,
-                    rows: f.rows.clone(),
-                    conversions: f.conversions.clone(),
+                    entry_bytes: f.store.entry_bytes() as u8,
+                    entries: f.store.entries() as u64,
+                    rows: f.tally.rows.clone(),
+                    conversions: f.tally.conversions.clone(),
                     time_to_convert: f
+                        .tally
                         .time_to_convert
                         .iter()
                         .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
@@ -171,11 +190,9 @@ impl Engine {
             }
         }
         for f in &self.funnels {
-            for u in &f.users {
-                out.write_all(&(u.len() as u32).to_le_bytes())?;
-            }
-            for u in &f.users {
-                column(out, u.entries())?;
+            match &f.store {
+                Store::Packed(s) => write_store(out, s)?,
+                Store::Wide(s) => write_store(out, s)?,
             }
         }
         Ok(())
@@ -231,53 +248,50 @@ impl Engine {
             state.rows = h.rows;
         }
         let mut funnel_columns = Vec::with_capacity(head.funnels.len());
-        for h in &head.funnels {
-            let lens: Vec<u32> = columns.take(n)?;
-            let entries = count(h.entries)?;
-            if lens.iter().map(|&l| l as u64).sum::<u64>() != h.entries {
-                return Err(StateMismatch("funnel entry counts do not add up".into()));
+        for (state, h) in engine.funnels.iter().zip(&head.funnels) {
+            if usize::from(h.entry_bytes) != state.store.entry_bytes() {
+                return Err(StateMismatch("a funnel's entries have another layout".into()));
             }
-            funnel_columns.push((lens, columns.take::<Hit>(entries)?));
+            let lens: Vec<u32> = columns.take(n)?;
+            let words = count(h.entries)?.saturating_mul(state.store.entry_bytes() / 8);
+            funnel_columns.push((&state.store, lens, columns.take::<u64>(words)?));
         }
 
-        // A thread per funnel rebuilds its users' allocations while this
-        // one rebuilds the id index.
-        let (ids, funnel_users) = std::thread::scope(|scope| {
+        // A thread per funnel lays out its arena while this one rebuilds
+        // the id index.
+        let (ids, stores) = std::thread::scope(|scope| {
             let jobs: Vec<_> = funnel_columns
                 .into_iter()
-                .map(|(lens, entries)| {
-                    scope.spawn(move || -> Result<Vec<FunnelUser>, StateMismatch> {
-                        let mut at = 0;
-                        lens.iter()
-                            .map(|&len| {
-                                let user = FunnelUser::from_entries(&entries[at..at + len as usize]);
-                                at += len as usize;
-                                user.ok_or_else(|| StateMismatch("a funnel user's events are out of order".into()))
-                            })
-                            .collect()
+                .map(|(store, lens, words)| {
+                    scope.spawn(move || {
+                        let rebuilt = match store {
+                            Store::Packed(_) => rebuild(&lens, &words).map(Store::Packed),
+                            Store::Wide(_) => rebuild(&lens, &words).map(Store::Wide),
+                        };
+                        rebuilt
+                            .ok_or_else(|| StateMismatch("a funnel's entries do not add up or are out of order".into()))
                     })
                 })
                 .collect();
             let ids = UserIds::from_parts(id_bytes, id_ends).map_err(|e| StateMismatch(e.to_string()));
-            let funnel_users: Vec<_> = jobs
+            let stores: Vec<_> = jobs
                 .into_iter()
                 .map(|job| job.join().unwrap_or_else(|_| Err(StateMismatch("decoding panicked".into()))))
                 .collect();
-            (ids, funnel_users)
+            (ids, stores)
         });
         engine.user_ids = ids?;
         engine.users = users;
-        for ((state, h), users) in engine.funnels.iter_mut().zip(head.funnels).zip(funnel_users) {
-            let users = users?;
-            let steps = state.conversions.len();
+        for ((state, h), store) in engine.funnels.iter_mut().zip(head.funnels).zip(stores) {
+            state.store = store?;
+            let tally = &mut state.tally;
+            let steps = tally.conversions.len();
             if h.conversions.len() != steps || h.time_to_convert.len() != steps {
                 return Err(StateMismatch("a funnel has another number of steps".into()));
             }
-            state.entries = count(h.entries)?;
-            state.users = users;
-            state.rows = h.rows;
-            state.conversions = h.conversions;
-            for (hist, values) in state.time_to_convert.iter_mut().zip(h.time_to_convert) {
+            tally.rows = h.rows;
+            tally.conversions = h.conversions;
+            for (hist, values) in tally.time_to_convert.iter_mut().zip(h.time_to_convert) {
                 for (value, count) in values {
                     hist.saturating_record_n(value, count);
                 }
