@@ -2,7 +2,8 @@
 # The Kafka path's throughput next to a bare librdkafka consumer, side by
 # side on one broker and one topic (runs alternate; medians and their
 # ratio); then event → /metrics latency under a steady produced load
-# (examples/latency.rs).
+# (examples/latency.rs). `cohortflow run` is measured twice a round: with
+# its default shard workers (one a core) and with one.
 # Usage: scripts/bench_kafka.sh [MESSAGES] [LATENCY_RATE] [LATENCY_SECONDS]
 # Environment: RUNS (runs of each side; default 3).
 set -euo pipefail
@@ -37,12 +38,13 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 
 # A config for `run`: top-level keys first, then the definitions, then the
 # tables of the source.
-run_config() { # GROUP TOPIC STATE_DIR
+run_config() { # GROUP TOPIC STATE_DIR [WORKERS]
     {
         printf 'state_dir = "%s"\nsnapshot_interval = "30s"\n' "$3"
         cat config/bench.toml
         printf '[http]\nlisten = "127.0.0.1:0"\n[kafka]\nbrokers = "127.0.0.1:%s"\ntopics = ["%s"]\ngroup_id = "%s"\n' \
             "$port" "$2" "$1"
+        [ -z "${4:-}" ] || printf 'workers = %s\n' "$4"
     } > "$work/$1.toml"
     echo "$work/$1.toml"
 }
@@ -63,27 +65,37 @@ read_count() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-bares=()
-ours=()
-for i in $(seq "$runs"); do
-    bare=$("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n" | sed -E 's/.*: ([0-9]+) msg\/s.*/\1/')
-    start_daemon "$(run_config "bench-run-$i" events "$work/state-$i")" "$work/run-$i.log"
+time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s
+    start_daemon "$(run_config "$1" events "$2" "${3:-}")" "$work/$1.log"
     # Timed from the first message read to the last, like the bare consumer.
     while [ "$(read_count)" -eq 0 ]; do sleep 0.02; done
+    local start end
     start=$(date +%s.%N)
     while [ "$(read_count)" -lt "$n" ]; do sleep 0.02; done
     end=$(date +%s.%N)
     kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
     daemon_pid=
-    run=$(echo "$n / ($end - $start)" | bc -l)
-    printf 'run %d: bare librdkafka consumer %.0f msg/s, cohortflow run %.0f msg/s\n' "$i" "$bare" "$run"
+    echo "$n / ($end - $start)" | bc -l
+}
+
+bares=()
+ours=()
+singles=()
+for i in $(seq "$runs"); do
+    bare=$("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n" | sed -E 's/.*: ([0-9]+) msg\/s.*/\1/')
+    run=$(time_run "bench-run-$i" "$work/state-$i")
+    single=$(time_run "bench-single-$i" "$work/state-single-$i" 1)
+    printf 'run %d: bare librdkafka consumer %.0f msg/s, cohortflow run %.0f msg/s, with one worker %.0f msg/s\n' \
+        "$i" "$bare" "$run" "$single"
     bares+=("$bare")
     ours+=("$run")
+    singles+=("$single")
 done
 bare=$(printf '%s\n' "${bares[@]}" | median)
 run=$(printf '%s\n' "${ours[@]}" | median)
-printf 'median of %d: bare %.0f msg/s, cohortflow run %.0f msg/s, ratio %.2f\n' "$runs" "$bare" "$run" \
-    "$(echo "$run / $bare" | bc -l)"
+single=$(printf '%s\n' "${singles[@]}" | median)
+printf 'median of %d: bare %.0f msg/s, cohortflow run %.0f msg/s (ratio %.2f), with one worker %.0f msg/s (ratio %.2f)\n' \
+    "$runs" "$bare" "$run" "$(echo "$run / $bare" | bc -l)" "$single" "$(echo "$single / $bare" | bc -l)"
 
 # Latency: a fresh daemon on a one-partition topic (so that the ingested
 # count orders messages), fed at a steady rate while /metrics is scraped.

@@ -20,6 +20,8 @@ pub const ENV_PREFIX: &str = "COHORTFLOW_";
 
 /// The most funnel steps (ClickHouse's `windowFunnel` allows 32 too).
 pub const MAX_STEPS: usize = 32;
+/// The most shard worker threads `kafka.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 /// A configuration error; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,9 @@ struct RawKafka {
     /// Static membership: `group.instance.id`, e.g. the pod name.
     #[serde(default)]
     instance_id: Option<String>,
+    /// Threads applying messages to partitions' shards.
+    #[serde(default)]
+    workers: Option<usize>,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
 }
@@ -295,6 +300,9 @@ pub struct KafkaConfig {
     pub dead_letter_topic: Option<String>,
     /// Passed to librdkafka unchanged.
     pub options: BTreeMap<String, String>,
+    /// Threads applying messages to partitions' shards (a partition is
+    /// always on the same one).
+    pub workers: usize,
 }
 
 /// Everything the engine's definitions and time semantics depend on.
@@ -701,7 +709,17 @@ impl RawConfig {
                 if let Some(id) = k.instance_id.filter(|i| !i.is_empty()) {
                     options.insert("group.instance.id".into(), id);
                 }
+                let workers = match k.workers {
+                    Some(0) => return Err(invalid("kafka.workers", "must be at least 1")),
+                    Some(n) if n > MAX_WORKERS => {
+                        return Err(invalid("kafka.workers", format!("must be at most {MAX_WORKERS}")));
+                    }
+                    Some(n) => n,
+                    // One a core: partitions beyond that share them.
+                    None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
+                };
                 Some(KafkaConfig {
+                    workers,
                     brokers: k.brokers,
                     topics: k.topics,
                     group_id: k.group_id,
@@ -794,6 +812,8 @@ mod tests {
         assert!(e.contains("`funnel[1].name`"), "{e}");
         let e = err("[kafka]\ntopics = []");
         assert!(e.contains("`kafka.topics`"), "{e}");
+        let e = err("[kafka]\ntopics = [\"t\"]\nworkers = 0");
+        assert!(e.contains("`kafka.workers`"), "{e}");
     }
 
     #[test]

@@ -262,6 +262,8 @@ listen = "127.0.0.1:0"
 brokers = "{brokers}"
 topics = ["{topic}"]
 group_id = "g-{topic}"
+# More threads than this machine has cores, and partitions spread unevenly.
+workers = 3
 {dlq}
 [kafka.options]
 "session.timeout.ms" = "6000"

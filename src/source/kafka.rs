@@ -29,7 +29,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
@@ -61,6 +63,12 @@ pub enum SourceError {
     /// A snapshot could not be written at shutdown.
     #[error("{0}")]
     Checkpoint(#[from] CheckpointError),
+    /// A shard worker thread could not be started.
+    #[error("cannot start a shard worker: {0}")]
+    Thread(std::io::Error),
+    /// A shard worker thread ended (it panicked).
+    #[error("a shard worker stopped")]
+    WorkerStopped,
 }
 
 /// A topic and partition.
@@ -77,19 +85,39 @@ struct Shard {
     next_offset: Option<i64>,
     /// Changed since the last snapshot.
     dirty: bool,
+    /// Cleared for good when the partition is revoked: batches still on
+    /// their way to this shard are dropped. A partition assigned again
+    /// gets a new shard.
+    live: bool,
+}
+
+/// A shard as the map, the workers and the publisher share it.
+type ShardRef = Arc<Mutex<Shard>>;
+
+fn lock_shard(shard: &ShardRef) -> MutexGuard<'_, Shard> {
+    // Each update is a complete move between states: a panic mid-batch
+    // leaves a whole shard.
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Slot {
-    Live(Box<Shard>),
+    Live(ShardRef),
     /// The snapshot could not be read: the partition is paused.
     Refused(CheckpointError),
     /// Lost with the group session (brokers unreachable): snapshotted, not
     /// consumed, but its figures are still served until the group decides
     /// where the partition goes.
-    Detached(Box<Shard>),
+    Detached(ShardRef),
 }
 
-/// What the consumer thread, the rebalance callback and the publisher share.
+/// Where rejected messages go.
+struct DeadLetters {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+/// What the consumer thread, the rebalance callback, the workers and the
+/// publisher share.
 struct Shared {
     cfg: Arc<EngineConfig>,
     topics: Vec<String>,
@@ -97,6 +125,10 @@ struct Shared {
     /// Where a partition without a snapshot starts.
     reset: Offset,
     shards: Mutex<BTreeMap<Tp, Slot>>,
+    dead_letters: Option<DeadLetters>,
+    /// Bumped by every rebalance: the consumer thread then looks its
+    /// partitions' shards up again.
+    rebalances: AtomicU64,
     /// Set by librdkafka's error callback when no broker can be reached;
     /// cleared by the next successful poll or probe.
     brokers_down: AtomicBool,
@@ -109,22 +141,44 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Tp, Slot>> {
-        // A panic while holding the lock leaves shards that are still whole:
-        // each update is a complete move between states.
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Snapshots the given shards (all when `only` is None) and returns the
-    /// offsets to commit.
-    fn snapshot(&self, shards: &mut BTreeMap<Tp, Slot>, only: Option<&[Tp]>) -> (TopicPartitionList, u64) {
+    /// Snapshots the given live shards (all when `only` is None) and
+    /// returns the offsets to commit, or `None` when dead letters could not
+    /// be flushed and `need_flush` says to wait for them.
+    ///
+    /// Every shard is locked first, so no worker applies a message in
+    /// between; then dead letters already sent are flushed: a snapshot never
+    /// holds an offset whose dead letter could still be lost in a crash.
+    fn snapshot(
+        &self,
+        shards: &BTreeMap<Tp, Slot>,
+        only: Option<&[Tp]>,
+        need_flush: bool,
+    ) -> Option<TopicPartitionList> {
         let started = Instant::now();
+        let mut locked: Vec<(&Tp, MutexGuard<'_, Shard>)> = shards
+            .iter()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .filter_map(|(tp, slot)| match slot {
+                Slot::Live(shard) => Some((tp, lock_shard(shard))),
+                _ => None,
+            })
+            .collect();
+        if let Some(dl) = &self.dead_letters {
+            // Briefly: the loop must keep serving figures while brokers are away.
+            if let Err(e) = dl.producer.flush(Duration::from_secs(1)) {
+                if need_flush {
+                    warn!(error = %e, "dead letters not yet delivered; snapshot postponed");
+                    return None;
+                }
+                warn!(error = %e, "dead letters not yet delivered; snapshotting the revoked partitions anyway");
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         let mut bytes = 0;
-        for (tp, slot) in shards.iter_mut() {
-            if only.is_some_and(|o| !o.contains(tp)) {
-                continue;
-            }
-            let Slot::Live(shard) = slot else { continue };
+        for (tp, shard) in &mut locked {
             let Some(next) = shard.next_offset else {
                 continue;
             };
@@ -146,11 +200,13 @@ impl Shared {
                 warn!(error = %e, "cannot list offset for commit");
             }
         }
+        drop(locked);
         let secs = started.elapsed().as_secs_f64();
         if let Ok(mut last) = self.last_snapshot.lock() {
             *last = Some((now_ms() as f64 / 1000.0, secs, bytes));
         }
-        (tpl, bytes)
+        debug!(bytes, "snapshot round done");
+        Some(tpl)
     }
 }
 
@@ -182,12 +238,17 @@ impl ConsumerContext for Context {
                         let span = info_span!("partition", %topic, partition);
                         let _guard = span.enter();
                         let tp = Tp { topic, partition };
-                        if let Some(Slot::Detached(shard)) = shards.remove(&tp) {
-                            if let Some(next) = shard.next_offset {
-                                // Back after a lost session: the shard is exactly its snapshot.
+                        if let Some(Slot::Detached(old)) = shards.remove(&tp) {
+                            let mut old = lock_shard(&old);
+                            if let Some(next) = old.next_offset {
+                                // Back after a lost session: the shard is exactly its
+                                // snapshot. It moves to a new shard, so that nothing
+                                // sent to the old one before the loss reaches it.
                                 info!(next_offset = next, "resumed detached shard");
                                 let _ = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(next));
-                                shards.insert(tp, Slot::Live(shard));
+                                let engine = std::mem::replace(&mut old.engine, Engine::new(self.shared.cfg.clone()));
+                                let shard = Shard { engine, next_offset: Some(next), dirty: false, live: true };
+                                shards.insert(tp, Slot::Live(Arc::new(Mutex::new(shard))));
                                 continue;
                             }
                         }
@@ -196,8 +257,13 @@ impl ConsumerContext for Context {
                             Ok(Some(r)) => {
                                 info!(next_offset = r.next_offset, "restored snapshot");
                                 let offset = Offset::Offset(r.next_offset);
-                                let shard = Shard { engine: r.engine, next_offset: Some(r.next_offset), dirty: false };
-                                (Slot::Live(Box::new(shard)), offset)
+                                let shard = Shard {
+                                    engine: r.engine,
+                                    next_offset: Some(r.next_offset),
+                                    dirty: false,
+                                    live: true,
+                                };
+                                (Slot::Live(Arc::new(Mutex::new(shard))), offset)
                             }
                             Ok(None) => {
                                 info!(start = ?self.shared.reset, "no snapshot; starting from the reset policy");
@@ -205,8 +271,9 @@ impl ConsumerContext for Context {
                                     engine: Engine::new(self.shared.cfg.clone()),
                                     next_offset: None,
                                     dirty: false,
+                                    live: true,
                                 };
-                                (Slot::Live(Box::new(shard)), self.shared.reset)
+                                (Slot::Live(Arc::new(Mutex::new(shard))), self.shared.reset)
                             }
                             Err(e) => {
                                 error!(error = %e, "snapshot refused; partition paused until the file is fixed or moved aside");
@@ -222,6 +289,7 @@ impl ConsumerContext for Context {
                     // Detached shards not handed back belong to someone else now.
                     shards.retain(|_, slot| !matches!(slot, Slot::Detached(_)));
                 }
+                self.shared.rebalances.fetch_add(1, Ordering::Relaxed);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
                     error!(error = %e, "assign failed");
@@ -241,22 +309,25 @@ impl ConsumerContext for Context {
                 {
                     let lost = consumer.assignment_lost();
                     let mut shards = self.shared.lock();
-                    let (offsets, _) = self.shared.snapshot(&mut shards, Some(&revoked));
-                    if offsets.count() > 0 && !lost {
+                    let offsets = self.shared.snapshot(&shards, Some(&revoked), false);
+                    if let Some(offsets) = offsets.filter(|o| o.count() > 0 && !lost) {
                         if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                             warn!(error = %e, "commit on revoke failed (the snapshot holds the offsets)");
                         }
                     }
                     for tp in &revoked {
-                        match shards.remove(tp) {
-                            Some(Slot::Live(shard)) if lost && !shard.dirty => {
+                        if let Some(Slot::Live(shard)) = shards.remove(tp) {
+                            let mut locked = lock_shard(&shard);
+                            locked.live = false;
+                            if lost && !locked.dirty {
+                                drop(locked);
                                 shards.insert(tp.clone(), Slot::Detached(shard));
                             }
-                            _ => {}
                         }
                     }
                     info!(partitions = revoked.len(), lost, "partitions revoked after snapshot");
                 }
+                self.shared.rebalances.fetch_add(1, Ordering::Relaxed);
                 let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = result {
                     error!(error = %e, "unassign failed");
@@ -309,8 +380,151 @@ fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Messages of one partition on their way from the consumer thread to a
+/// worker, in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    messages: Vec<Queued>,
+}
+
+struct Queued {
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    payload: std::ops::Range<usize>,
+    key: Option<std::ops::Range<usize>>,
+}
+
+/// A batch and the shard it was read for.
+struct Job {
+    tp: Tp,
+    shard: ShardRef,
+    batch: Batch,
+}
+
+/// A batch being filled for one partition.
+struct Pending {
+    tp: Tp,
+    shard: ShardRef,
+    worker: usize,
+    batch: Batch,
+}
+
+/// Messages a batch takes before it is handed over.
+const BATCH_MESSAGES: usize = 512;
+/// Batches a worker may have waiting before the consumer thread waits.
+const WORKER_QUEUE: usize = 16;
+
+/// The worker threads: each owns the partitions hashed to it, so a
+/// partition's messages are applied in order, and distinct partitions'
+/// shards on several cores.
+struct Workers {
+    queues: Vec<SyncSender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Emptied batches come back for reuse.
+    free: Receiver<Batch>,
+}
+
+impl Workers {
+    fn start(n: usize, shared: &Arc<Shared>) -> std::io::Result<Self> {
+        let (give_back, free) = sync_channel(n * (WORKER_QUEUE + 2));
+        let mut queues = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (queue, jobs) = sync_channel::<Job>(WORKER_QUEUE);
+            let shared = shared.clone();
+            let give_back = give_back.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-worker-{i}"))
+                .spawn(move || work(&shared, jobs, give_back))?;
+            queues.push(queue);
+            threads.push(thread);
+        }
+        Ok(Workers { queues, threads, free })
+    }
+
+    /// A batch to fill: a returned one when there is one.
+    fn batch(&self) -> Batch {
+        match self.free.try_recv() {
+            Ok(mut b) => {
+                b.bytes.clear();
+                b.messages.clear();
+                b
+            }
+            Err(_) => Batch::default(),
+        }
+    }
+
+    /// Hands the pending batch over (blocking while the worker is busy).
+    fn send(&self, pending: &mut Pending) -> Result<(), SourceError> {
+        if pending.batch.messages.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut pending.batch, self.batch());
+        let job = Job { tp: pending.tp.clone(), shard: pending.shard.clone(), batch };
+        self.queues[pending.worker].send(job).map_err(|_| SourceError::WorkerStopped)
+    }
+
+    /// Lets every worker finish what it was given.
+    fn finish(self) {
+        drop(self.queues);
+        for t in self.threads {
+            if t.join().is_err() {
+                error!("a shard worker panicked");
+            }
+        }
+    }
+}
+
+/// A worker: applies batches to their shards, and dead-letters what the
+/// engine rejects, under the shard's lock (see [`Shared::snapshot`]).
+fn work(shared: &Shared, jobs: Receiver<Job>, give_back: SyncSender<Batch>) {
+    for Job { tp, shard, batch } in jobs {
+        {
+            let mut shard = lock_shard(&shard);
+            if !shard.live {
+                // Revoked since it was read: whoever owns the partition now
+                // reads these messages again from its snapshot's offset.
+                continue;
+            }
+            let now = now_ms();
+            for m in &batch.messages {
+                if shard.next_offset.is_some_and(|next| m.offset < next) {
+                    // Already in the restored state.
+                    continue;
+                }
+                let payload = &batch.bytes[m.payload.clone()];
+                let result = shard.engine.apply(payload, m.timestamp_ms, now);
+                shard.next_offset = Some(m.offset + 1);
+                shard.dirty = true;
+                if let (Err(reason), Some(dl)) = (result, &shared.dead_letters) {
+                    let origin_partition = tp.partition.to_string();
+                    let origin_offset = m.offset.to_string();
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: "cohortflow.reason", value: Some(reason.as_str()) })
+                        .insert(Header { key: "cohortflow.topic", value: Some(tp.topic.as_str()) })
+                        .insert(Header { key: "cohortflow.partition", value: Some(origin_partition.as_str()) })
+                        .insert(Header { key: "cohortflow.offset", value: Some(origin_offset.as_str()) });
+                    let mut record: BaseRecord<'_, [u8], [u8]> =
+                        BaseRecord::to(&dl.topic).payload(payload).headers(headers);
+                    if let Some(key) = &m.key {
+                        record = record.key(&batch.bytes[key.clone()]);
+                    }
+                    if let Err((e, _)) = dl.producer.send(record) {
+                        error!(error = %e, "dead-letter send failed");
+                    }
+                }
+            }
+        }
+        let _ = give_back.try_send(batch);
+    }
+}
+
 /// Runs the consumer until `shutdown`, then snapshots and commits
 /// everything it owns. Blocking: call it from a thread of its own.
+///
+/// This thread polls and copies each message into a batch of its
+/// partition; `kafka.workers` threads apply the batches.
 pub fn run(
     config: &Config,
     timing: Timing,
@@ -323,24 +537,8 @@ pub fn run(
         Some("latest" | "largest" | "end") => Offset::End,
         _ => Offset::Beginning,
     };
-    let shared = Arc::new(Shared {
-        cfg: Arc::new(config.engine.clone()),
-        topics: kafka.topics.clone(),
-        state_dir: config.state_dir.clone(),
-        reset,
-        shards: Mutex::new(BTreeMap::new()),
-        brokers_down: AtomicBool::new(false),
-        joined: AtomicBool::new(false),
-        snapshot_failures: AtomicU64::new(0),
-        last_snapshot: Mutex::new(None),
-    });
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
-    let consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
-    let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    let producer: Option<ThreadedProducer<DefaultProducerContext>> = match &kafka.dead_letter_topic {
-        Some(_) => {
+    let dead_letters = match &kafka.dead_letter_topic {
+        Some(topic) => {
             let mut p = ClientConfig::new();
             // Room for a rejected message of any size the consumer can read
             // (too_large ones are over 1 MiB); the broker's limit still applies.
@@ -352,56 +550,95 @@ pub fn run(
                     p.set(key, value);
                 }
             }
-            Some(p.create()?)
+            Some(DeadLetters { producer: p.create()?, topic: topic.clone() })
         }
         None => None,
     };
-    info!(topics = ?kafka.topics, group = %kafka.group_id, "consuming");
+    let shared = Arc::new(Shared {
+        cfg: Arc::new(config.engine.clone()),
+        topics: kafka.topics.clone(),
+        state_dir: config.state_dir.clone(),
+        reset,
+        shards: Mutex::new(BTreeMap::new()),
+        dead_letters,
+        rebalances: AtomicU64::new(0),
+        brokers_down: AtomicBool::new(false),
+        joined: AtomicBool::new(false),
+        snapshot_failures: AtomicU64::new(0),
+        last_snapshot: Mutex::new(None),
+    });
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
+    let consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
+    let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let workers = Workers::start(kafka.workers, &shared).map_err(SourceError::Thread)?;
+    info!(topics = ?kafka.topics, group = %kafka.group_id, workers = kafka.workers, "consuming");
 
     let mut last_snapshot = Instant::now();
     let mut last_publish = Instant::now() - timing.publish_interval;
     let mut last_probe = Instant::now();
     let mut lags: HashMap<Tp, i64> = HashMap::new();
-    let mut tp = Tp { topic: String::new(), partition: -1 };
-    while !shutdown.is_cancelled() {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+    // Partitions read since the last rebalance, with their batches.
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut seen_rebalances = shared.rebalances.load(Ordering::Relaxed);
+    let result = loop {
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        let filling = pending.iter().any(|p| !p.batch.messages.is_empty());
+        let polled = consumer.poll(if filling { Duration::ZERO } else { Duration::from_millis(100) });
+        let rebalances = shared.rebalances.load(Ordering::Relaxed);
+        if rebalances != seen_rebalances {
+            // Batches of revoked partitions are dropped by their shards.
+            seen_rebalances = rebalances;
+            if let Err(e) = pending.iter_mut().try_for_each(|p| workers.send(p)) {
+                break Err(e);
+            }
+            pending.clear();
+        }
+        match polled {
+            None => {
+                if let Err(e) = pending.iter_mut().try_for_each(|p| workers.send(p)) {
+                    break Err(e);
+                }
+            }
             Some(Err(e)) => warn!(error = %e, "consume error"),
             Some(Ok(msg)) => {
                 shared.brokers_down.store(false, Ordering::Relaxed);
-                // Reused from message to message: no allocation per message.
-                if tp.partition != msg.partition() || tp.topic != msg.topic() {
-                    tp.topic.clear();
-                    tp.topic.push_str(msg.topic());
-                    tp.partition = msg.partition();
-                }
-                let offset = msg.offset();
-                let mut shards = shared.lock();
-                if let Some(Slot::Live(shard)) = shards.get_mut(&tp) {
-                    if shard.next_offset.is_some_and(|next| offset < next) {
-                        // Already in the restored state.
-                        continue;
+                let mut found =
+                    pending.iter().position(|p| p.tp.partition == msg.partition() && p.tp.topic == msg.topic());
+                if found.is_none() {
+                    let tp = Tp { topic: msg.topic().to_owned(), partition: msg.partition() };
+                    let shard = match shared.lock().get(&tp) {
+                        Some(Slot::Live(shard)) => Some(shard.clone()),
+                        _ => None,
+                    };
+                    if let Some(shard) = shard {
+                        let worker = (tp.partition.unsigned_abs() as usize) % workers.queues.len();
+                        pending.push(Pending { tp, shard, worker, batch: workers.batch() });
+                        found = Some(pending.len() - 1);
                     }
+                }
+                // A message of a partition this member does not hold is dropped.
+                if let Some(p) = found.map(|at| &mut pending[at]) {
                     let payload = msg.payload().unwrap_or(b"");
-                    let result = shard.engine.apply(payload, msg.timestamp().to_millis(), now_ms());
-                    shard.next_offset = Some(offset + 1);
-                    shard.dirty = true;
-                    drop(shards);
-                    if let (Err(reason), Some(producer), Some(dlq)) = (result, &producer, &kafka.dead_letter_topic) {
-                        let origin_partition = tp.partition.to_string();
-                        let origin_offset = offset.to_string();
-                        let headers = OwnedHeaders::new()
-                            .insert(Header { key: "cohortflow.reason", value: Some(reason.as_str()) })
-                            .insert(Header { key: "cohortflow.topic", value: Some(tp.topic.as_str()) })
-                            .insert(Header { key: "cohortflow.partition", value: Some(origin_partition.as_str()) })
-                            .insert(Header { key: "cohortflow.offset", value: Some(origin_offset.as_str()) });
-                        let mut record: BaseRecord<'_, [u8], [u8]> =
-                            BaseRecord::to(dlq).payload(payload).headers(headers);
-                        if let Some(key) = msg.key() {
-                            record = record.key(key);
-                        }
-                        if let Err((e, _)) = producer.send(record) {
-                            error!(error = %e, "dead-letter send failed");
+                    let from = p.batch.bytes.len();
+                    p.batch.bytes.extend_from_slice(payload);
+                    let key = msg.key().map(|k| {
+                        let at = p.batch.bytes.len();
+                        p.batch.bytes.extend_from_slice(k);
+                        at..at + k.len()
+                    });
+                    p.batch.messages.push(Queued {
+                        offset: msg.offset(),
+                        timestamp_ms: msg.timestamp().to_millis(),
+                        payload: from..from + payload.len(),
+                        key,
+                    });
+                    if p.batch.messages.len() >= BATCH_MESSAGES {
+                        if let Err(e) = workers.send(p) {
+                            break Err(e);
                         }
                     }
                 }
@@ -410,7 +647,7 @@ pub fn run(
 
         if last_snapshot.elapsed() >= timing.snapshot_interval {
             last_snapshot = Instant::now();
-            checkpoint_all(&consumer, &shared, producer.as_ref());
+            checkpoint_all(&consumer, &shared);
         }
         if last_probe.elapsed() >= Duration::from_secs(2) {
             last_probe = Instant::now();
@@ -420,36 +657,24 @@ pub fn run(
             last_publish = Instant::now();
             publish(&shared, &published, &lags);
         }
-    }
+    };
     info!("shutting down: final snapshot and commit");
-    checkpoint_all(&consumer, &shared, producer.as_ref());
+    let handed = pending.iter_mut().try_for_each(|p| workers.send(p));
+    workers.finish();
+    checkpoint_all(&consumer, &shared);
     publish(&shared, &published, &lags);
-    Ok(())
+    result.and(handed)
 }
 
-fn checkpoint_all(
-    consumer: &BaseConsumer<Context>,
-    shared: &Shared,
-    producer: Option<&ThreadedProducer<DefaultProducerContext>>,
-) {
-    if let Some(p) = producer {
-        // Dead letters of applied messages must be out before their offsets
-        // are final.
-        // Briefly: the loop must keep serving figures while brokers are away.
-        if let Err(e) = p.flush(Duration::from_secs(1)) {
-            warn!(error = %e, "dead letters not yet delivered; snapshot postponed");
-            return;
-        }
-    }
-    let mut shards = shared.lock();
-    let (offsets, bytes) = shared.snapshot(&mut shards, None);
+fn checkpoint_all(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    let shards = shared.lock();
+    let offsets = shared.snapshot(&shards, None, true);
     drop(shards);
-    if offsets.count() > 0 {
+    if let Some(offsets) = offsets.filter(|o| o.count() > 0) {
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             debug!(error = %e, "commit failed (the snapshot holds the offsets)");
         }
     }
-    debug!(bytes, "snapshot round done");
 }
 
 /// High watermarks of owned partitions, through the consumer's metadata
@@ -468,7 +693,7 @@ fn probe_lag(consumer: &BaseConsumer<Context>, shared: &Shared) -> HashMap<Tp, i
         .lock()
         .iter()
         .filter_map(|(tp, slot)| match slot {
-            Slot::Live(s) => Some((tp.clone(), s.next_offset)),
+            Slot::Live(s) => Some((tp.clone(), lock_shard(s).next_offset)),
             Slot::Refused(_) => Some((tp.clone(), None)),
             Slot::Detached(_) => None,
         })
@@ -504,6 +729,7 @@ fn publish(shared: &Shared, published: &Published, lags: &HashMap<Tp, i64>) {
         };
         match slot {
             Slot::Live(shard) => {
+                let shard = lock_shard(shard);
                 let f = shard.engine.figures_all();
                 status.next_offset = shard.next_offset;
                 status.watermark_ms = f.watermark_ms;
@@ -515,7 +741,7 @@ fn publish(shared: &Shared, published: &Published, lags: &HashMap<Tp, i64>) {
             }
             Slot::Detached(shard) => {
                 // Not owned, but its last figures are still the best there are.
-                parts.push(shard.engine.figures_all());
+                parts.push(lock_shard(shard).engine.figures_all());
                 continue;
             }
         }
