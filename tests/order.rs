@@ -123,3 +123,39 @@ fn shards_keyed_by_user_merge_to_the_single_engine_figures() {
     assert!(!merged.funnels[0].entries.is_empty());
     assert_eq!(merged, single);
 }
+
+/// A late event at the edge of the horizon: the entry day it reaches is
+/// recomputed from the hits kept for it, which must include that day's
+/// earlier chain (here a → b at 03:00 and 04:00, long before the horizon
+/// minus the window), or the day's users would be counted twice.
+#[test]
+fn late_event_at_the_horizon_counts_its_entry_day_once() {
+    let cfg = Config::from_toml_str(
+        "history_days = 3\nallowed_lateness = \"0s\"\nexport_days = 10\n\
+         [[retention]]\nname = \"r\"\ndays = [1]\n\
+         [[funnel]]\nname = \"f\"\nwindow = \"1d\"\nsteps = [\"a\", \"b\"]\n",
+    )
+    .expect("config");
+    let d0 = 20_660 * DAY;
+    let h = 3_600_000;
+    let event = |user: &str, name: &str, ts: i64| format!(r#"{{"user_id":"{user}","event":"{name}","ts":{ts}}}"#);
+    let lines: Vec<Vec<u8>> = [
+        event("u", "a", d0 + 3 * h),
+        event("u", "b", d0 + 4 * h),
+        event("u", "a", d0 + 20 * h),
+        // The watermark moves to day 4, 09:00: the horizon is day 1, 09:00.
+        event("v", "x", d0 + 4 * DAY + 9 * h),
+        // Accepted (at the horizon or after), and within a day of day 0's
+        // 20:00 step 1.
+        event("u", "b", d0 + DAY + 9 * h + h / 2),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let figures = run(&cfg, &lines);
+    assert_eq!(figures.counters.ingested, 5);
+    let rows = &figures.funnels[0].entries;
+    let day0 = rows.iter().find(|r| r.date == "2026-07-26").expect("day 0 row");
+    assert_eq!(day0.users, vec![1, 1], "{rows:?}");
+    assert_eq!(figures.funnels[0].conversions_total, vec![1, 1]);
+}

@@ -5,10 +5,10 @@
 //! set of steps the event can fill), sorted and deduplicated, so that the
 //! level of any entry day can be recomputed exactly whatever order the
 //! events arrived in. Levels only ever grow as events are added, in every
-//! mode, which is what lets the engine drop old hits: a recomputed level is
-//! combined with the stored one by `max`.
+//! mode: the engine computes a day's level before and after an event is
+//! added and moves the counters by the difference, so it stores no levels,
+//! only the hits that entry days an accepted event can still reach read.
 
-use super::calendar::Day;
 use crate::config::FunnelMode;
 
 /// One event of a user that fills at least one step of a funnel.
@@ -26,29 +26,20 @@ pub struct Hit {
     pub tag: u32,
 }
 
-/// How a funnel stores one entry of a user: a [`Hit`] (an event that fills
-/// at least one step) or the level reached on an entry day. Hits sort by
-/// time first.
+/// How a funnel stores a user's [`Hit`]: as it is, or [`Packed`]. Entries
+/// sort by time first.
 pub trait Entry: bytemuck::Pod + Ord + std::fmt::Debug {
     /// The entry for `hit`.
     fn from_hit(hit: Hit) -> Self;
-    /// The entry recording `level` for entry day `day`.
-    fn level_entry(day: Day, level: usize) -> Self;
-    /// A hit's time, epoch ms.
+    /// The event's time, epoch ms.
     fn ts(&self) -> i64;
-    /// A hit's steps (bit k: step k+1); 0 for a level entry.
+    /// The steps the event can fill (bit k: step k+1); never 0.
     fn mask(&self) -> u32;
-    /// A level entry's day and level.
-    fn day_level(&self) -> (Day, usize);
 }
 
 impl Entry for Hit {
     fn from_hit(hit: Hit) -> Self {
         hit
-    }
-
-    fn level_entry(day: Day, level: usize) -> Self {
-        Hit { ts: i64::from(day), mask: 0, tag: level as u32 }
     }
 
     fn ts(&self) -> i64 {
@@ -58,26 +49,17 @@ impl Entry for Hit {
     fn mask(&self) -> u32 {
         self.mask
     }
-
-    fn day_level(&self) -> (Day, usize) {
-        (self.ts as Day, self.tag as usize)
-    }
 }
 
-/// Bits of a [`Packed`] entry below the time or day.
+/// Bits of a [`Packed`] entry below the time.
 const MASK_BITS: u32 = 22;
-/// Bits of a packed level entry's payload below the day.
-const LEVEL_BITS: u32 = 6;
 const _: () = assert!(crate::event::MIN_TS_MS >= 0 && crate::event::END_TS_MS <= 1 << (64 - MASK_BITS));
-const _: () = assert!(crate::config::MAX_STEPS < 1 << LEVEL_BITS);
 
 /// A [`Hit`] in 8 bytes: the time above the step mask. It has no tag, so
 /// two distinct events of one user at one millisecond with the same steps
 /// are one entry; that changes no level unless the funnel is `strict_once`
 /// and one event can fill two steps (then the engine stores [`Hit`]s), or
-/// it has more than [`Packed::MAX_STEPS`] steps. A level entry has an
-/// empty mask, the day (plus one: the first day of the epoch in a zone
-/// west of UTC is day -1) and the level above it.
+/// it has more than [`Packed::MAX_STEPS`] steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(transparent)]
 pub struct Packed(u64);
@@ -93,22 +75,12 @@ impl Entry for Packed {
         Packed((hit.ts as u64) << MASK_BITS | u64::from(hit.mask))
     }
 
-    fn level_entry(day: Day, level: usize) -> Self {
-        debug_assert!(day >= -1 && level < 1 << LEVEL_BITS);
-        Packed((((i64::from(day) + 1) as u64) << LEVEL_BITS | level as u64) << MASK_BITS)
-    }
-
     fn ts(&self) -> i64 {
         (self.0 >> MASK_BITS) as i64
     }
 
     fn mask(&self) -> u32 {
         (self.0 & ((1 << MASK_BITS) - 1)) as u32
-    }
-
-    fn day_level(&self) -> (Day, usize) {
-        let payload = self.0 >> MASK_BITS;
-        (((payload >> LEVEL_BITS) as i64 - 1) as Day, (payload & ((1 << LEVEL_BITS) - 1)) as usize)
     }
 }
 

@@ -117,6 +117,9 @@ struct FunnelTally {
     conversions: Vec<u64>,
     /// Time to convert to step k+1, in ms.
     time_to_convert: Vec<Histogram<u64>>,
+    /// Levels before an event, per entry day it reaches; kept to avoid an
+    /// allocation.
+    before: Vec<usize>,
 }
 
 /// The state of one shard. See the module docs.
@@ -221,6 +224,7 @@ impl Engine {
                     time_to_convert: (0..def.steps.len())
                         .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
                         .collect(),
+                    before: Vec::new(),
                 },
             })
             .collect();
@@ -582,8 +586,11 @@ impl Engine {
         }
         for (f, state) in self.funnels.iter_mut().enumerate() {
             state.tally.rows.drop_before(keep_from);
-            let cutoff = horizon - self.cfg.funnels[f].window_ms;
-            state.store.prune(cutoff, self.cal.day_of(cutoff.max(0)));
+            // An accepted event is at or after the horizon and reaches
+            // entry days from the day of its time minus the window on; their
+            // levels read hits from those days' starts.
+            let reach = self.cal.day_of((horizon - self.cfg.funnels[f].window_ms).max(0));
+            state.store.prune(self.cal.bounds(reach).0);
         }
     }
 
@@ -717,26 +724,31 @@ impl FunnelTally {
         day: Day,
     ) {
         let (window, steps, mode) = (def.window_ms, def.steps.len(), def.mode);
-        // Hits too old to matter are dropped by `maintain`, once a day.
-        if !store.insert_hit(uid, E::from_hit(hit)) {
+        let entry = E::from_hit(hit);
+        if store.hits(uid).binary_search(&entry).is_ok() {
+            // A replay, or an event the funnel cannot tell from one it has.
             return;
         }
-        // Entry days whose chains this event can join.
+        // Entry days whose chains this event can join, and their levels
+        // before it: recomputed, not stored, from the hits, all of which
+        // an accepted event can still reach are kept (see `maintain`).
         let first_day = if hit.mask & !1 == 0 { day } else { cal.day_of(hit.ts - window) };
-        for d in first_day..=day {
+        let chain_on = |hits: &[E], d: Day| {
             let (start, end) = cal.bounds(d);
-            let hits = store.hits(uid);
             let from = hits.partition_point(|h| h.ts() < start);
             let entered = hits[from..].iter().take_while(|h| h.ts() < end).any(|h| h.mask() & 1 != 0);
-            if !entered {
+            entered.then(|| funnel::level(hits, start, end, window, steps, mode))
+        };
+        self.before.clear();
+        self.before.extend((first_day..=day).map(|d| chain_on(store.hits(uid), d).map_or(0, |c| c.level)));
+        store.insert_hit(uid, entry);
+        for (d, &old) in (first_day..=day).zip(&self.before) {
+            let Some(chain) = chain_on(store.hits(uid), d) else {
                 continue;
-            }
-            let chain = funnel::level(hits, start, end, window, steps, mode);
-            let old = store.level(uid, d);
+            };
             if chain.level <= old {
                 continue;
             }
-            store.set_level(uid, d, chain.level);
             if let Some(row) = self.rows.row(d) {
                 let users = ensure_len(row, steps);
                 for u in users.iter_mut().take(chain.level).skip(old) {

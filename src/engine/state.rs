@@ -9,7 +9,7 @@
 //! ```text
 //! head length u64 | head (postcard) | id bytes | id ends [u32; n] | users [UserCore; n]
 //!   | per retention definition: cohort days [i32; n]?, latest return days [i32; n] or return day sets [DayBits; n]
-//!   | per funnel: entries per user [u32; n], entries [Packed or Hit; total] in user order
+//!   | per funnel: hits per user [u32; n], hits [Packed or Hit; total] in user order
 //! ```
 //!
 //! Decoding runs on a thread per funnel (its arena) besides the one that
@@ -117,7 +117,7 @@ fn write_store<E: Entry, W: Write>(out: &mut W, store: &FunnelStore<E>) -> std::
         out.write_all(&len.to_le_bytes())?;
     }
     for u in 0..store.users() {
-        column(out, store.get(u as u32))?;
+        column(out, store.hits(u as u32))?;
     }
     Ok(())
 }

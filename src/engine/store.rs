@@ -1,23 +1,21 @@
-//! Where a funnel keeps its users' entries: one arena of 64-bit words per
+//! Where a funnel keeps its users' events: one arena of 64-bit words per
 //! funnel, a segment per user who has any.
 //!
 //! A segment is a header word (the user's index above the entry count)
-//! followed by the user's entries: the hits of the horizon, sorted and
-//! distinct, then the levels reached per entry day, sorted by day. A user
-//! costs a 4-byte offset, plus the header and the entries when they have
-//! any: no allocation of their own, so none of an allocator's per-block
-//! overhead and no 16-byte pointer per user and funnel.
+//! followed by the user's hits of the horizon, sorted and distinct. A user
+//! costs a 4-byte offset, plus the header and the hits when they have any:
+//! no allocation of their own, so none of an allocator's per-block overhead
+//! and no 16-byte pointer per user and funnel.
 //!
-//! An insert moves the user's segment, one entry longer, to the end of the
+//! An insert moves the user's segment, one hit longer, to the end of the
 //! arena (or grows it in place when it is already there); the old copy
 //! becomes garbage. Compaction slides the live segments down in one pass
 //! over the arena, finding each segment's owner from its header, when
-//! garbage passes an eighth of the arena, and once a day when old entries
-//! are dropped.
+//! garbage passes an eighth of the arena, and once a day when old hits are
+//! dropped.
 
 use std::marker::PhantomData;
 
-use super::calendar::Day;
 use super::funnel::{Entry, Hit, Packed};
 use crate::config::{EventMatch, FunnelDef, FunnelMode};
 
@@ -53,11 +51,6 @@ fn header_parts(word: u64) -> (usize, usize) {
     ((word >> 32) as usize, (word & 0xffff_ffff) as usize)
 }
 
-/// Where the hits end and the levels begin.
-fn split<E: Entry>(entries: &[E]) -> usize {
-    entries.partition_point(|e| e.mask() != 0)
-}
-
 impl<E: Entry> FunnelStore<E> {
     const WORDS: usize = {
         assert!(std::mem::size_of::<E>() % 8 == 0 && std::mem::align_of::<E>() <= 8);
@@ -89,56 +82,22 @@ impl<E: Entry> FunnelStore<E> {
         (at != NONE).then(|| (at as usize, header_parts(self.arena[at as usize]).1))
     }
 
-    /// The user's entries: hits, then levels.
-    pub fn get(&self, uid: u32) -> &[E] {
+    /// The user's hits, sorted.
+    pub fn hits(&self, uid: u32) -> &[E] {
         match self.span(uid) {
             None => &[],
             Some((at, len)) => bytemuck::cast_slice(&self.arena[at + 1..at + 1 + len * Self::WORDS]),
         }
     }
 
-    /// The user's hits, sorted.
-    pub fn hits(&self, uid: u32) -> &[E] {
-        let entries = self.get(uid);
-        &entries[..split(entries)]
-    }
-
-    /// The level recorded for the user's entry day `day` (0 if none).
-    pub fn level(&self, uid: u32, day: Day) -> usize {
-        let entries = self.get(uid);
-        let levels = &entries[split(entries)..];
-        match levels.binary_search_by_key(&day, |l| l.day_level().0) {
-            Ok(i) => levels[i].day_level().1,
-            Err(_) => 0,
-        }
-    }
-
     /// Adds a hit; false when the user has it already.
     pub fn insert_hit(&mut self, uid: u32, hit: E) -> bool {
-        debug_assert!(hit.mask() != 0);
-        let entries = self.get(uid);
-        match entries[..split(entries)].binary_search(&hit) {
+        match self.hits(uid).binary_search(&hit) {
             Ok(_) => false,
             Err(pos) => {
                 self.insert_at(uid, pos, hit);
                 true
             }
-        }
-    }
-
-    /// Records `level` for the user's entry day `day`.
-    pub fn set_level(&mut self, uid: u32, day: Day, level: usize) {
-        let entry = E::level_entry(day, level);
-        let entries = self.get(uid);
-        let split = split(entries);
-        match entries[split..].binary_search_by_key(&day, |l| l.day_level().0) {
-            Ok(i) => {
-                if let Some((at, len)) = self.span(uid) {
-                    let seg: &mut [E] = bytemuck::cast_slice_mut(&mut self.arena[at + 1..at + 1 + len * Self::WORDS]);
-                    seg[split + i] = entry;
-                }
-            }
-            Err(i) => self.insert_at(uid, split + i, entry),
         }
     }
 
@@ -178,39 +137,32 @@ impl<E: Entry> FunnelStore<E> {
                 }
                 self.at[u] = offset;
                 if self.garbage >= MIN_GARBAGE && self.garbage * 8 > self.arena.len() {
-                    self.compact(i64::MIN, Day::MIN);
+                    self.compact(i64::MIN);
                 }
             }
         }
     }
 
-    /// Drops hits before `cutoff` (epoch ms) and levels of entry days
-    /// before `level_cutoff`, and the garbage, in one pass.
-    pub fn prune(&mut self, cutoff: i64, level_cutoff: Day) {
-        self.compact(cutoff, level_cutoff);
+    /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
+    pub fn prune(&mut self, cutoff: i64) {
+        self.compact(cutoff);
     }
 
-    fn compact(&mut self, cutoff: i64, level_cutoff: Day) {
+    fn compact(&mut self, cutoff: i64) {
         let w = Self::WORDS;
         let (mut read, mut write, mut entries) = (0, 0, 0);
         while read < self.arena.len() {
             let (uid, len) = header_parts(self.arena[read]);
             let size = 1 + len * w;
             if self.at[uid] as usize == read {
-                let seg: &[E] = bytemuck::cast_slice(&self.arena[read + 1..read + size]);
-                let split = split(seg);
-                let old_hits = seg[..split].partition_point(|h| h.ts() < cutoff);
-                let old_levels = seg[split..].partition_point(|l| l.day_level().0 < level_cutoff);
-                let kept = len - old_hits - old_levels;
+                let hits: &[E] = bytemuck::cast_slice(&self.arena[read + 1..read + size]);
+                let old = hits.partition_point(|h| h.ts() < cutoff);
+                let kept = len - old;
                 if kept == 0 {
                     self.at[uid] = NONE;
                 } else {
                     self.arena[write] = header(uid, kept);
-                    let hits = read + 1 + old_hits * w..read + 1 + split * w;
-                    let levels = read + 1 + (split + old_levels) * w..read + size;
-                    let levels_to = write + 1 + hits.len();
-                    self.arena.copy_within(hits, write + 1);
-                    self.arena.copy_within(levels, levels_to);
+                    self.arena.copy_within(read + 1 + old * w..read + size, write + 1);
                     self.at[uid] = write as u32;
                     write += 1 + kept * w;
                     entries += kept;
@@ -226,15 +178,15 @@ impl<E: Entry> FunnelStore<E> {
         self.entries = entries;
     }
 
-    /// Entries per user (for snapshots).
+    /// Hits per user (for snapshots).
     pub fn lens(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.at.len() as u32).map(|u| self.span(u).map_or(0, |(_, len)| len as u32))
     }
 
-    /// The store of `lens` (entries per user) and `entries` (all users'
-    /// entries in user order), as [`FunnelStore::lens`] and
-    /// [`FunnelStore::get`] gave them; `None` when they do not add up or a
-    /// user's entries are not well formed.
+    /// The store of `lens` (hits per user) and `entries` (all users' hits
+    /// in user order), as [`FunnelStore::lens`] and [`FunnelStore::hits`]
+    /// gave them; `None` when they do not add up or a user's hits are not
+    /// sorted and distinct.
     pub fn from_parts(lens: &[u32], entries: &[E]) -> Option<Self> {
         let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
         if total != entries.len() as u64 {
@@ -255,7 +207,7 @@ impl<E: Entry> FunnelStore<E> {
                 continue;
             }
             let user = &entries[from..from + len];
-            if !well_formed(user) {
+            if !user.windows(2).all(|w| w[0] < w[1]) || user.iter().any(|h| h.mask() == 0) {
                 return None;
             }
             store.at.push(store.arena.len() as u32);
@@ -318,10 +270,10 @@ impl Store {
     }
 
     /// See [`FunnelStore::prune`].
-    pub fn prune(&mut self, cutoff: i64, level_cutoff: Day) {
+    pub fn prune(&mut self, cutoff: i64) {
         match self {
-            Store::Packed(s) => s.prune(cutoff, level_cutoff),
-            Store::Wide(s) => s.prune(cutoff, level_cutoff),
+            Store::Packed(s) => s.prune(cutoff),
+            Store::Wide(s) => s.prune(cutoff),
         }
     }
 }
@@ -343,15 +295,6 @@ fn needs_tags(def: &FunnelDef) -> bool {
         })
 }
 
-/// Hits sorted and distinct, then levels of increasing days.
-fn well_formed<E: Entry>(entries: &[E]) -> bool {
-    let split = split(entries);
-    let (hits, levels) = entries.split_at(split);
-    hits.windows(2).all(|w| w[0] < w[1])
-        && levels.iter().all(|l| l.mask() == 0)
-        && levels.windows(2).all(|w| w[0].day_level().0 < w[1].day_level().0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,38 +303,32 @@ mod tests {
         E::from_hit(Hit { ts, mask: steps.iter().fold(0, |m, s| m | 1 << s), tag: 0 })
     }
 
-    fn keeps_hits_then_levels<E: Entry>() {
+    fn keeps_hits_sorted<E: Entry>() {
         let mut s = FunnelStore::<E>::default();
         s.push_user();
         s.push_user();
-        assert!(s.get(0).is_empty() && s.hits(0).is_empty() && s.level(0, 5) == 0);
+        assert!(s.hits(0).is_empty());
         assert!(s.insert_hit(0, h(20, &[1])));
         assert!(s.insert_hit(1, h(7, &[0])), "another user in between");
         assert!(s.insert_hit(0, h(10, &[0])));
         assert!(!s.insert_hit(0, h(10, &[0])), "a replayed hit is the same hit");
-        s.set_level(0, 3, 1);
-        s.set_level(0, 1, 2);
-        s.set_level(0, 3, 2);
         assert!(s.insert_hit(0, h(15, &[2])));
         assert_eq!(s.hits(0), &[h(10, &[0]), h(15, &[2]), h(20, &[1])]);
-        assert_eq!((s.level(0, 1), s.level(0, 2), s.level(0, 3)), (2, 0, 2));
-        assert_eq!(s.get(0).len(), 5);
         assert_eq!(s.hits(1), &[h(7, &[0])]);
-        assert_eq!(s.entries(), 6);
+        assert_eq!(s.entries(), 4);
         assert!(s.garbage > 0);
 
         let lens: Vec<u32> = s.lens().collect();
-        let all: Vec<E> = (0..2).flat_map(|u| s.get(u).to_vec()).collect();
+        let all: Vec<E> = (0..2).flat_map(|u| s.hits(u).to_vec()).collect();
         let copy = FunnelStore::from_parts(&lens, &all).expect("well formed");
-        assert_eq!((copy.get(0), copy.get(1)), (s.get(0), s.get(1)));
+        assert_eq!((copy.hits(0), copy.hits(1)), (s.hits(0), s.hits(1)));
 
-        s.prune(15, 2);
+        s.prune(15);
         assert_eq!(s.hits(0), &[h(15, &[2]), h(20, &[1])]);
-        assert_eq!((s.level(0, 1), s.level(0, 3)), (0, 2));
-        assert!(s.get(1).is_empty());
-        assert_eq!((s.entries(), s.garbage, s.arena.len()), (3, 0, 1 + 3 * FunnelStore::<E>::WORDS));
-        s.prune(100, 100);
-        assert!(s.get(0).is_empty() && s.arena.is_empty() && s.entries() == 0);
+        assert!(s.hits(1).is_empty());
+        assert_eq!((s.entries(), s.garbage, s.arena.len()), (2, 0, 1 + 2 * FunnelStore::<E>::WORDS));
+        s.prune(100);
+        assert!(s.hits(0).is_empty() && s.arena.is_empty() && s.entries() == 0);
 
         let unsorted: [E; 2] = [h(20, &[1]), h(10, &[0])];
         assert!(FunnelStore::from_parts(&[2], &unsorted).is_none());
@@ -399,13 +336,13 @@ mod tests {
     }
 
     #[test]
-    fn keeps_hits_then_levels_packed() {
-        keeps_hits_then_levels::<Packed>();
+    fn keeps_hits_sorted_packed() {
+        keeps_hits_sorted::<Packed>();
     }
 
     #[test]
-    fn keeps_hits_then_levels_wide() {
-        keeps_hits_then_levels::<Hit>();
+    fn keeps_hits_sorted_wide() {
+        keeps_hits_sorted::<Hit>();
     }
 
     #[test]
@@ -414,16 +351,11 @@ mod tests {
         assert_eq!((a.ts(), a.mask()), (4_102_444_799_999, 1 << 21));
         let b: Packed = h(5, &[0, 3]);
         assert!(b < a && b.mask() == 0b1001);
-        for (day, level) in [(-1, 1), (0, 32), (47_481, 7)] {
-            let l = Packed::level_entry(day, level);
-            assert_eq!((l.mask(), l.day_level()), (0, (day, level)));
-        }
     }
 
     #[derive(Debug, Clone)]
     enum Op {
         Hit(u32, i64, usize),
-        Level(u32, Day, usize),
         Prune(i64),
         Compact,
     }
@@ -432,18 +364,16 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             6 => (0..5u32, 0..60i64, 0..3usize).prop_map(|(u, ts, step)| Op::Hit(u, ts, step)),
-            2 => (0..5u32, 0..6 as Day, 1..4usize).prop_map(|(u, d, l)| Op::Level(u, d, l)),
             1 => (0..60i64).prop_map(Op::Prune),
             1 => Just(Op::Compact),
         ]
     }
 
-    /// Every user's entries against a sorted set per user, whatever the
+    /// Every user's hits against a sorted list per user, whatever the
     /// moves and compactions in between.
     fn matches_a_naive_model<E: Entry>(ops: &[Op]) {
-        use std::collections::BTreeMap;
         let mut s = FunnelStore::<E>::default();
-        let mut model: Vec<(Vec<E>, BTreeMap<Day, usize>)> = vec![(Vec::new(), BTreeMap::new()); 5];
+        let mut model: Vec<Vec<E>> = vec![Vec::new(); 5];
         for _ in 0..5 {
             s.push_user();
         }
@@ -451,7 +381,7 @@ mod tests {
             match *op {
                 Op::Hit(u, ts, step) => {
                     let hit: E = h(ts, &[step]);
-                    let hits = &mut model[u as usize].0;
+                    let hits = &mut model[u as usize];
                     let new = !hits.contains(&hit);
                     if new {
                         hits.push(hit);
@@ -459,27 +389,18 @@ mod tests {
                     }
                     assert_eq!(s.insert_hit(u, hit), new);
                 }
-                Op::Level(u, day, level) => {
-                    model[u as usize].1.insert(day, level);
-                    s.set_level(u, day, level);
-                }
                 Op::Prune(cutoff) => {
-                    let day_cutoff = (cutoff / 10) as Day;
-                    for (hits, levels) in &mut model {
+                    for hits in &mut model {
                         hits.retain(|h| h.ts() >= cutoff);
-                        levels.retain(|&d, _| d >= day_cutoff);
                     }
-                    s.prune(cutoff, day_cutoff);
+                    s.prune(cutoff);
                 }
-                Op::Compact => s.compact(i64::MIN, Day::MIN),
+                Op::Compact => s.compact(i64::MIN),
             }
-            for (u, (hits, levels)) in model.iter().enumerate() {
+            for (u, hits) in model.iter().enumerate() {
                 assert_eq!(s.hits(u as u32), hits.as_slice());
-                let stored: Vec<(Day, usize)> = s.get(u as u32)[hits.len()..].iter().map(|l| l.day_level()).collect();
-                assert_eq!(stored, levels.iter().map(|(&d, &l)| (d, l)).collect::<Vec<_>>());
             }
-            let held: usize = model.iter().map(|(h, l)| h.len() + l.len()).sum();
-            assert_eq!(s.entries(), held);
+            assert_eq!(s.entries(), model.iter().map(Vec::len).sum::<usize>());
         }
     }
 
