@@ -1,6 +1,7 @@
-//! Memory per tracked user and snapshot write/restore time at a given
-//! number of users, with the benchmark definitions (`config/bench.toml`:
-//! 3 retention definitions, 2 funnels, 32 days of history).
+//! Memory per tracked user, the snapshot copy (what `run` pauses a shard
+//! for), and snapshot write and restore times at a given number of users,
+//! with the benchmark definitions (`config/bench.toml`: 3 retention
+//! definitions, 2 funnels, 32 days of history).
 //!
 //! Each user signs up on one of 30 days, comes back on a few later days
 //! (fewer as the cohort ages), views, sometimes adds to cart, orders, pays:
@@ -76,6 +77,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine.state_bytes() as f64 / users as f64
     );
 
+    // What `run` pauses a shard for at a snapshot: a copy to write from.
+    let t = Instant::now();
+    let copy = engine.clone();
+    let copy_s = t.elapsed().as_secs_f64();
+    drop(copy);
+
     let dir = std::env::temp_dir().join(format!("cohortflow-state-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = checkpoint::path_for(&dir, "bench", 0);
@@ -94,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let restored = restored.ok_or("no restore")?;
     println!(
-        "snapshot_users={} snapshot_mib={:.1} write_seconds={write:.3} \
+        "snapshot_users={} snapshot_mib={:.1} copy_seconds={copy_s:.3} write_seconds={write:.3} \
          restore_seconds={read:.3} peak_rss_mib={:.0}",
         restored.engine.tracked_users(),
         bytes as f64 / 1048576.0,

@@ -6,7 +6,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
 /// Ids of one shard's users, numbered densely from 0 in order of arrival.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct UserIds {
     /// Every id's bytes, one after the other.
     bytes: Vec<u8>,

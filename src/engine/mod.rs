@@ -80,7 +80,7 @@ struct CohortCounts {
     retained: Vec<i64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RetentionState {
     /// Per user: the cohort day, or [`NO_DAY`]; `None` when any event is a
     /// cohort event (then the user's `first_seen` is the cohort day).
@@ -91,7 +91,7 @@ struct RetentionState {
 
 /// What a retention definition remembers of each user's return events:
 /// no more than its mode needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Returns {
     /// Any event returns: the user's `active` days serve.
     Active,
@@ -102,15 +102,15 @@ enum Returns {
     Days(Vec<DayBits>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FunnelState {
-    /// Per user (index), the funnel's events and levels.
+    /// Per user (index), the funnel's events.
     store: Store,
     tally: FunnelTally,
 }
 
 /// A funnel's figures.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FunnelTally {
     /// Per entry day: users with level ≥ k+1.
     rows: DayRows<Vec<i64>>,
@@ -122,8 +122,9 @@ struct FunnelTally {
     before: Vec<usize>,
 }
 
-/// The state of one shard. See the module docs.
-#[derive(Debug)]
+/// The state of one shard. See the module docs. A clone is a full copy
+/// (a snapshot written in the background writes one).
+#[derive(Debug, Clone)]
 pub struct Engine {
     cfg: Arc<EngineConfig>,
     cal: Calendar,

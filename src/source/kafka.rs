@@ -9,8 +9,14 @@
 //!   snapshot's offset, whatever the group says; without a snapshot it
 //!   starts where `auto.offset.reset` says (earliest by default), never at
 //!   a committed offset whose state is lost.
+//! - **Snapshots in the background.** Every `snapshot_interval` the changed
+//!   shards are copied while locked, which is all the pause the workers
+//!   see, and written from the copies on a thread of their own; their
+//!   offsets are committed when the files are durable. One round at a
+//!   time; a round needs memory for the copies of the changed shards.
 //! - **Rebalance.** Revoked partitions are snapshotted and committed before
-//!   they are given up; assigned ones are restored before they are read.
+//!   they are given up (after the round in the background, if any, is
+//!   done); assigned ones are restored before they are read.
 //! - **A snapshot that cannot be read** (corrupt, or from another config)
 //!   is never half-loaded and never silently replaced by an empty state:
 //!   the partition stays paused, `/readyz` says not ready, the error is
@@ -21,10 +27,11 @@
 //!   dead-letter producer is flushed before each snapshot, so a crash can
 //!   duplicate a dead letter but never lose one.
 //!
-//! The consumer runs on its own thread with librdkafka's blocking poll; the
-//! rebalance callback runs inside that poll on the same thread, so the
-//! shard map's lock is never contended across threads except by the
-//! publisher.
+//! The consumer runs on its own thread with librdkafka's blocking poll and
+//! copies messages into batches per partition; `kafka.workers` threads
+//! apply them, a partition always on the same one. The rebalance callback
+//! runs inside the poll on the consumer thread. Locks are taken in one
+//! order: the background round, the shard map, then shards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -137,6 +144,8 @@ struct Shared {
     snapshot_failures: AtomicU64,
     /// (epoch seconds, duration seconds, bytes) of the last snapshot round.
     last_snapshot: Mutex<Option<(f64, f64, u64)>>,
+    /// The snapshot round being written in the background, if any.
+    writing: Mutex<Option<JoinHandle<Round>>>,
 }
 
 impl Shared {
@@ -144,25 +153,22 @@ impl Shared {
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Snapshots the given live shards (all when `only` is None) and
-    /// returns the offsets to commit, or `None` when dead letters could not
-    /// be flushed and `need_flush` says to wait for them.
-    ///
-    /// Every shard is locked first, so no worker applies a message in
-    /// between; then dead letters already sent are flushed: a snapshot never
-    /// holds an offset whose dead letter could still be lost in a crash.
-    fn snapshot(
+    /// Locks the given live shards (all when `only` is None), then
+    /// flushes the dead letters already sent; `None` when they could not
+    /// be flushed and `need_flush` says to wait for them. With the shards
+    /// locked no worker applies a message, so a snapshot taken under these
+    /// locks never holds an offset whose dead letter a crash could lose.
+    fn lock_for_snapshot<'s>(
         &self,
-        shards: &BTreeMap<Tp, Slot>,
+        shards: &'s BTreeMap<Tp, Slot>,
         only: Option<&[Tp]>,
         need_flush: bool,
-    ) -> Option<TopicPartitionList> {
-        let started = Instant::now();
-        let mut locked: Vec<(&Tp, MutexGuard<'_, Shard>)> = shards
+    ) -> Option<Vec<(&'s Tp, &'s ShardRef, MutexGuard<'s, Shard>)>> {
+        let locked: Vec<_> = shards
             .iter()
             .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
             .filter_map(|(tp, slot)| match slot {
-                Slot::Live(shard) => Some((tp, lock_shard(shard))),
+                Slot::Live(shard) => Some((tp, shard, lock_shard(shard))),
                 _ => None,
             })
             .collect();
@@ -176,37 +182,166 @@ impl Shared {
                 warn!(error = %e, "dead letters not yet delivered; snapshotting the revoked partitions anyway");
             }
         }
+        Some(locked)
+    }
+
+    /// Writes the snapshots of the given live shards (all when `only` is
+    /// None) here and now, and returns the offsets to commit (see
+    /// [`Shared::lock_for_snapshot`] for `None`).
+    fn snapshot(
+        &self,
+        shards: &BTreeMap<Tp, Slot>,
+        only: Option<&[Tp]>,
+        need_flush: bool,
+    ) -> Option<TopicPartitionList> {
+        let started = Instant::now();
+        let mut locked = self.lock_for_snapshot(shards, only, need_flush)?;
         let mut tpl = TopicPartitionList::new();
         let mut bytes = 0;
-        for (tp, shard) in &mut locked {
+        for (tp, _, shard) in &mut locked {
             let Some(next) = shard.next_offset else {
                 continue;
             };
             if shard.dirty {
-                let path = checkpoint::path_for(&self.state_dir, &tp.topic, tp.partition);
-                match checkpoint::write(&path, &shard.engine, next) {
-                    Ok(n) => {
+                match self.write(tp, &shard.engine, next) {
+                    Some(n) => {
                         bytes += n;
                         shard.dirty = false;
                     }
-                    Err(e) => {
-                        self.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                        error!(topic = %tp.topic, partition = tp.partition, error = %e, "snapshot failed; offsets not committed");
-                        continue;
-                    }
+                    None => continue,
                 }
             }
-            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next)) {
-                warn!(error = %e, "cannot list offset for commit");
-            }
+            list_offset(&mut tpl, tp, next);
         }
         drop(locked);
-        let secs = started.elapsed().as_secs_f64();
+        self.record_round(started.elapsed().as_secs_f64(), bytes);
+        Some(tpl)
+    }
+
+    /// Writes one snapshot; `None` (logged and counted) when it failed.
+    fn write(&self, tp: &Tp, engine: &Engine, next: i64) -> Option<u64> {
+        let path = checkpoint::path_for(&self.state_dir, &tp.topic, tp.partition);
+        match checkpoint::write(&path, engine, next) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                error!(topic = %tp.topic, partition = tp.partition, error = %e, "snapshot failed; offsets not committed");
+                None
+            }
+        }
+    }
+
+    fn record_round(&self, secs: f64, bytes: u64) {
         if let Ok(mut last) = self.last_snapshot.lock() {
             *last = Some((now_ms() as f64 / 1000.0, secs, bytes));
         }
-        debug!(bytes, "snapshot round done");
+        debug!(bytes, secs, "snapshot round done");
+    }
+
+    /// Starts a snapshot round written on a thread of its own: the changed
+    /// shards are copied while locked (the only pause the workers see),
+    /// then written from the copies. Offsets of unchanged shards, already
+    /// in their snapshots, are returned to commit now.
+    fn start_round(self: &Arc<Self>) -> Option<TopicPartitionList> {
+        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if writing.is_some() {
+            // The last round is still being written: this one waits.
+            return None;
+        }
+        let started = Instant::now();
+        let shards = self.lock();
+        let mut locked = self.lock_for_snapshot(&shards, None, true)?;
+        let mut durable = TopicPartitionList::new();
+        let mut copies = Vec::new();
+        for (tp, shard_ref, shard) in &mut locked {
+            let Some(next) = shard.next_offset else {
+                continue;
+            };
+            if shard.dirty {
+                copies.push(((*tp).clone(), Arc::clone(shard_ref), shard.engine.clone(), next));
+                shard.dirty = false;
+            } else {
+                list_offset(&mut durable, tp, next);
+            }
+        }
+        drop(locked);
+        drop(shards);
+        debug!(shards = copies.len(), pause_seconds = started.elapsed().as_secs_f64(), "snapshot round copied");
+        if !copies.is_empty() {
+            let shared = Arc::clone(self);
+            let round = std::thread::Builder::new().name("snapshot-writer".into()).spawn(move || {
+                let mut round = Round { written: Vec::new(), failed: Vec::new(), bytes: 0, secs: 0.0 };
+                for (tp, shard, engine, next) in copies {
+                    match shared.write(&tp, &engine, next) {
+                        Some(n) => {
+                            round.bytes += n;
+                            round.written.push((tp, shard, next));
+                        }
+                        None => round.failed.push(shard),
+                    }
+                }
+                round.secs = started.elapsed().as_secs_f64();
+                round
+            });
+            match round {
+                Ok(handle) => *writing = Some(handle),
+                Err(e) => {
+                    // Nothing was written: the shards are changed still.
+                    error!(error = %e, "cannot start the snapshot writer");
+                    self.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                    return Some(durable);
+                }
+            }
+        }
+        Some(durable)
+    }
+
+    /// Ends the round being written, if any (waiting for it when `wait`),
+    /// and returns the offsets it made durable for shards still live.
+    /// Shards whose write failed are marked changed again.
+    fn finish_round(&self, wait: bool) -> Option<TopicPartitionList> {
+        let handle = {
+            let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            match writing.take() {
+                Some(h) if wait || h.is_finished() => h,
+                other => {
+                    *writing = other;
+                    return None;
+                }
+            }
+        };
+        let Ok(round) = handle.join() else {
+            error!("the snapshot writer panicked; its shards are written again next round");
+            self.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        for shard in &round.failed {
+            let mut shard = lock_shard(shard);
+            shard.dirty = shard.live;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (tp, shard, next) in &round.written {
+            // A shard revoked since then has had its own snapshot.
+            if lock_shard(shard).live {
+                list_offset(&mut tpl, tp, *next);
+            }
+        }
+        self.record_round(round.secs, round.bytes);
         Some(tpl)
+    }
+}
+
+/// A snapshot round written in the background.
+struct Round {
+    written: Vec<(Tp, ShardRef, i64)>,
+    failed: Vec<ShardRef>,
+    bytes: u64,
+    secs: f64,
+}
+
+fn list_offset(tpl: &mut TopicPartitionList, tp: &Tp, next: i64) {
+    if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next)) {
+        warn!(error = %e, "cannot list offset for commit");
     }
 }
 
@@ -308,6 +443,13 @@ impl ConsumerContext for Context {
                     .collect();
                 {
                     let lost = consumer.assignment_lost();
+                    // The round in the background first: its offsets, then
+                    // the revoked shards' own snapshots over its files.
+                    if let Some(offsets) = self.shared.finish_round(true).filter(|o| o.count() > 0 && !lost) {
+                        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                            warn!(error = %e, "commit failed (the snapshot holds the offsets)");
+                        }
+                    }
                     let mut shards = self.shared.lock();
                     let offsets = self.shared.snapshot(&shards, Some(&revoked), false);
                     if let Some(offsets) = offsets.filter(|o| o.count() > 0 && !lost) {
@@ -566,6 +708,7 @@ pub fn run(
         joined: AtomicBool::new(false),
         snapshot_failures: AtomicU64::new(0),
         last_snapshot: Mutex::new(None),
+        writing: Mutex::new(None),
     });
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
@@ -645,9 +788,14 @@ pub fn run(
             }
         }
 
+        if let Some(offsets) = shared.finish_round(false) {
+            commit(&consumer, &offsets);
+        }
         if last_snapshot.elapsed() >= timing.snapshot_interval {
             last_snapshot = Instant::now();
-            checkpoint_all(&consumer, &shared);
+            if let Some(offsets) = shared.start_round() {
+                commit(&consumer, &offsets);
+            }
         }
         if last_probe.elapsed() >= Duration::from_secs(2) {
             last_probe = Instant::now();
@@ -666,12 +814,22 @@ pub fn run(
     result.and(handed)
 }
 
+/// The last snapshots, written here and now (at shutdown).
 fn checkpoint_all(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    if let Some(offsets) = shared.finish_round(true) {
+        commit(consumer, &offsets);
+    }
     let shards = shared.lock();
     let offsets = shared.snapshot(&shards, None, true);
     drop(shards);
-    if let Some(offsets) = offsets.filter(|o| o.count() > 0) {
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+    if let Some(offsets) = offsets {
+        commit(consumer, &offsets);
+    }
+}
+
+fn commit(consumer: &BaseConsumer<Context>, offsets: &TopicPartitionList) {
+    if offsets.count() > 0 {
+        if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
             debug!(error = %e, "commit failed (the snapshot holds the offsets)");
         }
     }
