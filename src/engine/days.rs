@@ -15,48 +15,79 @@ pub const NO_DAY: Day = Day::MIN;
 /// change a figure falls off the end.
 pub const SPAN: i32 = 128;
 
+/// A day as the per-user columns store it, in two bytes: 0 for [`NO_DAY`],
+/// else the day plus two (event times start at the epoch, whose day is -1
+/// in zones west of UTC, and end before 2100: day 47 483 at most).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+pub struct Day16(u16);
+
+const _: () = assert!(crate::event::MIN_TS_MS >= 0 && crate::event::END_TS_MS / 86_400_000 + 3 <= u16::MAX as i64);
+
+impl Day16 {
+    /// `day` (a day of an accepted event, or [`NO_DAY`]) in two bytes.
+    pub fn pack(day: Day) -> Self {
+        if day == NO_DAY {
+            return Day16(0);
+        }
+        debug_assert!((-1..=i32::from(u16::MAX) - 2).contains(&day), "day {day} out of range");
+        Day16((day + 2) as u16)
+    }
+
+    /// The day, or [`NO_DAY`].
+    pub fn unpack(self) -> Day {
+        if self.0 == 0 { NO_DAY } else { i32::from(self.0) - 2 }
+    }
+}
+
 /// The set of days on which a user did something, as a bitmap anchored at
 /// the latest such day: bit k is set when the user was active on `last - k`.
-/// The 128 bits are kept as four 32-bit words so that the set takes 20
-/// bytes (a `u128` would align it, and the user records holding it, to 16).
+/// The 128 bits are kept as eight 16-bit words, and the day in two bytes,
+/// so that the set takes 18 bytes (a `u128` would align it, and the user
+/// records holding it, to 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct DayBits {
-    last: Day,
-    words: [u32; 4],
+    last: Day16,
+    words: [u16; 8],
 }
 
 impl Default for DayBits {
     fn default() -> Self {
-        DayBits { last: NO_DAY, words: [0; 4] }
+        DayBits { last: Day16::pack(NO_DAY), words: [0; 8] }
     }
 }
 
 impl DayBits {
     fn bits(&self) -> u128 {
-        let [a, b, c, d] = self.words;
-        u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96
+        self.words.iter().rev().fold(0, |bits, &w| bits << 16 | u128::from(w))
     }
 
     fn set_bits(&mut self, bits: u128) {
-        self.words = [bits as u32, (bits >> 32) as u32, (bits >> 64) as u32, (bits >> 96) as u32];
+        for (i, w) in self.words.iter_mut().enumerate() {
+            *w = (bits >> (16 * i)) as u16;
+        }
+    }
+
+    fn last(&self) -> Day {
+        self.last.unpack()
     }
 
     /// Adds `day`; true when it was not there before.
     pub fn insert(&mut self, day: Day) -> bool {
-        if self.last == NO_DAY {
-            self.last = day;
+        if self.last() == NO_DAY {
+            self.last = Day16::pack(day);
             self.set_bits(1);
             return true;
         }
-        if day > self.last {
-            let shift = day - self.last;
+        if day > self.last() {
+            let shift = day - self.last();
             let bits = if shift >= SPAN { 0 } else { self.bits() << shift };
             self.set_bits(bits | 1);
-            self.last = day;
+            self.last = Day16::pack(day);
             return true;
         }
-        let k = self.last - day;
+        let k = self.last() - day;
         if k >= SPAN {
             // Older than anything that can still change a figure.
             return false;
@@ -69,31 +100,31 @@ impl DayBits {
 
     /// Whether `day` is in the set.
     pub fn contains(&self, day: Day) -> bool {
-        if self.last == NO_DAY || day > self.last {
+        if self.last() == NO_DAY || day > self.last() {
             return false;
         }
-        let k = self.last - day;
+        let k = self.last() - day;
         k < SPAN && self.bits() & (1u128 << k) != 0
     }
 
     /// The nearest days in the set before and after `day` (which is in
     /// the set), found with two bit scans.
     pub fn neighbors(&self, day: Day) -> (Option<Day>, Option<Day>) {
-        if self.last == NO_DAY || day > self.last || self.last - day >= SPAN {
+        if self.last() == NO_DAY || day > self.last() || self.last() - day >= SPAN {
             return (None, None);
         }
-        let k = (self.last - day) as u32;
+        let k = (self.last() - day) as u32;
         let bits = self.bits();
         let earlier = if k + 1 >= SPAN as u32 { 0 } else { bits >> (k + 1) };
-        let prev = (earlier != 0).then(|| self.last - (k + 1 + earlier.trailing_zeros()) as Day);
+        let prev = (earlier != 0).then(|| self.last() - (k + 1 + earlier.trailing_zeros()) as Day);
         let later = bits & ((1u128 << k) - 1);
-        let next = (later != 0).then(|| self.last - (127 - later.leading_zeros()) as Day);
+        let next = (later != 0).then(|| self.last() - (127 - later.leading_zeros()) as Day);
         (prev, next)
     }
 
     /// The latest day in the set, if any.
     pub fn latest(&self) -> Option<Day> {
-        (self.last != NO_DAY).then_some(self.last)
+        (self.last() != NO_DAY).then_some(self.last())
     }
 }
 
@@ -170,6 +201,16 @@ impl<T: Default> DayRows<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_byte_days_cover_every_event_day() {
+        let last = crate::event::END_TS_MS / 86_400_000 + 1;
+        for day in [NO_DAY, -1, 0, 20_660, last as Day] {
+            assert_eq!(Day16::pack(day).unpack(), day);
+        }
+        assert_eq!(Day16::default().unpack(), NO_DAY);
+        assert_eq!(std::mem::size_of::<DayBits>(), 18);
+    }
 
     #[test]
     fn bits_insert_contains_and_windows() {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
-use days::{DayBits, DayRows, NO_DAY};
+use days::{Day16, DayBits, DayRows, NO_DAY};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
 use funnel::{Entry, Hit};
 use ids::UserIds;
@@ -61,7 +61,7 @@ struct Class {
 #[repr(C)]
 struct UserCore {
     /// The first day the user was seen (any event).
-    first_seen: Day,
+    first_seen: Day16,
     /// Days with any event.
     active: DayBits,
 }
@@ -84,7 +84,7 @@ struct CohortCounts {
 struct RetentionState {
     /// Per user: the cohort day, or [`NO_DAY`]; `None` when any event is a
     /// cohort event (then the user's `first_seen` is the cohort day).
-    cohort: Option<Vec<Day>>,
+    cohort: Option<Vec<Day16>>,
     returns: Returns,
     rows: DayRows<CohortCounts>,
 }
@@ -97,7 +97,7 @@ enum Returns {
     Active,
     /// `on_or_after`, which only ever asks for the latest return day: per
     /// user that day, or [`NO_DAY`].
-    Latest(Vec<Day>),
+    Latest(Vec<Day16>),
     /// `on`: per user the days with a return event.
     Days(Vec<DayBits>),
 }
@@ -359,10 +359,10 @@ impl Engine {
         let core = &mut self.users[uid as usize];
         let prev_active_latest = core.active.latest();
         let newly_active = core.active.insert(day);
-        let old_first = core.first_seen;
+        let old_first = core.first_seen.unpack();
         let active = core.active;
         if old_first == NO_DAY || day < old_first {
-            core.first_seen = day;
+            core.first_seen = Day16::pack(day);
             if old_first != NO_DAY {
                 if let Some(row) = self.activity.row(old_first) {
                     row.new_users -= 1;
@@ -403,7 +403,7 @@ impl Engine {
             }
             if is_cohort {
                 let current = match &self.retention[r].cohort {
-                    Some(cohort) => cohort[uid as usize],
+                    Some(cohort) => cohort[uid as usize].unpack(),
                     // The cohort is the first day seen, as it was before
                     // this event.
                     None => old_first,
@@ -437,14 +437,14 @@ impl Engine {
             return None;
         }
         let i = self.user_ids.push(id)?;
-        self.users.push(UserCore { first_seen: NO_DAY, active: DayBits::default() });
+        self.users.push(UserCore { first_seen: Day16::pack(NO_DAY), active: DayBits::default() });
         for state in &mut self.retention {
             if let Some(cohort) = &mut state.cohort {
-                cohort.push(NO_DAY);
+                cohort.push(Day16::pack(NO_DAY));
             }
             match &mut state.returns {
                 Returns::Active => {}
-                Returns::Latest(v) => v.push(NO_DAY),
+                Returns::Latest(v) => v.push(Day16::pack(NO_DAY)),
                 Returns::Days(v) => v.push(DayBits::default()),
             }
         }
@@ -462,7 +462,7 @@ impl Engine {
                 RetentionMode::On => self.users[u].active.contains(target),
                 RetentionMode::OnOrAfter => self.users[u].active.latest().is_some_and(|l| l >= target),
             },
-            Returns::Latest(v) => v[u] != NO_DAY && v[u] >= target,
+            Returns::Latest(v) => v[u].unpack() != NO_DAY && v[u].unpack() >= target,
             Returns::Days(v) => v[u].contains(target),
         }
     }
@@ -485,10 +485,10 @@ impl Engine {
             Returns::Active => (newly_active, prev_active_latest),
             Returns::Latest(v) => {
                 let latest = &mut v[uid as usize];
-                let prev = (*latest != NO_DAY).then_some(*latest);
+                let prev = Some(latest.unpack()).filter(|&l| l != NO_DAY);
                 let newly = prev.is_none_or(|p| day > p);
                 if newly {
-                    *latest = day;
+                    *latest = Day16::pack(day);
                 }
                 (newly, prev)
             }
@@ -499,7 +499,7 @@ impl Engine {
             }
         };
         let cohort = match &state.cohort {
-            Some(cohort) => cohort[uid as usize],
+            Some(cohort) => cohort[uid as usize].unpack(),
             None => first_seen,
         };
         if cohort == NO_DAY {
@@ -550,7 +550,7 @@ impl Engine {
         }
         let now = flags(self, new);
         if let Some(cohort) = &mut self.retention[r].cohort {
-            cohort[uid as usize] = new;
+            cohort[uid as usize] = Day16::pack(new);
         }
         if let Some(row) = self.retention[r].rows.row(new) {
             row.users += 1;
@@ -699,10 +699,10 @@ impl Engine {
             .retention
             .iter()
             .map(|r| {
-                r.cohort.as_ref().map_or(0, |v| v.capacity() * std::mem::size_of::<Day>())
+                r.cohort.as_ref().map_or(0, |v| v.capacity() * std::mem::size_of::<Day16>())
                     + match &r.returns {
                         Returns::Active => 0,
-                        Returns::Latest(v) => v.capacity() * std::mem::size_of::<Day>(),
+                        Returns::Latest(v) => v.capacity() * std::mem::size_of::<Day16>(),
                         Returns::Days(v) => v.capacity() * std::mem::size_of::<DayBits>(),
                     }
             })

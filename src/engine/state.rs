@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! head length u64 | head (postcard) | id bytes | id ends [u32; n] | users [UserCore; n]
-//!   | per retention definition: cohort days [i32; n]?, latest return days [i32; n] or return day sets [DayBits; n]
+//!   | per retention definition: cohort days [Day16; n]?, latest return days [Day16; n] or return day sets [DayBits; n]
 //!   | per funnel: hits per user [u32; n], hits [Packed or Hit; total] in user order
 //! ```
 //!
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::calendar::Day;
-use super::days::{DayBits, DayRows};
+use super::days::{Day16, DayBits, DayRows};
 use super::figures::Counters;
 use super::funnel::Entry;
 use super::ids::UserIds;
@@ -76,10 +76,11 @@ impl Head {
         let n = self.users;
         let mut total = self.id_bytes.checked_add(n.checked_mul(4 + std::mem::size_of::<UserCore>() as u64)?)?;
         for r in &self.retention {
-            let per_user = 4 * u64::from(r.cohort)
+            let day = std::mem::size_of::<Day16>() as u64;
+            let per_user = day * u64::from(r.cohort)
                 + match r.returns {
                     0 => 0,
-                    1 => 4,
+                    1 => day,
                     _ => std::mem::size_of::<DayBits>() as u64,
                 };
             total = total.checked_add(n.checked_mul(per_user)?)?;
