@@ -5,13 +5,18 @@
 //! [`Reject`] reason from a small fixed set. It never panics, whatever the
 //! bytes: the reasons double as metric label values.
 //!
-//! The strategy is one pass of `serde_json` over the whole message that keeps
-//! the three required fields and `props` as raw JSON slices and skips every
-//! other field without interpreting it. Interpreting the slices afterwards
+//! The strategy is one pass over the whole message that keeps the three
+//! required fields and `props` as raw JSON slices and skips every other
+//! field without interpreting it: a hand-rolled scan (`simple`) for the
+//! common shape (flat fields, strings without escapes, props one level
+//! deep), `serde_json` for everything else; a property test holds the scan
+//! to serde_json's reading wherever the scan claims a message. Interpreting the slices afterwards
 //! keeps two kinds of failure apart: a document that is not JSON at all
 //! (`invalid_json`) and a field of the wrong shape (`bad_user_id`, ...). It
 //! also keeps unknown fields and props harmless: a number out of range or a
 //! lone surrogate escape in them only matters if something reads them.
+
+mod simple;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -127,7 +132,8 @@ pub struct Event<'a> {
     /// Event time, epoch milliseconds (fractions truncated).
     pub ts_ms: i64,
     /// The raw `props` value; interpreted lazily by [`Event::prop`].
-    props: Option<&'a RawValue>,
+    /// The raw JSON text of `props`.
+    props: Option<&'a str>,
 }
 
 /// A property value usable in step filters.
@@ -146,7 +152,7 @@ impl PartialEq for Event<'_> {
         self.user_id == other.user_id
             && self.name == other.name
             && self.ts_ms == other.ts_ms
-            && self.props.map(RawValue::get) == other.props.map(RawValue::get)
+            && self.props == other.props
     }
 }
 
@@ -158,7 +164,7 @@ impl<'a> Event<'a> {
 
     /// The raw JSON text of `props`, if present.
     pub fn props_raw(&self) -> Option<&'a str> {
-        self.props.map(RawValue::get)
+        self.props
     }
 
     /// The value of property `key`, if `props` is an object holding it with
@@ -167,7 +173,7 @@ impl<'a> Event<'a> {
     pub fn prop(&self, key: &str) -> Option<PropValue<'a>> {
         let mut found = [None];
         self.find_props(&[key], &mut found);
-        found[0].and_then(interpret_prop)
+        found[0].map(RawValue::get).and_then(interpret_prop)
     }
 
     /// The values of several properties in one pass over `props` (the
@@ -175,12 +181,12 @@ impl<'a> Event<'a> {
     pub fn props<S: AsRef<str>>(&self, keys: &[S]) -> Vec<Option<PropValue<'a>>> {
         let mut found = vec![None; keys.len()];
         self.find_props(keys, &mut found);
-        found.into_iter().map(|v| v.and_then(interpret_prop)).collect()
+        found.into_iter().map(|v| v.map(RawValue::get).and_then(interpret_prop)).collect()
     }
 
     fn find_props<S: AsRef<str>>(&self, keys: &[S], found: &mut [Option<&'a RawValue>]) {
         if let Some(raw) = self.props {
-            let mut de = serde_json::Deserializer::from_str(raw.get());
+            let mut de = serde_json::Deserializer::from_str(raw);
             // Not an object, or broken inside: no usable props.
             if de::Deserializer::deserialize_any(&mut de, PropsVisitor { keys, found: &mut *found }).is_err() {
                 found.iter_mut().for_each(|f| *f = None);
@@ -238,10 +244,9 @@ impl<'de, S: AsRef<str>> Visitor<'de> for PropsVisitor<'_, 'de, S> {
     }
 }
 
-fn interpret_prop(raw: &RawValue) -> Option<PropValue<'_>> {
-    let text = raw.get();
+fn interpret_prop(text: &str) -> Option<PropValue<'_>> {
     match text.as_bytes().first()? {
-        b'"' => json_string(raw).map(PropValue::Str),
+        b'"' => json_string(text).map(PropValue::Str),
         b't' => Some(PropValue::Bool(true)),
         b'f' => Some(PropValue::Bool(false)),
         b'-' | b'0'..=b'9' => serde_json::from_str::<f64>(text).ok().filter(|v| v.is_finite()).map(PropValue::Num),
@@ -265,9 +270,10 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
         return Err(if ok { Reject::NotObject } else { Reject::InvalidJson });
     }
 
-    let mut de = serde_json::Deserializer::from_str(text);
-    let fields = de::Deserializer::deserialize_map(&mut de, TopVisitor { names }).map_err(|_| Reject::InvalidJson)?;
-    de.end().map_err(|_| Reject::InvalidJson)?;
+    let fields = match simple::fields(text, names) {
+        Some(fields) => fields,
+        None => fields_via_serde(text, names)?,
+    };
     if fields.duplicate {
         return Err(Reject::DuplicateKey);
     }
@@ -281,12 +287,21 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
     Ok(Event { user_id, name, ts_ms, props: fields.props })
 }
 
-#[derive(Default)]
+/// The object's fields through serde_json, whatever its shape.
+fn fields_via_serde<'a>(text: &'a str, names: &FieldNames) -> Result<TopFields<'a>, Reject> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = de::Deserializer::deserialize_map(&mut de, TopVisitor { names }).map_err(|_| Reject::InvalidJson)?;
+    de.end().map_err(|_| Reject::InvalidJson)?;
+    Ok(fields)
+}
+
+/// The fields of an event object as raw JSON texts.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct TopFields<'a> {
-    user_id: Option<&'a RawValue>,
-    event: Option<&'a RawValue>,
-    ts: Option<&'a RawValue>,
-    props: Option<&'a RawValue>,
+    user_id: Option<&'a str>,
+    event: Option<&'a str>,
+    ts: Option<&'a str>,
+    props: Option<&'a str>,
     duplicate: bool,
 }
 
@@ -314,7 +329,7 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
                 &mut out.ts
             } else if key == n.props.as_bytes() {
                 // A repeated props is harmless: the last one wins.
-                out.props = Some(map.next_value::<&'de RawValue>()?);
+                out.props = Some(map.next_value::<&'de RawValue>()?.get());
                 continue;
             } else {
                 // Skipped without interpreting numbers or strings, at any
@@ -322,7 +337,7 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let value = map.next_value::<&'de RawValue>()?;
+            let value = map.next_value::<&'de RawValue>()?.get();
             if slot.is_some() {
                 out.duplicate = true;
             }
@@ -363,13 +378,13 @@ impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
     }
 }
 
-/// A raw JSON string value, unescaped; borrowed when it has no escapes.
-/// `None` for another type or a string that is not valid Unicode.
-fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+/// A raw JSON string value (text already checked to be JSON), unescaped;
+/// borrowed when it has no escapes. `None` for another type or a string
+/// that is not valid Unicode.
+fn json_string(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
-        // serde_json has already checked it is a well-formed string.
+        // Already checked to be a well-formed string.
         return Some(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
@@ -381,18 +396,17 @@ fn integer_literal(text: &str) -> Option<&str> {
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
-fn user_id_of(raw: &RawValue) -> Option<Cow<'_, str>> {
-    if raw.get().starts_with('"') {
-        return json_string(raw).filter(|s| !s.is_empty());
+fn user_id_of(text: &str) -> Option<Cow<'_, str>> {
+    if text.starts_with('"') {
+        return json_string(text).filter(|s| !s.is_empty());
     }
     // An integer id is taken as its decimal string; "-0" is 0.
-    integer_literal(raw.get()).map(|t| if t == "-0" { Cow::Borrowed("0") } else { Cow::Borrowed(t) })
+    integer_literal(text).map(|t| if t == "-0" { Cow::Borrowed("0") } else { Cow::Borrowed(t) })
 }
 
-fn timestamp_of(raw: &RawValue) -> Option<i64> {
-    let text = raw.get();
+fn timestamp_of(text: &str) -> Option<i64> {
     let ms = if text.starts_with('"') {
-        parse_rfc3339_ms(&json_string(raw)?)?
+        parse_rfc3339_ms(&json_string(text)?)?
     } else {
         integer_literal(text)?.parse::<i64>().ok()?
     };
