@@ -144,6 +144,9 @@ pub struct Engine {
     max_window_ms: i64,
     /// Largest retention N.
     max_retention_day: i32,
+    /// Whether some funnel keeps distinct events of one millisecond apart,
+    /// and so reads each event's tag.
+    needs_tags: bool,
     /// Per-event step masks, one per funnel; kept to avoid an allocation.
     scratch_masks: Vec<u32>,
     /// The distinct property keys step filters read.
@@ -214,7 +217,7 @@ impl Engine {
                 rows: DayRows::default(),
             })
             .collect();
-        let funnels = cfg
+        let funnels: Vec<FunnelState> = cfg
             .funnels
             .iter()
             .map(|def| FunnelState {
@@ -229,6 +232,7 @@ impl Engine {
                 },
             })
             .collect();
+        let needs_tags = funnels.iter().any(|f| matches!(f.store, Store::Wide(_)));
         let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
         let mut filter_keys: Vec<String> = Vec::new();
         let filters = cfg
@@ -268,6 +272,7 @@ impl Engine {
             counters: Counters::default(),
             max_window_ms,
             max_retention_day,
+            needs_tags,
             scratch_masks: Vec::new(),
             filter_keys,
             filters,
@@ -416,9 +421,7 @@ impl Engine {
 
         // Funnels.
         if masks.iter().any(|&m| m != 0) {
-            // Only funnels that keep distinct events of one millisecond apart
-            // read the tag.
-            let tag = if self.funnels.iter().any(|f| matches!(f.store, Store::Wide(_))) { event_tag(ev) } else { 0 };
+            let tag = if self.needs_tags { event_tag(ev) } else { 0 };
             for (f, &mask) in masks.iter().enumerate() {
                 if mask != 0 {
                     self.funnel_event(f, uid, Hit { ts, mask, tag }, day);
@@ -462,7 +465,8 @@ impl Engine {
                 RetentionMode::On => self.users[u].active.contains(target),
                 RetentionMode::OnOrAfter => self.users[u].active.latest().is_some_and(|l| l >= target),
             },
-            Returns::Latest(v) => v[u].unpack() != NO_DAY && v[u].unpack() >= target,
+            // NO_DAY (none yet) is below every target.
+            Returns::Latest(v) => v[u].unpack() >= target,
             Returns::Days(v) => v[u].contains(target),
         }
     }
@@ -726,10 +730,10 @@ impl FunnelTally {
     ) {
         let (window, steps, mode) = (def.window_ms, def.steps.len(), def.mode);
         let entry = E::from_hit(hit);
-        if store.hits(uid).binary_search(&entry).is_ok() {
+        let Err(pos) = store.hits(uid).binary_search(&entry) else {
             // A replay, or an event the funnel cannot tell from one it has.
             return;
-        }
+        };
         // Entry days whose chains this event can join, and their levels
         // before it: recomputed, not stored, from the hits, all of which
         // an accepted event can still reach are kept (see `maintain`).
@@ -742,7 +746,7 @@ impl FunnelTally {
         };
         self.before.clear();
         self.before.extend((first_day..=day).map(|d| chain_on(store.hits(uid), d).map_or(0, |c| c.level)));
-        store.insert_hit(uid, entry);
+        store.insert_at(uid, pos, entry);
         for (d, &old) in (first_day..=day).zip(&self.before) {
             let Some(chain) = chain_on(store.hits(uid), d) else {
                 continue;

@@ -101,7 +101,10 @@ impl<E: Entry> FunnelStore<E> {
         }
     }
 
-    fn insert_at(&mut self, uid: u32, pos: usize, entry: E) {
+    /// Inserts `entry` at `pos` of the user's hits, where a binary search
+    /// of [`FunnelStore::hits`] that did not find it said it goes.
+    pub fn insert_at(&mut self, uid: u32, pos: usize, entry: E) {
+        debug_assert!(self.hits(uid).binary_search(&entry) == Err(pos));
         let w = Self::WORDS;
         let u = uid as usize;
         let entry_words: &[u64] = bytemuck::cast_slice(std::slice::from_ref(&entry));
