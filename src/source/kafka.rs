@@ -101,6 +101,13 @@ struct Shard {
 /// A shard as the map, the workers and the publisher share it.
 type ShardRef = Arc<Mutex<Shard>>;
 
+impl Shard {
+    /// A live, unchanged shard holding `engine`, to be read from `next_offset`.
+    fn start(engine: Engine, next_offset: Option<i64>) -> ShardRef {
+        Arc::new(Mutex::new(Shard { engine, next_offset, dirty: false, live: true }))
+    }
+}
+
 fn lock_shard(shard: &ShardRef) -> MutexGuard<'_, Shard> {
     // Each update is a complete move between states: a panic mid-batch
     // leaves a whole shard.
@@ -382,8 +389,7 @@ impl ConsumerContext for Context {
                                 info!(next_offset = next, "resumed detached shard");
                                 let _ = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(next));
                                 let engine = std::mem::replace(&mut old.engine, Engine::new(self.shared.cfg.clone()));
-                                let shard = Shard { engine, next_offset: Some(next), dirty: false, live: true };
-                                shards.insert(tp, Slot::Live(Arc::new(Mutex::new(shard))));
+                                shards.insert(tp, Slot::Live(Shard::start(engine, Some(next))));
                                 continue;
                             }
                         }
@@ -392,23 +398,12 @@ impl ConsumerContext for Context {
                             Ok(Some(r)) => {
                                 info!(next_offset = r.next_offset, "restored snapshot");
                                 let offset = Offset::Offset(r.next_offset);
-                                let shard = Shard {
-                                    engine: r.engine,
-                                    next_offset: Some(r.next_offset),
-                                    dirty: false,
-                                    live: true,
-                                };
-                                (Slot::Live(Arc::new(Mutex::new(shard))), offset)
+                                (Slot::Live(Shard::start(r.engine, Some(r.next_offset))), offset)
                             }
                             Ok(None) => {
                                 info!(start = ?self.shared.reset, "no snapshot; starting from the reset policy");
-                                let shard = Shard {
-                                    engine: Engine::new(self.shared.cfg.clone()),
-                                    next_offset: None,
-                                    dirty: false,
-                                    live: true,
-                                };
-                                (Slot::Live(Arc::new(Mutex::new(shard))), self.shared.reset)
+                                let engine = Engine::new(self.shared.cfg.clone());
+                                (Slot::Live(Shard::start(engine, None)), self.shared.reset)
                             }
                             Err(e) => {
                                 error!(error = %e, "snapshot refused; partition paused until the file is fixed or moved aside");
@@ -554,6 +549,9 @@ struct Pending {
 
 /// Messages a batch takes before it is handed over.
 const BATCH_MESSAGES: usize = 512;
+/// How often the consumer thread looks at its timers (snapshots, lag
+/// probes, publishing).
+const TICK: Duration = Duration::from_millis(10);
 /// Batches a worker may have waiting before the consumer thread waits.
 const WORKER_QUEUE: usize = 16;
 
@@ -719,8 +717,9 @@ pub fn run(
     info!(topics = ?kafka.topics, group = %kafka.group_id, workers = kafka.workers, "consuming");
 
     let mut last_snapshot = Instant::now();
-    let mut last_publish = Instant::now() - timing.publish_interval;
-    let mut last_probe = Instant::now();
+    let mut last_publish = last_snapshot - timing.publish_interval;
+    let mut last_probe = last_snapshot;
+    let mut next_tick = last_snapshot;
     let mut lags: HashMap<Tp, i64> = HashMap::new();
     // Partitions read since the last rebalance, with their batches.
     let mut pending: Vec<Pending> = Vec::new();
@@ -788,21 +787,28 @@ pub fn run(
             }
         }
 
+        // Timers: one clock read a loop, and the rest once a tick, not once
+        // a message.
+        let now = Instant::now();
+        if now < next_tick {
+            continue;
+        }
+        next_tick = now + TICK;
         if let Some(offsets) = shared.finish_round(false) {
             commit(&consumer, &offsets);
         }
-        if last_snapshot.elapsed() >= timing.snapshot_interval {
-            last_snapshot = Instant::now();
+        if now.duration_since(last_snapshot) >= timing.snapshot_interval {
+            last_snapshot = now;
             if let Some(offsets) = shared.start_round() {
                 commit(&consumer, &offsets);
             }
         }
-        if last_probe.elapsed() >= Duration::from_secs(2) {
-            last_probe = Instant::now();
+        if now.duration_since(last_probe) >= Duration::from_secs(2) {
+            last_probe = now;
             lags = probe_lag(&consumer, &shared);
         }
-        if last_publish.elapsed() >= timing.publish_interval {
-            last_publish = Instant::now();
+        if now.duration_since(last_publish) >= timing.publish_interval {
+            last_publish = now;
             publish(&shared, &published, &lags);
         }
     };
