@@ -10,8 +10,8 @@
 //! field without interpreting it: a hand-rolled scan (`simple`) for the
 //! common shape (flat fields, strings without escapes, props one level
 //! deep), `serde_json` for everything else; a property test holds the scan
-//! to serde_json's reading wherever the scan claims a message. Interpreting the slices afterwards
-//! keeps two kinds of failure apart: a document that is not JSON at all
+//! to serde_json's reading wherever the scan claims a message.
+//! Interpreting the slices afterwards keeps two kinds of failure apart: a document that is not JSON at all
 //! (`invalid_json`) and a field of the wrong shape (`bad_user_id`, ...). It
 //! also keeps unknown fields and props harmless: a number out of range or a
 //! lone surrogate escape in them only matters if something reads them.
@@ -131,8 +131,7 @@ pub struct Event<'a> {
     pub name: Cow<'a, str>,
     /// Event time, epoch milliseconds (fractions truncated).
     pub ts_ms: i64,
-    /// The raw `props` value; interpreted lazily by [`Event::prop`].
-    /// The raw JSON text of `props`.
+    /// The raw JSON text of `props`; interpreted lazily by [`Event::prop`].
     props: Option<&'a str>,
 }
 
@@ -305,6 +304,47 @@ struct TopFields<'a> {
     duplicate: bool,
 }
 
+/// The fields of an event object the decoder reads.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    UserId,
+    Event,
+    Ts,
+    Props,
+}
+
+impl Field {
+    /// The field named `key` (unescaped), if it is one of them.
+    fn of(key: &[u8], names: &FieldNames) -> Option<Field> {
+        [
+            (&names.user_id, Field::UserId),
+            (&names.event, Field::Event),
+            (&names.ts, Field::Ts),
+            (&names.props, Field::Props),
+        ]
+        .into_iter()
+        .find_map(|(name, field)| (name.as_bytes() == key).then_some(field))
+    }
+}
+
+impl<'a> TopFields<'a> {
+    /// Records a field's raw text. A repeated `user_id`, `event` or `ts` is
+    /// a duplicate key; a repeated `props` is harmless: the last one wins.
+    fn set(&mut self, field: Field, value: &'a str) {
+        let slot = match field {
+            Field::UserId => &mut self.user_id,
+            Field::Event => &mut self.event,
+            Field::Ts => &mut self.ts,
+            Field::Props => {
+                self.props = Some(value);
+                return;
+            }
+        };
+        self.duplicate |= slot.is_some();
+        *slot = Some(value);
+    }
+}
+
 struct TopVisitor<'n> {
     names: &'n FieldNames,
 }
@@ -318,30 +358,15 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = TopFields::default();
-        let n = self.names;
         while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
-            let key = key.0.as_ref();
-            let slot = if key == n.user_id.as_bytes() {
-                &mut out.user_id
-            } else if key == n.event.as_bytes() {
-                &mut out.event
-            } else if key == n.ts.as_bytes() {
-                &mut out.ts
-            } else if key == n.props.as_bytes() {
-                // A repeated props is harmless: the last one wins.
-                out.props = Some(map.next_value::<&'de RawValue>()?.get());
-                continue;
-            } else {
+            match Field::of(key.0.as_ref(), self.names) {
+                Some(field) => out.set(field, map.next_value::<&'de RawValue>()?.get()),
                 // Skipped without interpreting numbers or strings, at any
                 // depth (iteratively): unknown fields never cost an event.
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            };
-            let value = map.next_value::<&'de RawValue>()?.get();
-            if slot.is_some() {
-                out.duplicate = true;
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
-            *slot = Some(value);
         }
         Ok(out)
     }

@@ -14,7 +14,7 @@
 //! control character, numbers follow JSON's grammar, nothing follows the
 //! object but whitespace. The equivalence is a property test.
 
-use super::{FieldNames, TopFields};
+use super::{Field, FieldNames, TopFields};
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
@@ -153,22 +153,8 @@ pub(super) fn fields<'a>(text: &'a str, names: &FieldNames) -> Option<TopFields<
         let end = value_end(b, start)?;
         // Both ends are at ASCII bytes, so on character boundaries.
         let value = text.get(start..end)?;
-        let slot = if key == names.user_id.as_bytes() {
-            Some(&mut out.user_id)
-        } else if key == names.event.as_bytes() {
-            Some(&mut out.event)
-        } else if key == names.ts.as_bytes() {
-            Some(&mut out.ts)
-        } else if key == names.props.as_bytes() {
-            // A repeated props is harmless: the last one wins.
-            out.props = Some(value);
-            None
-        } else {
-            None
-        };
-        if let Some(slot) = slot {
-            out.duplicate |= slot.is_some();
-            *slot = Some(value);
+        if let Some(field) = Field::of(key, names) {
+            out.set(field, value);
         }
         i = skip_ws(b, end);
         match b.get(i)? {
