@@ -5,7 +5,7 @@
 //!
 //! Each user signs up on one of 30 days, comes back on a few later days
 //! (fewer as the cohort ages), views, sometimes adds to cart, orders, pays:
-//! about 6 events a user, all within the history.
+//! about 3.9 events a user, all within the history.
 //!
 //!     cargo run --release --example state_scale -- USERS [CONFIG]
 

@@ -18,8 +18,8 @@
 //! columns' sizes against the payload's before allocating them, and checks
 //! the checksum over everything read before handing out the engine, so a
 //! corrupt or incompatible file is refused with a reason, never
-//! half-loaded. Format 3 (this one) does not read the snapshots of earlier
-//! formats: such a partition is refused like any other unreadable snapshot.
+//! half-loaded. A build reads only its own format ([`FORMAT_VERSION`]): a
+//! snapshot of another is refused like any other unreadable snapshot.
 
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hash};

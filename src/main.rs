@@ -326,9 +326,10 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+const DAY_MS: i64 = 86_400_000;
+
 /// Midnight UTC `days` days ago.
 fn default_start(days: u32) -> i64 {
-    const DAY_MS: i64 = 86_400_000;
     (now_ms() / DAY_MS - i64::from(days)) * DAY_MS
 }
 
@@ -336,7 +337,6 @@ impl TrafficArgs {
     /// The generator these arguments describe, and the simulated instant it
     /// stops at (epoch ms).
     fn generator(&self) -> (Generator, i64) {
-        const DAY_MS: i64 = 86_400_000;
         let start = self.start_ms.unwrap_or_else(|| default_start(self.days));
         let mut generator = Generator::new(self.seed, start, self.users_per_day);
         if self.clean {
@@ -396,7 +396,6 @@ fn run_demo_generator(
     users_per_day: f64,
     seed: u64,
 ) -> Result<()> {
-    const DAY_MS: i64 = 86_400_000;
     let mut engine = Engine::new(cfg);
     let now = now_ms();
     let start = (now / DAY_MS - i64::from(backfill_days)) * DAY_MS;
