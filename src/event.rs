@@ -245,7 +245,7 @@ impl<'de, S: AsRef<str>> Visitor<'de> for PropsVisitor<'_, 'de, S> {
 
 fn interpret_prop(text: &str) -> Option<PropValue<'_>> {
     match text.as_bytes().first()? {
-        b'"' => json_string(text).map(PropValue::Str),
+        b'"' => json_string(text, Strings::MayEscape).map(PropValue::Str),
         b't' => Some(PropValue::Bool(true)),
         b'f' => Some(PropValue::Bool(false)),
         b'-' | b'0'..=b'9' => serde_json::from_str::<f64>(text).ok().filter(|v| v.is_finite()).map(PropValue::Num),
@@ -269,18 +269,18 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
         return Err(if ok { Reject::NotObject } else { Reject::InvalidJson });
     }
 
-    let fields = match simple::fields(text, names) {
-        Some(fields) => fields,
-        None => fields_via_serde(text, names)?,
+    let (fields, strings) = match simple::fields(text, names) {
+        Some(fields) => (fields, Strings::Plain),
+        None => (fields_via_serde(text, names)?, Strings::MayEscape),
     };
     if fields.duplicate {
         return Err(Reject::DuplicateKey);
     }
 
-    let user_id = fields.user_id.and_then(user_id_of).ok_or(Reject::BadUserId)?;
-    let name = fields.event.and_then(json_string).filter(|s| !s.is_empty()).ok_or(Reject::BadEvent)?;
+    let user_id = fields.user_id.and_then(|t| user_id_of(t, strings)).ok_or(Reject::BadUserId)?;
+    let name = fields.event.and_then(|t| json_string(t, strings)).filter(|s| !s.is_empty()).ok_or(Reject::BadEvent)?;
     let ts_ms = match fields.ts {
-        Some(raw) => timestamp_of(raw).ok_or(Reject::BadTimestamp)?,
+        Some(raw) => timestamp_of(raw, strings).ok_or(Reject::BadTimestamp)?,
         None => fallback_ts_ms.filter(|t| (MIN_TS_MS..END_TS_MS).contains(t)).ok_or(Reject::BadTimestamp)?,
     };
     Ok(Event { user_id, name, ts_ms, props: fields.props })
@@ -406,9 +406,18 @@ impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
 /// A raw JSON string value (text already checked to be JSON), unescaped;
 /// borrowed when it has no escapes. `None` for another type or a string
 /// that is not valid Unicode.
-fn json_string(text: &str) -> Option<Cow<'_, str>> {
+/// What is known of the raw string texts of a message's fields.
+#[derive(Debug, Clone, Copy)]
+enum Strings {
+    /// Read by the one-pass scan: well-formed, and without an escape.
+    Plain,
+    /// Checked by serde_json to be well-formed; may hold escapes.
+    MayEscape,
+}
+
+fn json_string(text: &str, strings: Strings) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
+    if matches!(strings, Strings::Plain) || !inner.contains('\\') {
         // Already checked to be a well-formed string.
         return Some(Cow::Borrowed(inner));
     }
@@ -421,17 +430,17 @@ fn integer_literal(text: &str) -> Option<&str> {
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
-fn user_id_of(text: &str) -> Option<Cow<'_, str>> {
+fn user_id_of(text: &str, strings: Strings) -> Option<Cow<'_, str>> {
     if text.starts_with('"') {
-        return json_string(text).filter(|s| !s.is_empty());
+        return json_string(text, strings).filter(|s| !s.is_empty());
     }
     // An integer id is taken as its decimal string; "-0" is 0.
     integer_literal(text).map(|t| if t == "-0" { Cow::Borrowed("0") } else { Cow::Borrowed(t) })
 }
 
-fn timestamp_of(text: &str) -> Option<i64> {
+fn timestamp_of(text: &str, strings: Strings) -> Option<i64> {
     let ms = if text.starts_with('"') {
-        parse_rfc3339_ms(&json_string(text)?)?
+        parse_rfc3339_ms(&json_string(text, strings)?)?
     } else {
         integer_literal(text)?.parse::<i64>().ok()?
     };

@@ -2,9 +2,9 @@
 //!
 //! A [`Day`] is the number of days from 1970-01-01 to the civil date, so
 //! consecutive dates are consecutive numbers whatever the zone's offsets.
-//! The zone arithmetic is jiff's; this module only caches the bounds of the
-//! day looked up last, since nearly every event falls on the same day as the
-//! one before it.
+//! The zone arithmetic is jiff's; this module only caches the bounds of a
+//! few days, since nearly every event falls on the day of the one before it,
+//! and a funnel event also asks for the day before.
 
 use std::cell::Cell;
 
@@ -15,12 +15,23 @@ use jiff::tz::TimeZone;
 /// A business day: days since 1970-01-01 of the civil date in the zone.
 pub type Day = i32;
 
+/// Days whose bounds a [`Calendar`] remembers.
+const SLOTS: usize = 4;
+
 /// Maps timestamps to business days and back.
 #[derive(Debug, Clone)]
 pub struct Calendar {
     tz: TimeZone,
-    /// The last day looked up: (start ms, end ms, day). A cache only.
-    last: Cell<(i64, i64, Day)>,
+    /// Bounds of recent days, each in the slot of its day modulo
+    /// [`SLOTS`]: (start ms, end ms, day); empty while end ≤ start. A cache
+    /// only.
+    days: [Cell<(i64, i64, Day)>; SLOTS],
+    /// The slot [`Calendar::day_of`] answered from last.
+    last: Cell<usize>,
+}
+
+fn slot(day: Day) -> usize {
+    day.rem_euclid(SLOTS as Day) as usize
 }
 
 const UNIX_EPOCH_DATE: Date = jiff::civil::date(1970, 1, 1);
@@ -28,14 +39,22 @@ const UNIX_EPOCH_DATE: Date = jiff::civil::date(1970, 1, 1);
 impl Calendar {
     /// A calendar in `tz`.
     pub fn new(tz: TimeZone) -> Self {
-        Calendar { tz, last: Cell::new((0, 0, 0)) }
+        Calendar { tz, days: Default::default(), last: Cell::new(0) }
     }
 
     /// The business day of an event time (epoch ms within [1970, 2100)).
     pub fn day_of(&self, ts_ms: i64) -> Day {
-        let (start, end, day) = self.last.get();
+        let (start, end, last) = self.days[self.last.get()].get();
         if ts_ms >= start && ts_ms < end {
-            return day;
+            return last;
+        }
+        // The days either side of the last one.
+        for day in [last - 1, last + 1] {
+            let (start, end, cached) = self.days[slot(day)].get();
+            if cached == day && ts_ms >= start && ts_ms < end {
+                self.last.set(slot(day));
+                return day;
+            }
         }
         let day = match Timestamp::from_millisecond(ts_ms) {
             Ok(ts) => {
@@ -45,20 +64,20 @@ impl Calendar {
             // Out of jiff's range: cannot happen for validated events.
             Err(_) => (ts_ms.div_euclid(86_400_000)) as Day,
         };
-        let start = self.day_start_ms(day);
-        let end = self.day_start_ms(day + 1);
-        self.last.set((start, end, day));
+        self.bounds(day);
+        self.last.set(slot(day));
         day
     }
 
     /// `[start, end)` of `day` in epoch ms; cached like [`Calendar::day_of`].
     pub fn bounds(&self, day: Day) -> (i64, i64) {
-        let (start, end, cached) = self.last.get();
+        let cell = &self.days[slot(day)];
+        let (start, end, cached) = cell.get();
         if cached == day && end > start {
             return (start, end);
         }
         let bounds = (self.day_start_ms(day), self.day_start_ms(day + 1));
-        self.last.set((bounds.0, bounds.1, day));
+        cell.set((bounds.0, bounds.1, day));
         bounds
     }
 
@@ -105,6 +124,28 @@ mod tests {
         assert_eq!(utc.day_of(0), 0);
         assert_eq!(utc.day_of(86_399_999), 0);
         assert_eq!(utc.day_of(86_400_000), 1);
+    }
+
+    #[test]
+    fn cached_days_answer_like_fresh_ones() {
+        // Lookups jumping between nearby and distant days, in a zone with a
+        // DST change, against a calendar that has seen nothing yet.
+        let zone = TimeZone::get("America/New_York").expect("zone");
+        let cal = Calendar::new(zone.clone());
+        let base = 1_793_000_000_000i64; // late October 2026
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let hours = if rng % 24 == 0 { 24 * 400 } else { 24 * 12 };
+            let ts = base + (rng >> 8) as i64 % (hours * 3_600_000);
+            let fresh = Calendar::new(zone.clone());
+            let day = cal.day_of(ts);
+            assert_eq!(day, fresh.day_of(ts), "{ts}");
+            assert_eq!(cal.bounds(day - 1), (fresh.day_start_ms(day - 1), fresh.day_start_ms(day)));
+            assert_eq!(cal.bounds(day), (fresh.day_start_ms(day), fresh.day_start_ms(day + 1)));
+        }
     }
 
     #[test]

@@ -37,12 +37,37 @@ static STOPS: [bool; 256] = {
     stops
 };
 
+/// Eight bytes at a time: the high bit of each byte of `w` that stops a
+/// string (below 0x20, `"` or `\\`). Each test (a byte below n, a byte
+/// equal to c) can also flag a byte above a true hit, from the borrow of the
+/// subtraction, never one below it, so the lowest flag is always a true stop.
+fn stops_in(w: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q;
+    let e = w ^ (ONES * u64::from(b'\\'));
+    let escape = e.wrapping_sub(ONES) & !e;
+    (below_space | quote | escape) & HIGH
+}
+
 /// The end (after the closing quote) of the string opening at `b[i]`, if
 /// it has no escape and no control character.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
-    let rest = b.get(i + 1..)?;
-    let close = rest.iter().position(|&c| STOPS[usize::from(c)])?;
-    (rest[close] == b'"').then_some(i + 1 + close + 1)
+    let mut j = i + 1;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let stops = stops_in(u64::from_le_bytes(word));
+        if stops != 0 {
+            j += (stops.trailing_zeros() / 8) as usize;
+            return (b[j] == b'"').then_some(j + 1);
+        }
+        j += 8;
+    }
+    let close = b.get(j..)?.iter().position(|&c| STOPS[usize::from(c)])?;
+    (b[j + close] == b'"').then_some(j + close + 1)
 }
 
 fn digits_end(b: &[u8], mut i: usize) -> usize {
@@ -207,6 +232,36 @@ mod tests {
         }
     }
 
+    /// The byte-at-a-time scan the word-at-a-time one must agree with.
+    fn string_end_bytewise(b: &[u8], i: usize) -> Option<usize> {
+        let rest = b.get(i + 1..)?;
+        let close = rest.iter().position(|&c| STOPS[usize::from(c)])?;
+        (rest[close] == b'"').then_some(i + 1 + close + 1)
+    }
+
+    #[test]
+    fn word_scan_finds_the_first_stop() {
+        // Every stop byte (and near misses) at every position of strings
+        // long enough to take several words, after ASCII and UTF-8 text.
+        let specials = [b'"', b'\\', 0, 0x1f, 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xff];
+        for len in 0..40 {
+            for at in 0..=len {
+                for &c in &specials {
+                    for fill in [b'a', 0xc3] {
+                        let mut b = vec![b'"'];
+                        b.extend(std::iter::repeat_n(fill, len));
+                        if at < len {
+                            b[1 + at] = c;
+                        }
+                        b.push(b'"');
+                        b.extend_from_slice(b"xy\"");
+                        assert_eq!(string_end(&b, 0), string_end_bytewise(&b, 0), "{b:?}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Objects of the common shape and around it: escapes, nesting,
     /// whitespace, odd numbers, duplicates.
     fn objects() -> impl Strategy<Value = String> {
@@ -215,7 +270,7 @@ mod tests {
             Just("true".to_owned()),
             Just("false".to_owned()),
             "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
-            "\"[a-z \\\\\"\u{e9}\u{1}]{0,6}\"",
+            "\"[a-z \\\\\"\u{e9}\u{20ac}\u{1f600}\u{1}\u{1f}]{0,20}\"",
             // Valid and invalid: leading zeros, a dot or an exponent without digits.
             "-?[0-9]{1,3}(\\.[0-9]{0,2})?([eE][+-]?[0-9]{0,2})?",
         ];
