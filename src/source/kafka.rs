@@ -553,7 +553,12 @@ const BATCH_MESSAGES: usize = 512;
 /// probes, publishing).
 const TICK: Duration = Duration::from_millis(10);
 /// Batches a worker may have waiting before the consumer thread waits.
-const WORKER_QUEUE: usize = 16;
+/// librdkafka hands over a fetch a partition at a time (up to 1 MiB, some
+/// 9 000 small messages), so a queue shorter than a few such runs stops
+/// the consumer thread on one worker while the others run dry. At 64
+/// batches of 512 messages the measured wait halved (see BENCHMARKS.md);
+/// the cost is up to 64 batches of memory a worker.
+const WORKER_QUEUE: usize = 64;
 
 /// The worker threads: each owns the partitions hashed to it, so a
 /// partition's messages are applied in order, and distinct partitions'
@@ -724,6 +729,12 @@ pub fn run(
     // Partitions read since the last rebalance, with their batches.
     let mut pending: Vec<Pending> = Vec::new();
     let mut seen_rebalances = shared.rebalances.load(Ordering::Relaxed);
+    // With one topic, a message's partition alone finds its batch (reading
+    // a message's topic name costs a string length and a UTF-8 check).
+    let one_topic = kafka.topics.len() == 1;
+    // The batch the last message went to: messages come in runs of one
+    // partition.
+    let mut last = 0;
     let result = loop {
         if shutdown.is_cancelled() {
             break Ok(());
@@ -748,8 +759,12 @@ pub fn run(
             Some(Err(e)) => warn!(error = %e, "consume error"),
             Some(Ok(msg)) => {
                 shared.brokers_down.store(false, Ordering::Relaxed);
-                let mut found =
-                    pending.iter().position(|p| p.tp.partition == msg.partition() && p.tp.topic == msg.topic());
+                let partition = msg.partition();
+                let holds = |p: &Pending| p.tp.partition == partition && (one_topic || p.tp.topic == msg.topic());
+                let mut found = match pending.get(last) {
+                    Some(p) if holds(p) => Some(last),
+                    _ => pending.iter().position(holds),
+                };
                 if found.is_none() {
                     let tp = Tp { topic: msg.topic().to_owned(), partition: msg.partition() };
                     let shard = match shared.lock().get(&tp) {
@@ -763,7 +778,9 @@ pub fn run(
                     }
                 }
                 // A message of a partition this member does not hold is dropped.
-                if let Some(p) = found.map(|at| &mut pending[at]) {
+                if let Some(at) = found {
+                    last = at;
+                    let p = &mut pending[at];
                     let payload = msg.payload().unwrap_or(b"");
                     let from = p.batch.bytes.len();
                     p.batch.bytes.extend_from_slice(payload);
