@@ -515,8 +515,9 @@ impl RawConfig {
             return Err(invalid("snapshot_interval", "must be at least 100ms"));
         }
         let shutdown_timeout_ms = duration_ms("shutdown_timeout", &self.shutdown_timeout)?;
-        // Per-user activity is a 128-day bitmap: the horizon, a 30-day MAU
-        // window behind it and the lateness must fit (see engine::days).
+        // Per-user activity is a bitmap of at most 128 days: the horizon, a
+        // 30-day MAU window behind it and the lateness must fit (see
+        // engine::days::DaySets).
         if !(2..=90).contains(&self.history_days) {
             return Err(invalid("history_days", "must be between 2 and 90"));
         }

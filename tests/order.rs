@@ -159,3 +159,48 @@ fn late_event_at_the_horizon_counts_its_entry_day_once() {
     assert_eq!(day0.users, vec![1, 1], "{rows:?}");
     assert_eq!(figures.funnels[0].conversions_total, vec![1, 1]);
 }
+
+/// A late event at the horizon must still see the user's active day 29
+/// days before it, or its day would be counted as joining a 30-day (MAU)
+/// window the user was already in: per-user day sets span `history_days`
+/// plus 32 days (64 days up to 32 days of history, else 128). Same figures
+/// in time order and with that event last, for histories on both sides of
+/// the switch, in UTC and across a spring DST change (a 23-hour day puts
+/// the horizon a calendar day further back: the tightest case).
+#[test]
+fn late_event_at_the_horizon_sees_the_month_behind_it() {
+    // 2026-03-20, 00:00:30 in New York (UTC-4 since the change of March 8).
+    let first_second = 20_532 * DAY + 4 * 3_600_000 + 30_000;
+    for history in [3u32, 32, 33, 60, 90] {
+        for zone in ["UTC", "America/New_York"] {
+            let cfg = Config::from_toml_str(&format!(
+                "timezone = \"{zone}\"\nhistory_days = {history}\nallowed_lateness = \"1d\"\nexport_days = 400\n\
+                 [[retention]]\nname = \"ab\"\ncohort_event = \"a\"\nreturn_event = \"b\"\ndays = [1]\n"
+            ))
+            .expect("config");
+            let newest = first_second;
+            // Just inside the horizon: the newest time minus the lateness
+            // minus the history.
+            let late = newest - DAY - i64::from(history) * DAY + 60_000;
+            let event = |user: &str, name: &str, ts: i64| {
+                format!(r#"{{"user_id":"{user}","event":"{name}","ts":{ts}}}"#).into_bytes()
+            };
+            let before = event("u", "a", late - 29 * DAY);
+            // The same user's latest day: what its day set is anchored at.
+            let newest = event("u", "x", newest);
+            let late = event("u", "b", late);
+            let feed = |lines: [&Vec<u8>; 3]| {
+                let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
+                for l in lines {
+                    engine.apply(l, None, first_second + DAY).expect("accepted");
+                }
+                without_counters(engine.figures_all())
+            };
+            assert_eq!(
+                feed([&before, &late, &newest]),
+                feed([&before, &newest, &late]),
+                "history_days = {history} in {zone}"
+            );
+        }
+    }
+}

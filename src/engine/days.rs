@@ -9,12 +9,6 @@ use super::calendar::Day;
 /// A "no day" marker for day fields stored per user.
 pub const NO_DAY: Day = Day::MIN;
 
-/// How many days a [`DayBits`] remembers, counted back from its latest day.
-/// Config validation keeps the horizon (≤ 90 days), a 30-day MAU window
-/// behind it and the lateness inside this span, so no day that can still
-/// change a figure falls off the end.
-pub const SPAN: i32 = 128;
-
 /// A day as the per-user columns store it, in two bytes: 0 for [`NO_DAY`],
 /// else the day plus two (event times start at the epoch, whose day is -1
 /// in zones west of UTC, and end before 2100: day 47 483 at most).
@@ -40,91 +34,157 @@ impl Day16 {
     }
 }
 
-/// The set of days on which a user did something, as a bitmap anchored at
-/// the latest such day: bit k is set when the user was active on `last - k`.
-/// The 128 bits are kept as eight 16-bit words, and the day in two bytes,
-/// so that the set takes 18 bytes (a `u128` would align it, and the user
-/// records holding it, to 16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-pub struct DayBits {
-    last: Day16,
-    words: [u16; 8],
+/// The sets of days on which each user did something: per user, its
+/// latest day (a [`Day16`]) and a bitmap anchored there, bit k set when the
+/// user was active on `latest - k`, kept as `words` 16-bit words in one
+/// flat column (no alignment padding, no allocation per user).
+///
+/// How far back a set must see: an accepted event's day is at most
+/// `history_days + 2` days before the user's latest day (the horizon is
+/// `history_days` days and the lateness, at most a day, before the newest
+/// event; a DST change can add a calendar day), and deciding whether the
+/// event's day starts a 30-day MAU window looks 29 days further back. So
+/// `history_days + 32` days are enough: 64 (4 words, 10 bytes a user) up
+/// to `history_days = 32`, which D30 retention needs, else 128 (8 words, 18
+/// bytes; config validation keeps `history_days` ≤ 90).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaySets {
+    words: usize,
+    /// Per user `1 + words` cells: the latest day, then the bitmap's words,
+    /// least significant first.
+    cells: Vec<u16>,
 }
 
-impl Default for DayBits {
-    fn default() -> Self {
-        DayBits { last: Day16::pack(NO_DAY), words: [0; 8] }
-    }
+/// The days a set of `words` words remembers.
+fn span(words: usize) -> i32 {
+    16 * words as i32
 }
 
-impl DayBits {
-    fn bits(&self) -> u128 {
-        self.words.iter().rev().fold(0, |bits, &w| bits << 16 | u128::from(w))
+impl DaySets {
+    /// Empty sets of `words` words (4 or 8).
+    pub fn new(words: usize) -> Self {
+        debug_assert!(words == 4 || words == 8);
+        DaySets { words, cells: Vec::new() }
     }
 
-    fn set_bits(&mut self, bits: u128) {
-        for (i, w) in self.words.iter_mut().enumerate() {
+    /// Empty sets as wide as `history_days` needs (see the type's docs).
+    pub fn for_history(history_days: u32) -> Self {
+        DaySets::new(if history_days + 32 <= 64 { 4 } else { 8 })
+    }
+
+    /// Sets of `words` words from their cells, as [`DaySets::cells`] gave
+    /// them; `None` when the cells do not make whole sets.
+    pub fn from_cells(words: usize, cells: Vec<u16>) -> Option<Self> {
+        (matches!(words, 4 | 8) && cells.len() % (1 + words) == 0).then_some(DaySets { words, cells })
+    }
+
+    /// Words a set takes.
+    pub fn words(&self) -> usize {
+        self.words
+    }
+
+    /// The sets' cells, user after user.
+    pub fn cells(&self) -> &[u16] {
+        &self.cells
+    }
+
+    /// Users (sets).
+    pub fn len(&self) -> usize {
+        self.cells.len() / (1 + self.words)
+    }
+
+    /// Whether there are no sets.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.cells.capacity() * 2
+    }
+
+    /// Adds an empty set for a new user.
+    pub fn push_empty(&mut self) {
+        self.cells.extend(std::iter::repeat_n(0, 1 + self.words));
+    }
+
+    fn cell(&self, u: usize) -> &[u16] {
+        let stride = 1 + self.words;
+        &self.cells[u * stride..(u + 1) * stride]
+    }
+
+    fn last(&self, u: usize) -> Day {
+        Day16(self.cell(u)[0]).unpack()
+    }
+
+    fn bits(&self, u: usize) -> u128 {
+        self.cell(u)[1..].iter().rev().fold(0, |bits, &w| bits << 16 | u128::from(w))
+    }
+
+    fn set(&mut self, u: usize, last: Day16, bits: u128) {
+        let stride = 1 + self.words;
+        let cell = &mut self.cells[u * stride..(u + 1) * stride];
+        cell[0] = last.0;
+        for (i, w) in cell[1..].iter_mut().enumerate() {
             *w = (bits >> (16 * i)) as u16;
         }
     }
 
-    fn last(&self) -> Day {
-        self.last.unpack()
-    }
-
-    /// Adds `day`; true when it was not there before.
-    pub fn insert(&mut self, day: Day) -> bool {
-        if self.last() == NO_DAY {
-            self.last = Day16::pack(day);
-            self.set_bits(1);
+    /// Adds `day` to user `u`'s set; true when it was not there before.
+    pub fn insert(&mut self, u: usize, day: Day) -> bool {
+        let span = span(self.words);
+        let last = self.last(u);
+        if last == NO_DAY {
+            self.set(u, Day16::pack(day), 1);
             return true;
         }
-        if day > self.last() {
-            let shift = day - self.last();
-            let bits = if shift >= SPAN { 0 } else { self.bits() << shift };
-            self.set_bits(bits | 1);
-            self.last = Day16::pack(day);
+        if day > last {
+            let shift = day - last;
+            let bits = if shift >= span { 0 } else { self.bits(u) << shift };
+            self.set(u, Day16::pack(day), bits | 1);
             return true;
         }
-        let k = self.last() - day;
-        if k >= SPAN {
+        let k = last - day;
+        if k >= span {
             // Older than anything that can still change a figure.
             return false;
         }
-        let mask = 1u128 << k;
-        let bits = self.bits();
-        self.set_bits(bits | mask);
-        bits & mask == 0
+        let bit = 1u128 << k;
+        let bits = self.bits(u);
+        self.set(u, Day16::pack(last), bits | bit);
+        bits & bit == 0
     }
 
-    /// Whether `day` is in the set.
-    pub fn contains(&self, day: Day) -> bool {
-        if self.last() == NO_DAY || day > self.last() {
+    /// Whether `day` is in user `u`'s set.
+    pub fn contains(&self, u: usize, day: Day) -> bool {
+        let last = self.last(u);
+        if last == NO_DAY || day > last {
             return false;
         }
-        let k = self.last() - day;
-        k < SPAN && self.bits() & (1u128 << k) != 0
+        let k = last - day;
+        k < span(self.words) && self.bits(u) & (1u128 << k) != 0
     }
 
-    /// The nearest days in the set before and after `day` (which is in
-    /// the set), found with two bit scans.
-    pub fn neighbors(&self, day: Day) -> (Option<Day>, Option<Day>) {
-        if self.last() == NO_DAY || day > self.last() || self.last() - day >= SPAN {
+    /// The nearest days in user `u`'s set before and after `day` (which is
+    /// in the set), found with two bit scans.
+    pub fn neighbors(&self, u: usize, day: Day) -> (Option<Day>, Option<Day>) {
+        let (last, span) = (self.last(u), span(self.words));
+        if last == NO_DAY || day > last || last - day >= span {
             return (None, None);
         }
-        let k = (self.last() - day) as u32;
-        let bits = self.bits();
-        let earlier = if k + 1 >= SPAN as u32 { 0 } else { bits >> (k + 1) };
-        let prev = (earlier != 0).then(|| self.last() - (k + 1 + earlier.trailing_zeros()) as Day);
+        let k = (last - day) as u32;
+        let bits = self.bits(u);
+        let earlier = if k + 1 >= span as u32 { 0 } else { bits >> (k + 1) };
+        let prev = (earlier != 0).then(|| last - (k + 1 + earlier.trailing_zeros()) as Day);
         let later = bits & ((1u128 << k) - 1);
-        let next = (later != 0).then(|| self.last() - (127 - later.leading_zeros()) as Day);
+        let next = (later != 0).then(|| last - (127 - later.leading_zeros()) as Day);
         (prev, next)
     }
 
-    /// The latest day in the set, if any.
-    pub fn latest(&self) -> Option<Day> {
-        (self.last() != NO_DAY).then_some(self.last())
+    /// The latest day in user `u`'s set, if any.
+    pub fn latest(&self, u: usize) -> Option<Day> {
+        let last = self.last(u);
+        (last != NO_DAY).then_some(last)
     }
 }
 
@@ -209,25 +269,46 @@ mod tests {
             assert_eq!(Day16::pack(day).unpack(), day);
         }
         assert_eq!(Day16::default().unpack(), NO_DAY);
-        assert_eq!(std::mem::size_of::<DayBits>(), 18);
     }
 
     #[test]
-    fn bits_insert_contains_and_windows() {
-        let mut b = DayBits::default();
-        assert!(!b.contains(5));
-        assert!(b.insert(100));
-        assert!(!b.insert(100));
-        assert!(b.insert(90));
-        assert!(b.insert(101));
-        assert!(b.contains(90) && b.contains(100) && b.contains(101) && !b.contains(95));
-        assert_eq!(b.neighbors(100), (Some(90), Some(101)));
-        assert_eq!(b.neighbors(90), (None, Some(100)));
-        assert_eq!(b.neighbors(101), (Some(100), None));
-        assert_eq!(b.latest(), Some(101));
-        assert!(b.insert(101 + 200));
-        assert!(!b.contains(101));
-        assert!(!b.insert(101));
+    fn sets_insert_contains_and_windows() {
+        for words in [4, 8] {
+            let mut s = DaySets::new(words);
+            s.push_empty();
+            s.push_empty();
+            assert!(!s.contains(0, 5));
+            assert!(s.insert(0, 100));
+            assert!(!s.insert(0, 100));
+            assert!(s.insert(0, 90));
+            assert!(s.insert(0, 101));
+            assert!(s.contains(0, 90) && s.contains(0, 100) && s.contains(0, 101) && !s.contains(0, 95));
+            assert_eq!(s.neighbors(0, 100), (Some(90), Some(101)));
+            assert_eq!(s.neighbors(0, 90), (None, Some(100)));
+            assert_eq!(s.neighbors(0, 101), (Some(100), None));
+            assert_eq!(s.latest(0), Some(101));
+            assert_eq!(s.latest(1), None, "the other user's set is untouched");
+            let span = 16 * words as Day;
+            // The oldest day the span holds, and one past it.
+            assert!(s.insert(1, 1000));
+            assert!(s.insert(1, 1000 - span + 1));
+            assert!(!s.insert(1, 1000 - span));
+            assert_eq!(s.neighbors(1, 1000), (Some(1000 - span + 1), None));
+            assert!(s.insert(1, 1001));
+            assert!(!s.contains(1, 1000 - span + 1));
+            assert!(s.insert(0, 101 + 200));
+            assert!(!s.contains(0, 101));
+            assert!(!s.insert(0, 101));
+        }
+    }
+
+    #[test]
+    fn widths_follow_the_history() {
+        assert_eq!(DaySets::for_history(32).words(), 4);
+        assert_eq!(DaySets::for_history(33).words(), 8);
+        assert!(DaySets::from_cells(4, vec![0; 10]).is_some());
+        assert!(DaySets::from_cells(4, vec![0; 11]).is_none());
+        assert!(DaySets::from_cells(5, vec![0; 12]).is_none());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
-use days::{Day16, DayBits, DayRows, NO_DAY};
+use days::{Day16, DayRows, DaySets, NO_DAY};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
 use funnel::{Entry, Hit};
 use ids::UserIds;
@@ -54,16 +54,6 @@ struct Class {
     steps: Vec<u32>,
     /// Steps this name fills if their property filter holds: (funnel, step).
     filtered: Vec<(usize, usize)>,
-}
-
-/// Plain data (`Pod`), so that snapshots copy the column as it is.
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-struct UserCore {
-    /// The first day the user was seen (any event).
-    first_seen: Day16,
-    /// Days with any event.
-    active: DayBits,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -99,7 +89,7 @@ enum Returns {
     /// user that day, or [`NO_DAY`].
     Latest(Vec<Day16>),
     /// `on`: per user the days with a return event.
-    Days(Vec<DayBits>),
+    Days(DaySets),
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +122,10 @@ pub struct Engine {
     /// The class of names no definition names.
     other: Class,
     user_ids: UserIds,
-    users: Vec<UserCore>,
+    /// Per user: the first day seen (any event).
+    first_seen: Vec<Day16>,
+    /// Per user: the days with any event.
+    active: DaySets,
     retention: Vec<RetentionState>,
     funnels: Vec<FunnelState>,
     activity: DayRows<ActivityCounts>,
@@ -212,7 +205,7 @@ impl Engine {
                 returns: match (&def.return_event, def.mode) {
                     (EventMatch::Any, _) => Returns::Active,
                     (_, RetentionMode::OnOrAfter) => Returns::Latest(Vec::new()),
-                    (_, RetentionMode::On) => Returns::Days(Vec::new()),
+                    (_, RetentionMode::On) => Returns::Days(DaySets::for_history(cfg.history_days)),
                 },
                 rows: DayRows::default(),
             })
@@ -257,13 +250,15 @@ impl Engine {
             })
             .collect();
         let max_retention_day = cfg.retention.iter().flat_map(|r| r.days.iter().copied()).max().unwrap_or(0) as i32;
+        let active = DaySets::for_history(cfg.history_days);
         Engine {
             cal: Calendar::new(cfg.timezone.clone()),
             cfg,
             classes,
             other,
             user_ids: UserIds::default(),
-            users: Vec::new(),
+            first_seen: Vec::new(),
+            active,
             retention,
             funnels,
             activity: DayRows::default(),
@@ -361,13 +356,12 @@ impl Engine {
         }
 
         // Activity and first-seen.
-        let core = &mut self.users[uid as usize];
-        let prev_active_latest = core.active.latest();
-        let newly_active = core.active.insert(day);
-        let old_first = core.first_seen.unpack();
-        let active = core.active;
+        let u = uid as usize;
+        let prev_active_latest = self.active.latest(u);
+        let newly_active = self.active.insert(u, day);
+        let old_first = self.first_seen[u].unpack();
         if old_first == NO_DAY || day < old_first {
-            core.first_seen = Day16::pack(day);
+            self.first_seen[u] = Day16::pack(day);
             if old_first != NO_DAY {
                 if let Some(row) = self.activity.row(old_first) {
                     row.new_users -= 1;
@@ -383,7 +377,7 @@ impl Engine {
             }
             // Day d's window newly holds the user iff no other active day
             // falls in it: d after prev + window - 1 and before next.
-            let (prev, next) = active.neighbors(day);
+            let (prev, next) = self.active.neighbors(u, day);
             let until = next.unwrap_or(Day::MAX);
             for (window, is_mau) in [(WAU_DAYS, false), (MAU_DAYS, true)] {
                 let from = prev.map_or(day, |p| day.max(p + window));
@@ -436,11 +430,12 @@ impl Engine {
         if let Some(i) = self.user_ids.get(id) {
             return Some(i);
         }
-        if self.users.len() as u64 >= self.cfg.max_users {
+        if self.first_seen.len() as u64 >= self.cfg.max_users {
             return None;
         }
         let i = self.user_ids.push(id)?;
-        self.users.push(UserCore { first_seen: Day16::pack(NO_DAY), active: DayBits::default() });
+        self.first_seen.push(Day16::pack(NO_DAY));
+        self.active.push_empty();
         for state in &mut self.retention {
             if let Some(cohort) = &mut state.cohort {
                 cohort.push(Day16::pack(NO_DAY));
@@ -448,7 +443,7 @@ impl Engine {
             match &mut state.returns {
                 Returns::Active => {}
                 Returns::Latest(v) => v.push(Day16::pack(NO_DAY)),
-                Returns::Days(v) => v.push(DayBits::default()),
+                Returns::Days(v) => v.push_empty(),
             }
         }
         for state in &mut self.funnels {
@@ -462,12 +457,12 @@ impl Engine {
         let u = uid as usize;
         match &self.retention[r].returns {
             Returns::Active => match self.cfg.retention[r].mode {
-                RetentionMode::On => self.users[u].active.contains(target),
-                RetentionMode::OnOrAfter => self.users[u].active.latest().is_some_and(|l| l >= target),
+                RetentionMode::On => self.active.contains(u, target),
+                RetentionMode::OnOrAfter => self.active.latest(u).is_some_and(|l| l >= target),
             },
             // NO_DAY (none yet) is below every target.
             Returns::Latest(v) => v[u].unpack() >= target,
-            Returns::Days(v) => v[u].contains(target),
+            Returns::Days(v) => v.contains(u, target),
         }
     }
 
@@ -497,9 +492,8 @@ impl Engine {
                 (newly, prev)
             }
             Returns::Days(v) => {
-                let bits = &mut v[uid as usize];
-                let prev = bits.latest();
-                (bits.insert(day), prev)
+                let prev = v.latest(uid as usize);
+                (v.insert(uid as usize, day), prev)
             }
         };
         let cohort = match &state.cohort {
@@ -606,7 +600,7 @@ impl Engine {
 
     /// Users remembered.
     pub fn tracked_users(&self) -> usize {
-        self.users.len()
+        self.first_seen.len()
     }
 
     /// The exported figures: dated rows for the `export_days` business
@@ -631,7 +625,7 @@ impl Engine {
             watermark_ms: watermark,
             max_event_ms: self.max_ts,
             counters: self.counters.clone(),
-            tracked_users: self.users.len() as u64,
+            tracked_users: self.first_seen.len() as u64,
             state_bytes: self.state_bytes(),
             ..Figures::default()
         };
@@ -698,7 +692,7 @@ impl Engine {
     /// An estimate of the heap bytes this state holds.
     pub fn state_bytes(&self) -> u64 {
         let ids = self.user_ids.heap_bytes();
-        let users = self.users.capacity() * std::mem::size_of::<UserCore>();
+        let users = self.first_seen.capacity() * std::mem::size_of::<Day16>() + self.active.heap_bytes();
         let retention: usize = self
             .retention
             .iter()
@@ -707,7 +701,7 @@ impl Engine {
                     + match &r.returns {
                         Returns::Active => 0,
                         Returns::Latest(v) => v.capacity() * std::mem::size_of::<Day16>(),
-                        Returns::Days(v) => v.capacity() * std::mem::size_of::<DayBits>(),
+                        Returns::Days(v) => v.heap_bytes(),
                     }
             })
             .sum();

@@ -7,8 +7,9 @@
 //! histograms, the columns' shapes) is postcard. The layout:
 //!
 //! ```text
-//! head length u64 | head (postcard) | id bytes | id ends [u32; n] | users [UserCore; n]
-//!   | per retention definition: cohort days [Day16; n]?, latest return days [Day16; n] or return day sets [DayBits; n]
+//! head length u64 | head (postcard) | id bytes | id ends [u32; n] | first days [Day16; n]
+//!   | active day sets [u16; n × (1 + words)]
+//!   | per retention definition: cohort days [Day16; n]?, latest return days [Day16; n] or return day sets [u16; n × (1 + words)]
 //!   | per funnel: hits per user [u32; n], hits [Packed or Hit; total] in user order
 //! ```
 //!
@@ -21,12 +22,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::calendar::Day;
-use super::days::{Day16, DayBits, DayRows};
+use super::days::{Day16, DayRows, DaySets};
 use super::figures::Counters;
 use super::funnel::Entry;
 use super::ids::UserIds;
 use super::store::{FunnelStore, Store};
-use super::{ActivityCounts, CohortCounts, Engine, Returns, UserCore};
+use super::{ActivityCounts, CohortCounts, Engine, Returns};
 use crate::config::EngineConfig;
 
 #[cfg(target_endian = "big")]
@@ -41,6 +42,9 @@ pub struct StateMismatch(String);
 #[derive(Debug, Serialize, Deserialize)]
 struct Head {
     users: u64,
+    /// Words of each day set (4 or 8, from `history_days`, which a
+    /// snapshot's configuration fingerprint holds).
+    day_words: u8,
     id_bytes: u64,
     retention: Vec<RetentionHead>,
     funnels: Vec<FunnelHead>,
@@ -74,14 +78,15 @@ impl Head {
     /// The bytes the columns take, from the shapes the head gives.
     fn columns_len(&self) -> Option<u64> {
         let n = self.users;
-        let mut total = self.id_bytes.checked_add(n.checked_mul(4 + std::mem::size_of::<UserCore>() as u64)?)?;
+        let day = std::mem::size_of::<Day16>() as u64;
+        let set = day * (1 + u64::from(self.day_words));
+        let mut total = self.id_bytes.checked_add(n.checked_mul(4 + day + set)?)?;
         for r in &self.retention {
-            let day = std::mem::size_of::<Day16>() as u64;
             let per_user = day * u64::from(r.cohort)
                 + match r.returns {
                     0 => 0,
                     1 => day,
-                    _ => std::mem::size_of::<DayBits>() as u64,
+                    _ => set,
                 };
             total = total.checked_add(n.checked_mul(per_user)?)?;
         }
@@ -138,7 +143,8 @@ impl Engine {
     pub fn write_state<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
         let (id_bytes, id_ends) = self.user_ids.parts();
         let head = Head {
-            users: self.users.len() as u64,
+            users: self.first_seen.len() as u64,
+            day_words: self.active.words() as u8,
             id_bytes: id_bytes.len() as u64,
             retention: self
                 .retention
@@ -179,7 +185,8 @@ impl Engine {
         out.write_all(&head)?;
         out.write_all(id_bytes)?;
         column(out, id_ends)?;
-        column(out, &self.users)?;
+        column(out, &self.first_seen)?;
+        column(out, self.active.cells())?;
         for r in &self.retention {
             if let Some(cohort) = &r.cohort {
                 column(out, cohort)?;
@@ -187,7 +194,7 @@ impl Engine {
             match &r.returns {
                 Returns::Active => {}
                 Returns::Latest(v) => column(out, v)?,
-                Returns::Days(v) => column(out, v)?,
+                Returns::Days(v) => column(out, v.cells())?,
             }
         }
         for f in &self.funnels {
@@ -227,7 +234,15 @@ impl Engine {
         let mut columns = Columns { reader };
         let id_bytes: Vec<u8> = columns.take(count(head.id_bytes)?)?;
         let id_ends: Vec<u32> = columns.take(n)?;
-        let users: Vec<UserCore> = columns.take(n)?;
+        let words = usize::from(head.day_words);
+        let sets = |columns: &mut Columns<'_, R>| -> Result<DaySets, StateMismatch> {
+            let cells = columns.take(n.saturating_mul(1 + words))?;
+            DaySets::from_cells(words, cells)
+                .filter(|s| s.words() == engine.active.words())
+                .ok_or_else(|| StateMismatch("day sets of another width".into()))
+        };
+        let first_seen: Vec<Day16> = columns.take(n)?;
+        let active = sets(&mut columns)?;
         for (r, h) in head.retention.into_iter().enumerate() {
             let state = &mut engine.retention[r];
             if state.cohort.is_some() != h.cohort {
@@ -240,7 +255,7 @@ impl Engine {
             state.returns = match (&state.returns, h.returns) {
                 (Returns::Active, 0) => Returns::Active,
                 (Returns::Latest(_), 1) => Returns::Latest(columns.take(n)?),
-                (Returns::Days(_), 2) => Returns::Days(columns.take::<DayBits>(n)?),
+                (Returns::Days(_), 2) => Returns::Days(sets(&mut columns)?),
                 _ => {
                     let name = &engine.cfg.retention[r].name;
                     return Err(StateMismatch(format!("retention definition {name} has another shape")));
@@ -282,7 +297,8 @@ impl Engine {
             (ids, stores)
         });
         engine.user_ids = ids?;
-        engine.users = users;
+        engine.first_seen = first_seen;
+        engine.active = active;
         for ((state, h), store) in engine.funnels.iter_mut().zip(head.funnels).zip(stores) {
             state.store = store?;
             let tally = &mut state.tally;
