@@ -117,30 +117,50 @@ impl DaySets {
         Day16(self.cell(u)[0]).unpack()
     }
 
-    fn bits(&self, u: usize) -> u128 {
-        self.cell(u)[1..].iter().rev().fold(0, |bits, &w| bits << 16 | u128::from(w))
+    /// User `u`'s latest day and bitmap, read in one go (the two widths
+    /// spelled out, so that each is a few loads, not a loop).
+    fn load(&self, u: usize) -> (Day, u128) {
+        let w = |x: u16, i: u32| u128::from(x) << (16 * i);
+        match *self.cell(u) {
+            [last, a, b, c, d] => (Day16(last).unpack(), w(a, 0) | w(b, 1) | w(c, 2) | w(d, 3)),
+            [last, a, b, c, d, e, f, g, h] => {
+                (Day16(last).unpack(), w(a, 0) | w(b, 1) | w(c, 2) | w(d, 3) | w(e, 4) | w(f, 5) | w(g, 6) | w(h, 7))
+            }
+            ref cell => {
+                (Day16(cell[0]).unpack(), cell[1..].iter().rev().fold(0, |bits, &x| bits << 16 | u128::from(x)))
+            }
+        }
     }
 
     fn set(&mut self, u: usize, last: Day16, bits: u128) {
         let stride = 1 + self.words;
         let cell = &mut self.cells[u * stride..(u + 1) * stride];
-        cell[0] = last.0;
-        for (i, w) in cell[1..].iter_mut().enumerate() {
-            *w = (bits >> (16 * i)) as u16;
+        let w = |i: u32| (bits >> (16 * i)) as u16;
+        match cell {
+            [l, a, b, c, d] => [*l, *a, *b, *c, *d] = [last.0, w(0), w(1), w(2), w(3)],
+            [l, a, b, c, d, e, f, g, h] => {
+                [*l, *a, *b, *c, *d, *e, *f, *g, *h] = [last.0, w(0), w(1), w(2), w(3), w(4), w(5), w(6), w(7)];
+            }
+            cell => {
+                cell[0] = last.0;
+                for (i, x) in cell[1..].iter_mut().enumerate() {
+                    *x = w(i as u32);
+                }
+            }
         }
     }
 
     /// Adds `day` to user `u`'s set; true when it was not there before.
     pub fn insert(&mut self, u: usize, day: Day) -> bool {
         let span = span(self.words);
-        let last = self.last(u);
+        let (last, bits) = self.load(u);
         if last == NO_DAY {
             self.set(u, Day16::pack(day), 1);
             return true;
         }
         if day > last {
             let shift = day - last;
-            let bits = if shift >= span { 0 } else { self.bits(u) << shift };
+            let bits = if shift >= span { 0 } else { bits << shift };
             self.set(u, Day16::pack(day), bits | 1);
             return true;
         }
@@ -150,30 +170,31 @@ impl DaySets {
             return false;
         }
         let bit = 1u128 << k;
-        let bits = self.bits(u);
+        if bits & bit != 0 {
+            return false;
+        }
         self.set(u, Day16::pack(last), bits | bit);
-        bits & bit == 0
+        true
     }
 
     /// Whether `day` is in user `u`'s set.
     pub fn contains(&self, u: usize, day: Day) -> bool {
-        let last = self.last(u);
+        let (last, bits) = self.load(u);
         if last == NO_DAY || day > last {
             return false;
         }
         let k = last - day;
-        k < span(self.words) && self.bits(u) & (1u128 << k) != 0
+        k < span(self.words) && bits & (1u128 << k) != 0
     }
 
     /// The nearest days in user `u`'s set before and after `day` (which is
     /// in the set), found with two bit scans.
     pub fn neighbors(&self, u: usize, day: Day) -> (Option<Day>, Option<Day>) {
-        let (last, span) = (self.last(u), span(self.words));
+        let ((last, bits), span) = (self.load(u), span(self.words));
         if last == NO_DAY || day > last || last - day >= span {
             return (None, None);
         }
         let k = (last - day) as u32;
-        let bits = self.bits(u);
         let earlier = if k + 1 >= span as u32 { 0 } else { bits >> (k + 1) };
         let prev = (earlier != 0).then(|| last - (k + 1 + earlier.trailing_zeros()) as Day);
         let later = bits & ((1u128 << k) - 1);
