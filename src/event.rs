@@ -323,8 +323,14 @@ impl Field {
             (&names.props, Field::Props),
         ]
         .into_iter()
-        .find_map(|(name, field)| (name.as_bytes() == key).then_some(field))
+        .find_map(|(name, field)| same(name.as_bytes(), key).then_some(field))
     }
+}
+
+/// Byte equality compared inline: field names are a few bytes, shorter
+/// than the call a slice comparison makes.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 impl<'a> TopFields<'a> {
