@@ -54,6 +54,7 @@ fn stops_in(w: u64) -> u64 {
 
 /// The end (after the closing quote) of the string opening at `b[i]`, if
 /// it has no escape and no control character.
+#[inline]
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     while let Some(chunk) = b.get(j..j + 8) {
