@@ -117,19 +117,15 @@ impl DaySets {
         Day16(self.cell(u)[0]).unpack()
     }
 
-    /// User `u`'s latest day and bitmap, read in one go (the two widths
-    /// spelled out, so that each is a few loads, not a loop).
+    /// User `u`'s latest day and bitmap, read in one go (the common
+    /// 4-word width spelled out: a few loads, not a loop).
     fn load(&self, u: usize) -> (Day, u128) {
-        let w = |x: u16, i: u32| u128::from(x) << (16 * i);
-        match *self.cell(u) {
-            [last, a, b, c, d] => (Day16(last).unpack(), w(a, 0) | w(b, 1) | w(c, 2) | w(d, 3)),
-            [last, a, b, c, d, e, f, g, h] => {
-                (Day16(last).unpack(), w(a, 0) | w(b, 1) | w(c, 2) | w(d, 3) | w(e, 4) | w(f, 5) | w(g, 6) | w(h, 7))
-            }
-            ref cell => {
-                (Day16(cell[0]).unpack(), cell[1..].iter().rev().fold(0, |bits, &x| bits << 16 | u128::from(x)))
-            }
-        }
+        let cell = self.cell(u);
+        let bits = match *cell {
+            [_, a, b, c, d] => u128::from(u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32 | u64::from(d) << 48),
+            _ => cell[1..].iter().rev().fold(0, |bits, &x| bits << 16 | u128::from(x)),
+        };
+        (Day16(cell[0]).unpack(), bits)
     }
 
     fn set(&mut self, u: usize, last: Day16, bits: u128) {
@@ -138,9 +134,6 @@ impl DaySets {
         let w = |i: u32| (bits >> (16 * i)) as u16;
         match cell {
             [l, a, b, c, d] => [*l, *a, *b, *c, *d] = [last.0, w(0), w(1), w(2), w(3)],
-            [l, a, b, c, d, e, f, g, h] => {
-                [*l, *a, *b, *c, *d, *e, *f, *g, *h] = [last.0, w(0), w(1), w(2), w(3), w(4), w(5), w(6), w(7)];
-            }
             cell => {
                 cell[0] = last.0;
                 for (i, x) in cell[1..].iter_mut().enumerate() {
