@@ -32,7 +32,7 @@ use crate::engine::Engine;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 // Where the header's fields start (see the layout above).
 const VERSION_AT: usize = 8;
 const FINGERPRINT_AT: usize = 12;

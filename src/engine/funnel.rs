@@ -84,6 +84,26 @@ impl Entry for Packed {
     }
 }
 
+/// Where a funnel's steps lie in the masks of the entries it reads: funnels
+/// whose steps fit share one store, each at its own bit offset (see
+/// [`super::store::Layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// How many steps the funnel has.
+    pub count: usize,
+    /// The bit of its step 1.
+    pub shift: u32,
+}
+
+impl Steps {
+    /// The steps an entry's mask holds for this funnel (bit k: step k+1).
+    #[inline]
+    pub fn of(self, mask: u32) -> u32 {
+        let low = 1u32.checked_shl(self.count as u32).map_or(u32::MAX, |b| b - 1);
+        (mask >> self.shift) & low
+    }
+}
+
 /// The best chain found for an entry day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chain {
@@ -102,8 +122,10 @@ impl Chain {
 
 /// The level of the entry day `[day_start, day_end)`: step 1 only from
 /// events in that range, later steps at any time within `window` ms
-/// (inclusive) of the chain's step 1. `hits` is sorted by time.
-pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, steps: usize, mode: FunnelMode) -> Chain {
+/// (inclusive) of the chain's step 1. `hits` is sorted by time; entries
+/// that fill none of this funnel's steps are passed over. The level is 0
+/// exactly when no event of the day fills step 1.
+pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, steps: Steps, mode: FunnelMode) -> Chain {
     let from = hits.partition_point(|h| h.ts() < day_start);
     let until = hits.partition_point(|h| h.ts() <= day_end.saturating_add(window));
     let hits = &hits[from..until];
@@ -116,7 +138,7 @@ pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, st
                 if h.ts() >= day_end {
                     break;
                 }
-                if h.mask() & 1 == 0 || previous_start == Some(h.ts()) {
+                if steps.of(h.mask()) & 1 == 0 || previous_start == Some(h.ts()) {
                     continue;
                 }
                 previous_start = Some(h.ts());
@@ -125,7 +147,7 @@ pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, st
                 let chain = level_from(&hits[group_from..], window, steps, mode);
                 if chain.level > best.level {
                     best = chain;
-                    if best.level == steps {
+                    if best.level == steps.count {
                         break;
                     }
                 }
@@ -138,7 +160,7 @@ pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, st
 /// ClickHouse's single pass: for each step the latest chain start that
 /// reaches it. In this mode a later start never does worse, so the pass
 /// finds the true maximum. Equal timestamps are taken in step order.
-fn level_default<E: Entry>(hits: &[E], day_end: i64, window: i64, steps: usize) -> Chain {
+fn level_default<E: Entry>(hits: &[E], day_end: i64, window: i64, steps: Steps) -> Chain {
     // (first, last) of the chain that reached step k+1, if any.
     let mut reached: [Option<(i64, i64)>; crate::config::MAX_STEPS] = [None; crate::config::MAX_STEPS];
     let mut i = 0;
@@ -146,10 +168,10 @@ fn level_default<E: Entry>(hits: &[E], day_end: i64, window: i64, steps: usize) 
         let ts = hits[i].ts();
         let mut union = 0u32;
         while i < hits.len() && hits[i].ts() == ts {
-            union |= hits[i].mask();
+            union |= steps.of(hits[i].mask());
             i += 1;
         }
-        for k in 0..steps {
+        for k in 0..steps.count {
             if union & (1 << k) == 0 {
                 continue;
             }
@@ -160,14 +182,14 @@ fn level_default<E: Entry>(hits: &[E], day_end: i64, window: i64, steps: usize) 
             } else if let Some((first, _)) = reached[k - 1] {
                 if ts <= first + window {
                     reached[k] = Some((first, ts));
-                    if k + 1 == steps {
-                        return chain_of(&reached, steps);
+                    if k + 1 == steps.count {
+                        return chain_of(&reached, steps.count);
                     }
                 }
             }
         }
     }
-    chain_of(&reached, steps)
+    chain_of(&reached, steps.count)
 }
 
 fn chain_of(reached: &[Option<(i64, i64)>], steps: usize) -> Chain {
@@ -184,7 +206,7 @@ fn chain_of(reached: &[Option<(i64, i64)>], steps: usize) -> Chain {
 /// The greedy chain from the step-1 event at `hits[0]`: at each timestamp,
 /// advance as far as the mode allows. Being further along at the same time
 /// is never worse, so greedy is optimal for a fixed start.
-fn level_from<E: Entry>(hits: &[E], window: i64, steps: usize, mode: FunnelMode) -> Chain {
+fn level_from<E: Entry>(hits: &[E], window: i64, steps: Steps, mode: FunnelMode) -> Chain {
     let start = hits[0].ts();
     let mut chain = Chain::none();
     let mut i = 0;
@@ -198,7 +220,7 @@ fn level_from<E: Entry>(hits: &[E], window: i64, steps: usize, mode: FunnelMode)
         let before = chain.level;
         chain.level = match mode {
             FunnelMode::StrictIncrease => {
-                let union = group.iter().fold(0, |m, h| m | h.mask());
+                let union = group.iter().fold(0, |m, h| m | steps.of(h.mask()));
                 if ts == start {
                     1
                 } else if union & (1 << chain.level) != 0 {
@@ -212,7 +234,7 @@ fn level_from<E: Entry>(hits: &[E], window: i64, steps: usize, mode: FunnelMode)
         for k in before..chain.level {
             chain.reached[k] = ts - start;
         }
-        if chain.level == steps {
+        if chain.level == steps.count {
             break;
         }
     }
@@ -222,12 +244,12 @@ fn level_from<E: Entry>(hits: &[E], window: i64, steps: usize, mode: FunnelMode)
 /// How many consecutive steps from `from` on can be filled by distinct
 /// events of one timestamp group: a bipartite matching, grown one step at a
 /// time (Kuhn's augmenting paths). Groups are tiny: distinct masks at one ms.
-fn distinct_run<E: Entry>(group: &[E], from: usize, steps: usize) -> usize {
+fn distinct_run<E: Entry>(group: &[E], from: usize, steps: Steps) -> usize {
     let mut owner: Vec<Option<usize>> = vec![None; group.len()];
     let mut run = 0;
-    while from + run < steps {
+    while from + run < steps.count {
         let mut seen = vec![false; group.len()];
-        if !augment(group, from + run, &mut owner, &mut seen) {
+        if !augment(group, steps, from + run, &mut owner, &mut seen) {
             break;
         }
         run += 1;
@@ -235,15 +257,15 @@ fn distinct_run<E: Entry>(group: &[E], from: usize, steps: usize) -> usize {
     run
 }
 
-fn augment<E: Entry>(group: &[E], step: usize, owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
+fn augment<E: Entry>(group: &[E], steps: Steps, step: usize, owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
     for (j, h) in group.iter().enumerate() {
-        if h.mask() & (1 << step) == 0 || seen[j] {
+        if steps.of(h.mask()) & (1 << step) == 0 || seen[j] {
             continue;
         }
         seen[j] = true;
         let free = match owner[j] {
             None => true,
-            Some(other) => augment(group, other, owner, seen),
+            Some(other) => augment(group, steps, other, owner, seen),
         };
         if free {
             owner[j] = Some(step);
@@ -264,8 +286,10 @@ mod tests {
     fn lv(hits: &[Hit], mode: FunnelMode) -> usize {
         let mut hits = hits.to_vec();
         hits.sort();
-        level(&hits, 0, 100, 10, 3, mode).level
+        level(&hits, 0, 100, 10, THREE, mode).level
     }
+
+    const THREE: Steps = Steps { count: 3, shift: 0 };
 
     #[test]
     fn window_includes_its_end() {
@@ -299,8 +323,24 @@ mod tests {
     #[test]
     fn step_one_only_on_the_entry_day() {
         let hits = [h(99, &[0]), h(105, &[1]), h(106, &[0]), h(107, &[2])];
-        assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 3);
+        assert_eq!(level(&hits, 0, 100, 10, THREE, FunnelMode::Default).level, 3);
         let hits = [h(106, &[0]), h(107, &[1])];
-        assert_eq!(level(&hits, 0, 100, 10, 3, FunnelMode::Default).level, 0);
+        assert_eq!(level(&hits, 0, 100, 10, THREE, FunnelMode::Default).level, 0);
+    }
+
+    #[test]
+    fn reads_only_its_own_bits_of_a_shared_mask() {
+        // Another funnel's steps at bits 0-2, this one's at 3-5; an entry
+        // may fill steps of both.
+        let ours = Steps { count: 3, shift: 3 };
+        let hits = [h(1, &[0, 3]), h(2, &[1]), h(3, &[2, 4]), h(4, &[5]), h(5, &[0])];
+        for mode in [FunnelMode::Default, FunnelMode::StrictOnce, FunnelMode::StrictIncrease] {
+            assert_eq!(level(&hits, 0, 100, 10, ours, mode).level, 3, "{mode:?}");
+            assert_eq!(level(&hits, 0, 100, 10, THREE, mode).level, 3, "{mode:?}");
+            assert_eq!(level(&hits[1..], 0, 100, 10, ours, mode).level, 0, "{mode:?}: no step 1 of ours");
+            assert_eq!(level(&hits[..3], 0, 100, 10, ours, mode).level, 2, "{mode:?}");
+        }
+        assert_eq!(Steps { count: 32, shift: 0 }.of(u32::MAX), u32::MAX);
+        assert_eq!(ours.of(0b111_111_111), 0b111);
     }
 }

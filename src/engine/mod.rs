@@ -32,10 +32,10 @@ use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
 use days::{Day16, DayRows, DaySets, NO_DAY};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
-use funnel::{Entry, Hit};
+use funnel::{Entry, Hit, Steps};
 use ids::UserIds;
 pub use state::StateMismatch;
-use store::{FunnelStore, Store};
+use store::{FunnelStore, Layout, Store};
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest activity window (MAU).
@@ -94,8 +94,9 @@ enum Returns {
 
 #[derive(Debug, Clone)]
 struct FunnelState {
-    /// Per user (index), the funnel's events.
-    store: Store,
+    /// Where the funnel's steps lie in its store's entry masks (see
+    /// `Engine::members` for which store).
+    steps: Steps,
     tally: FunnelTally,
 }
 
@@ -128,6 +129,11 @@ pub struct Engine {
     active: DaySets,
     retention: Vec<RetentionState>,
     funnels: Vec<FunnelState>,
+    /// Per user (index), the funnels' events: stores shared by funnels as
+    /// [`Layout`] says.
+    stores: Vec<Store>,
+    /// Per store, the funnels that use it.
+    members: Vec<Vec<usize>>,
     activity: DayRows<ActivityCounts>,
     max_ts: Option<i64>,
     /// The watermark day at the last maintenance pass.
@@ -210,11 +216,15 @@ impl Engine {
                 rows: DayRows::default(),
             })
             .collect();
+        let layout = Layout::of(&cfg.funnels);
+        let stores: Vec<Store> = layout.wide.iter().map(|&wide| Store::new(wide)).collect();
+        let members = (0..stores.len()).map(|s| layout.members(s).collect()).collect();
         let funnels: Vec<FunnelState> = cfg
             .funnels
             .iter()
-            .map(|def| FunnelState {
-                store: Store::new(def),
+            .zip(&layout.funnels)
+            .map(|(def, &(_, steps))| FunnelState {
+                steps,
                 tally: FunnelTally {
                     rows: DayRows::default(),
                     conversions: vec![0; def.steps.len()],
@@ -225,7 +235,7 @@ impl Engine {
                 },
             })
             .collect();
-        let needs_tags = funnels.iter().any(|f| matches!(f.store, Store::Wide(_)));
+        let needs_tags = layout.wide.iter().any(|&wide| wide);
         let max_window_ms = cfg.funnels.iter().map(|f| f.window_ms).max().unwrap_or(0);
         let mut filter_keys: Vec<String> = Vec::new();
         let filters = cfg
@@ -261,6 +271,8 @@ impl Engine {
             active,
             retention,
             funnels,
+            stores,
+            members,
             activity: DayRows::default(),
             max_ts: None,
             maintained_day: Day::MIN,
@@ -416,9 +428,10 @@ impl Engine {
         // Funnels.
         if masks.iter().any(|&m| m != 0) {
             let tag = if self.needs_tags { event_tag(ev) } else { 0 };
-            for (f, &mask) in masks.iter().enumerate() {
+            for s in 0..self.stores.len() {
+                let mask = self.members[s].iter().fold(0, |m, &f| m | masks[f] << self.funnels[f].steps.shift);
                 if mask != 0 {
-                    self.funnel_event(f, uid, Hit { ts, mask, tag }, day);
+                    self.funnel_event(s, uid, Hit { ts, mask, tag }, day, &masks);
                 }
             }
         }
@@ -446,8 +459,8 @@ impl Engine {
                 Returns::Days(v) => v.push_empty(),
             }
         }
-        for state in &mut self.funnels {
-            state.store.push_user();
+        for store in &mut self.stores {
+            store.push_user();
         }
         Some(i)
     }
@@ -558,12 +571,14 @@ impl Engine {
         }
     }
 
-    fn funnel_event(&mut self, f: usize, uid: u32, hit: Hit, day: Day) {
-        let def = &self.cfg.funnels[f];
-        let FunnelState { store, tally } = &mut self.funnels[f];
-        match store {
-            Store::Packed(s) => tally.record(s, &self.cal, def, uid, hit, day),
-            Store::Wide(s) => tally.record(s, &self.cal, def, uid, hit, day),
+    /// Adds `hit` (its mask: the steps of every funnel of store `s` the
+    /// event fills; `masks`: per funnel, its own steps) to the store, and
+    /// moves the counters of each funnel whose levels it raises.
+    fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) {
+        let funnels = Funnels { cal: &self.cal, defs: &self.cfg.funnels, states: &mut self.funnels, masks };
+        match &mut self.stores[s] {
+            Store::Packed(store) => funnels.record(store, &self.members[s], uid, hit, day),
+            Store::Wide(store) => funnels.record(store, &self.members[s], uid, hit, day),
         }
     }
 
@@ -583,13 +598,17 @@ impl Engine {
         for state in &mut self.retention {
             state.rows.drop_before(keep_from);
         }
-        for (f, state) in self.funnels.iter_mut().enumerate() {
+        for state in &mut self.funnels {
             state.tally.rows.drop_before(keep_from);
+        }
+        for (s, store) in self.stores.iter_mut().enumerate() {
             // An accepted event is at or after the horizon and reaches
             // entry days from the day of its time minus the window on; their
-            // levels read hits from those days' starts.
-            let reach = self.cal.day_of((horizon - self.cfg.funnels[f].window_ms).max(0));
-            state.store.prune(self.cal.bounds(reach).0);
+            // levels read hits from those days' starts. A shared store
+            // keeps what its longest window needs.
+            let window = self.members[s].iter().map(|&f| self.cfg.funnels[f].window_ms).max().unwrap_or(0);
+            let reach = self.cal.day_of((horizon - window).max(0));
+            store.prune(self.cal.bounds(reach).0);
         }
     }
 
@@ -705,62 +724,80 @@ impl Engine {
                     }
             })
             .sum();
-        let funnels: usize = self.funnels.iter().map(|f| f.store.heap_bytes()).sum();
+        let funnels: usize = self.stores.iter().map(Store::heap_bytes).sum();
         (ids + users + retention + funnels) as u64
     }
 }
 
-impl FunnelTally {
-    /// Adds `hit` of user `uid` (on business day `day`) to `store` and
-    /// moves the counters of every entry day whose level it raises.
-    fn record<E: Entry>(
-        &mut self,
-        store: &mut FunnelStore<E>,
-        cal: &Calendar,
-        def: &FunnelDef,
-        uid: u32,
-        hit: Hit,
-        day: Day,
-    ) {
-        let (window, steps, mode) = (def.window_ms, def.steps.len(), def.mode);
+/// What recording a funnel event reads and moves, besides its store.
+struct Funnels<'a> {
+    cal: &'a Calendar,
+    defs: &'a [FunnelDef],
+    states: &'a mut [FunnelState],
+    /// Per funnel: the steps the event fills (bit k: step k+1).
+    masks: &'a [u32],
+}
+
+impl Funnels<'_> {
+    /// Adds `hit` of user `uid` (on business day `day`) to `store`, which
+    /// the funnels `members` share, and moves the counters of every entry
+    /// day whose level it raises.
+    fn record<E: Entry>(self, store: &mut FunnelStore<E>, members: &[usize], uid: u32, hit: Hit, day: Day) {
         let entry = E::from_hit(hit);
         let Err(pos) = store.hits(uid).binary_search(&entry) else {
-            // A replay, or an event the funnel cannot tell from one it has.
+            // A replay, or an event the store cannot tell from one it has.
             return;
         };
+        let masks = self.masks;
+        let filled = |f: &&usize| masks[**f] != 0;
         // Entry days whose chains this event can join, and their levels
         // before it: recomputed, not stored, from the hits, all of which
         // an accepted event can still reach are kept (see `maintain`).
-        let first_day = if hit.mask & !1 == 0 { day } else { cal.day_of(hit.ts - window) };
-        let chain_on = |hits: &[E], d: Day| {
-            let (start, end) = cal.bounds(d);
-            let from = hits.partition_point(|h| h.ts() < start);
-            let entered = hits[from..].iter().take_while(|h| h.ts() < end).any(|h| h.mask() & 1 != 0);
-            entered.then(|| funnel::level(hits, start, end, window, steps, mode))
-        };
-        self.before.clear();
-        self.before.extend((first_day..=day).map(|d| chain_on(store.hits(uid), d).map_or(0, |c| c.level)));
+        for &f in members.iter().filter(filled) {
+            let mut before = std::mem::take(&mut self.states[f].tally.before);
+            before.clear();
+            before.extend(self.entry_days(f, hit.ts, day).map(|d| self.chain_on(f, store.hits(uid), d).level));
+            self.states[f].tally.before = before;
+        }
         store.insert_at(uid, pos, entry);
-        for (d, &old) in (first_day..=day).zip(&self.before) {
-            let Some(chain) = chain_on(store.hits(uid), d) else {
-                continue;
-            };
-            if chain.level <= old {
-                continue;
-            }
-            if let Some(row) = self.rows.row(d) {
-                let users = ensure_len(row, steps);
-                for u in users.iter_mut().take(chain.level).skip(old) {
-                    *u += 1;
+        for &f in members.iter().filter(filled) {
+            let steps = self.states[f].steps.count;
+            for (i, d) in self.entry_days(f, hit.ts, day).enumerate() {
+                let old = self.states[f].tally.before[i];
+                let chain = self.chain_on(f, store.hits(uid), d);
+                if chain.level <= old {
+                    continue;
                 }
-            }
-            for k in old..chain.level {
-                self.conversions[k] += 1;
-                if k > 0 {
-                    self.time_to_convert[k].saturating_record(chain.reached[k].max(0) as u64);
+                let tally = &mut self.states[f].tally;
+                if let Some(row) = tally.rows.row(d) {
+                    let users = ensure_len(row, steps);
+                    for u in users.iter_mut().take(chain.level).skip(old) {
+                        *u += 1;
+                    }
+                }
+                for k in old..chain.level {
+                    tally.conversions[k] += 1;
+                    if k > 0 {
+                        tally.time_to_convert[k].saturating_record(chain.reached[k].max(0) as u64);
+                    }
                 }
             }
         }
+    }
+
+    /// The entry days of funnel `f` an event at `ts` (on day `day`) can
+    /// reach: its own when it fills step 1 only, else the days from its
+    /// time minus the window on.
+    fn entry_days(&self, f: usize, ts: i64, day: Day) -> std::ops::RangeInclusive<Day> {
+        let first = if self.masks[f] & !1 == 0 { day } else { self.cal.day_of(ts - self.defs[f].window_ms) };
+        first..=day
+    }
+
+    /// Funnel `f`'s best chain from entry day `d` over `hits`.
+    fn chain_on<E: Entry>(&self, f: usize, hits: &[E], d: Day) -> funnel::Chain {
+        let def = &self.defs[f];
+        let (start, end) = self.cal.bounds(d);
+        funnel::level(hits, start, end, def.window_ms, self.states[f].steps, def.mode)
     }
 }
 

@@ -10,11 +10,12 @@
 //! head length u64 | head (postcard) | id bytes | id ends [u32; n] | first days [Day16; n]
 //!   | active day sets [u16; n × (1 + words)]
 //!   | per retention definition: cohort days [Day16; n]?, latest return days [Day16; n] or return day sets [u16; n × (1 + words)]
-//!   | per funnel: hits per user [u32; n], hits [Packed or Hit; total] in user order
+//!   | per funnel store: hits per user [u32; n], hits [Packed or Hit; total] in user order
 //! ```
 //!
-//! Decoding runs on a thread per funnel (its arena) besides the one that
-//! rebuilds the user id index.
+//! Which funnels share a store follows from the definitions
+//! ([`super::store::Layout`]). Decoding runs on a thread per store (its
+//! arena) besides the one that rebuilds the user id index.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ struct Head {
     id_bytes: u64,
     retention: Vec<RetentionHead>,
     funnels: Vec<FunnelHead>,
+    stores: Vec<StoreHead>,
     activity: DayRows<ActivityCounts>,
     max_ts: Option<i64>,
     maintained_day: Day,
@@ -64,10 +66,14 @@ struct RetentionHead {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct FunnelHead {
+struct StoreHead {
     /// Bytes an entry takes: 8 (packed) or 16 (with tags).
     entry_bytes: u8,
     entries: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FunnelHead {
     rows: DayRows<Vec<i64>>,
     conversions: Vec<u64>,
     /// Per step: (value, count) pairs of the time-to-convert histogram.
@@ -90,7 +96,7 @@ impl Head {
                 };
             total = total.checked_add(n.checked_mul(per_user)?)?;
         }
-        for f in &self.funnels {
+        for f in &self.stores {
             total = total.checked_add(n.checked_mul(4)?)?;
             total = total.checked_add(f.entries.checked_mul(u64::from(f.entry_bytes))?)?;
         }
@@ -163,8 +169,6 @@ impl Engine {
                 .funnels
                 .iter()
                 .map(|f| FunnelHead {
-                    entry_bytes: f.store.entry_bytes() as u8,
-                    entries: f.store.entries() as u64,
                     rows: f.tally.rows.clone(),
                     conversions: f.tally.conversions.clone(),
                     time_to_convert: f
@@ -174,6 +178,11 @@ impl Engine {
                         .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
                         .collect(),
                 })
+                .collect(),
+            stores: self
+                .stores
+                .iter()
+                .map(|s| StoreHead { entry_bytes: s.entry_bytes() as u8, entries: s.entries() as u64 })
                 .collect(),
             activity: self.activity.clone(),
             max_ts: self.max_ts,
@@ -197,8 +206,8 @@ impl Engine {
                 Returns::Days(v) => column(out, v.cells())?,
             }
         }
-        for f in &self.funnels {
-            match &f.store {
+        for store in &self.stores {
+            match store {
                 Store::Packed(s) => write_store(out, s)?,
                 Store::Wide(s) => write_store(out, s)?,
             }
@@ -227,8 +236,11 @@ impl Engine {
         }
 
         let mut engine = Engine::new(cfg);
-        if head.retention.len() != engine.retention.len() || head.funnels.len() != engine.funnels.len() {
-            return Err(StateMismatch("the number of retention definitions or funnels differs".into()));
+        if head.retention.len() != engine.retention.len()
+            || head.funnels.len() != engine.funnels.len()
+            || head.stores.len() != engine.stores.len()
+        {
+            return Err(StateMismatch("the number of retention definitions, funnels or funnel stores differs".into()));
         }
         let n = count(head.users)?;
         let mut columns = Columns { reader };
@@ -263,17 +275,17 @@ impl Engine {
             };
             state.rows = h.rows;
         }
-        let mut funnel_columns = Vec::with_capacity(head.funnels.len());
-        for (state, h) in engine.funnels.iter().zip(&head.funnels) {
-            if usize::from(h.entry_bytes) != state.store.entry_bytes() {
-                return Err(StateMismatch("a funnel's entries have another layout".into()));
+        let mut funnel_columns = Vec::with_capacity(head.stores.len());
+        for (store, h) in engine.stores.iter().zip(&head.stores) {
+            if usize::from(h.entry_bytes) != store.entry_bytes() {
+                return Err(StateMismatch("a funnel store's entries have another layout".into()));
             }
             let lens: Vec<u32> = columns.take(n)?;
-            let words = count(h.entries)?.saturating_mul(state.store.entry_bytes() / 8);
-            funnel_columns.push((&state.store, lens, columns.take::<u64>(words)?));
+            let words = count(h.entries)?.saturating_mul(store.entry_bytes() / 8);
+            funnel_columns.push((store, lens, columns.take::<u64>(words)?));
         }
 
-        // A thread per funnel lays out its arena while this one rebuilds
+        // A thread per store lays out its arena while this one rebuilds
         // the id index.
         let (ids, stores) = std::thread::scope(|scope| {
             let jobs: Vec<_> = funnel_columns
@@ -299,8 +311,10 @@ impl Engine {
         engine.user_ids = ids?;
         engine.first_seen = first_seen;
         engine.active = active;
-        for ((state, h), store) in engine.funnels.iter_mut().zip(head.funnels).zip(stores) {
-            state.store = store?;
+        for (slot, store) in engine.stores.iter_mut().zip(stores) {
+            *slot = store?;
+        }
+        for (state, h) in engine.funnels.iter_mut().zip(head.funnels) {
             let tally = &mut state.tally;
             let steps = tally.conversions.len();
             if h.conversions.len() != steps || h.time_to_convert.len() != steps {

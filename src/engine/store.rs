@@ -1,5 +1,8 @@
-//! Where a funnel keeps its users' events: one arena of 64-bit words per
-//! funnel, a segment per user who has any.
+//! Where funnels keep their users' events: one arena of 64-bit words per
+//! store, a segment per user who has any. Funnels share a store while
+//! their steps fit one entry's mask (see [`Layout`]): a user then has one
+//! offset, one header and one entry per event for all of them, where a
+//! store per funnel took one of each per funnel.
 //!
 //! A segment is a header word (the user's index above the entry count)
 //! followed by the user's hits of the horizon, sorted and distinct. A user
@@ -16,7 +19,7 @@
 
 use std::marker::PhantomData;
 
-use super::funnel::{Entry, Hit, Packed};
+use super::funnel::{Entry, Hit, Packed, Steps};
 use crate::config::{EventMatch, FunnelDef, FunnelMode};
 
 /// The offset of a user with no segment.
@@ -223,9 +226,56 @@ impl<E: Entry> FunnelStore<E> {
     }
 }
 
-/// A funnel's store in the entry layout its definition allows: 8-byte
-/// [`Packed`] entries unless distinct events at one millisecond can matter
-/// (see [`Packed`]).
+/// Which store each funnel of a configuration uses. Funnels of [`Packed`]
+/// entries share a store while their steps fit its mask (first fit, in
+/// the configuration's order), each at its own bit offset; a funnel whose
+/// entries need tags has a store of its own. It depends on the
+/// definitions alone, so a snapshot's stores fit any engine of its
+/// configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Per funnel: its store, and where its steps lie in the store's masks.
+    pub funnels: Vec<(usize, Steps)>,
+    /// Per store: whether its entries carry tags ([`Store::Wide`]).
+    pub wide: Vec<bool>,
+}
+
+impl Layout {
+    /// The layout of `defs`.
+    pub fn of(defs: &[FunnelDef]) -> Self {
+        let mut layout = Layout { funnels: Vec::with_capacity(defs.len()), wide: Vec::new() };
+        // Per store: the mask bits taken (None for a store with tags).
+        let mut taken: Vec<Option<usize>> = Vec::new();
+        for def in defs {
+            let count = def.steps.len();
+            if needs_tags(def) {
+                layout.funnels.push((taken.len(), Steps { count, shift: 0 }));
+                taken.push(None);
+                layout.wide.push(true);
+                continue;
+            }
+            let fits = taken.iter().position(|t| t.is_some_and(|used| used + count <= Packed::MAX_STEPS));
+            let store = fits.unwrap_or_else(|| {
+                taken.push(Some(0));
+                layout.wide.push(false);
+                taken.len() - 1
+            });
+            let used = taken[store].get_or_insert(0);
+            layout.funnels.push((store, Steps { count, shift: *used as u32 }));
+            *used += count;
+        }
+        layout
+    }
+
+    /// The funnels that use store `s`, in order.
+    pub fn members(&self, s: usize) -> impl Iterator<Item = usize> + '_ {
+        self.funnels.iter().enumerate().filter(move |(_, (store, _))| *store == s).map(|(f, _)| f)
+    }
+}
+
+/// A store in the entry layout its funnels allow: 8-byte [`Packed`]
+/// entries unless distinct events at one millisecond can matter (see
+/// [`Packed`]).
 #[derive(Debug, Clone)]
 pub enum Store {
     /// Hits without tags, 8 bytes an entry.
@@ -235,9 +285,9 @@ pub enum Store {
 }
 
 impl Store {
-    /// An empty store for `def`.
-    pub fn new(def: &FunnelDef) -> Self {
-        if needs_tags(def) { Store::Wide(FunnelStore::default()) } else { Store::Packed(FunnelStore::default()) }
+    /// An empty store, with tags or without.
+    pub fn new(wide: bool) -> Self {
+        if wide { Store::Wide(FunnelStore::default()) } else { Store::Packed(FunnelStore::default()) }
     }
 
     /// Bytes an entry takes.
@@ -346,6 +396,49 @@ mod tests {
     #[test]
     fn keeps_hits_sorted_wide() {
         keeps_hits_sorted::<Hit>();
+    }
+
+    #[test]
+    fn funnels_share_stores_while_their_steps_fit() {
+        let steps = |n: usize| (0..n).map(|k| format!("\"s{k}\"")).collect::<Vec<_>>().join(",");
+        let text = format!(
+            r#"
+            [[funnel]]
+            name = "a"
+            window = "1h"
+            steps = [{}]
+            [[funnel]]
+            name = "b"
+            window = "1h"
+            steps = [{}]
+            [[funnel]]
+            name = "c"
+            window = "1h"
+            mode = "strict_once"
+            steps = ["x", "x"]
+            [[funnel]]
+            name = "d"
+            window = "1h"
+            steps = [{}]
+            [[funnel]]
+            name = "e"
+            window = "1h"
+            steps = [{}]
+            "#,
+            steps(3),
+            steps(20),
+            steps(2),
+            steps(18),
+        );
+        let cfg = crate::config::Config::from_toml_str(&text).expect("config").engine;
+        let layout = Layout::of(&cfg.funnels);
+        let at = |store, count, shift| (store, Steps { count, shift });
+        // b does not fit beside a (23 steps), c needs tags, d fits beside
+        // a (the first store with room), e beside neither a and d (23) nor
+        // b (38).
+        assert_eq!(layout.funnels, vec![at(0, 3, 0), at(1, 20, 0), at(2, 2, 0), at(0, 2, 3), at(3, 18, 0)]);
+        assert_eq!(layout.wide, vec![false, false, true, false]);
+        assert_eq!(layout.members(0).collect::<Vec<_>>(), vec![0, 3]);
     }
 
     #[test]
