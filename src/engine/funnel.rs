@@ -126,12 +126,12 @@ impl Chain {
 /// that fill none of this funnel's steps are passed over. The level is 0
 /// exactly when no event of the day fills step 1.
 pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, steps: Steps, mode: FunnelMode) -> Chain {
-    let from = hits.partition_point(|h| h.ts() < day_start);
-    let until = hits.partition_point(|h| h.ts() <= day_end.saturating_add(window));
-    let hits = &hits[from..until];
     match mode {
-        FunnelMode::Default => level_default(hits, day_end, window, steps),
+        FunnelMode::Default => Pass::over(hits, day_start, day_end, window, steps).chain(),
         FunnelMode::StrictOnce | FunnelMode::StrictIncrease => {
+            let from = hits.partition_point(|h| h.ts() < day_start);
+            let until = hits.partition_point(|h| h.ts() <= day_end.saturating_add(window));
+            let hits = &hits[from..until];
             let mut best = Chain::none();
             let mut previous_start = None;
             for (i, h) in hits.iter().enumerate() {
@@ -157,50 +157,108 @@ pub fn level<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, st
     }
 }
 
-/// ClickHouse's single pass: for each step the latest chain start that
-/// reaches it. In this mode a later start never does worse, so the pass
-/// finds the true maximum. Equal timestamps are taken in step order.
-fn level_default<E: Entry>(hits: &[E], day_end: i64, window: i64, steps: Steps) -> Chain {
-    // (first, last) of the chain that reached step k+1, if any.
-    let mut reached: [Option<(i64, i64)>; crate::config::MAX_STEPS] = [None; crate::config::MAX_STEPS];
-    let mut i = 0;
-    while i < hits.len() {
-        let ts = hits[i].ts();
-        let mut union = 0u32;
-        while i < hits.len() && hits[i].ts() == ts {
-            union |= steps.of(hits[i].mask());
-            i += 1;
-        }
-        for k in 0..steps.count {
-            if union & (1 << k) == 0 {
-                continue;
-            }
-            if k == 0 {
-                if ts < day_end {
-                    reached[0] = Some((ts, ts));
-                }
-            } else if let Some((first, _)) = reached[k - 1] {
-                if ts <= first + window {
-                    reached[k] = Some((first, ts));
-                    if k + 1 == steps.count {
-                        return chain_of(&reached, steps.count);
-                    }
-                }
-            }
-        }
-    }
-    chain_of(&reached, steps.count)
+/// ClickHouse's single pass over one entry day's hits in time order, which
+/// can be resumed with later hits: for each step the latest chain start
+/// that reaches it. In this mode a later start never does worse, so the
+/// pass finds the true maximum. Equal timestamps are taken in step order.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    day_end: i64,
+    window: i64,
+    steps: Steps,
+    /// Steps reached; once every step is, the pass stops.
+    level: usize,
+    /// `first[k]`, `last[k]`: step 1 and step k+1 of the chain that
+    /// reached step k+1 (for k below `level`).
+    first: [i64; crate::config::MAX_STEPS],
+    last: [i64; crate::config::MAX_STEPS],
 }
 
-fn chain_of(reached: &[Option<(i64, i64)>], steps: usize) -> Chain {
-    let mut chain = Chain::none();
-    for (k, r) in reached.iter().take(steps).enumerate() {
-        if let Some((first, last)) = r {
-            chain.level = k + 1;
-            chain.reached[k] = last - first;
+impl Pass {
+    /// The pass over the hits of `[day_start, day_end)` and the window
+    /// after it (see [`level`]).
+    pub fn over<E: Entry>(hits: &[E], day_start: i64, day_end: i64, window: i64, steps: Steps) -> Pass {
+        let mut pass = Pass::default();
+        pass.run(hits, day_start, day_end, window, steps);
+        pass
+    }
+
+    /// Makes this the pass [`Pass::over`] gives, in place (a pass is a
+    /// few hundred bytes; only the steps reached are written).
+    pub fn run<E: Entry>(&mut self, hits: &[E], day_start: i64, day_end: i64, window: i64, steps: Steps) {
+        let from = hits.partition_point(|h| h.ts() < day_start);
+        let until = hits.partition_point(|h| h.ts() <= day_end.saturating_add(window));
+        let hits = &hits[from..until];
+        (self.day_end, self.window, self.steps, self.level) = (day_end, window, steps, 0);
+        let mut i = 0;
+        while i < hits.len() && self.level < steps.count {
+            let ts = hits[i].ts();
+            let mut union = 0u32;
+            while i < hits.len() && hits[i].ts() == ts {
+                union |= steps.of(hits[i].mask());
+                i += 1;
+            }
+            self.feed(ts, union);
         }
     }
-    chain
+
+    /// Goes on with the hits of one later time, whose masks' union (this
+    /// funnel's bits) is `union`: the pass of the hits it has seen and
+    /// these. Hits past the window of the day change nothing.
+    pub fn feed(&mut self, ts: i64, union: u32) {
+        if ts > self.day_end.saturating_add(self.window) {
+            return;
+        }
+        // The steps filled, lowest first.
+        let mut left = union;
+        while left != 0 && self.level < self.steps.count {
+            let k = left.trailing_zeros() as usize;
+            left &= left - 1;
+            if k == 0 {
+                if ts < self.day_end {
+                    (self.first[0], self.last[0]) = (ts, ts);
+                    self.level = self.level.max(1);
+                }
+            } else if k <= self.level && ts <= self.first[k - 1] + self.window {
+                (self.first[k], self.last[k]) = (self.first[k - 1], ts);
+                self.level = self.level.max(k + 1);
+            }
+        }
+    }
+
+    /// Steps reached.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    /// Milliseconds from step 1 to step k+1 on the chain that reached step
+    /// k+1 (k below the level).
+    pub fn span(&self, k: usize) -> i64 {
+        self.last[k] - self.first[k]
+    }
+
+    /// The chain the pass found.
+    pub fn chain(&self) -> Chain {
+        let mut chain = Chain { level: self.level, ..Chain::none() };
+        for k in 0..self.level {
+            chain.reached[k] = self.span(k);
+        }
+        chain
+    }
+}
+
+impl Default for Pass {
+    /// A pass over nothing.
+    fn default() -> Self {
+        Pass {
+            day_end: 0,
+            window: 0,
+            steps: Steps { count: 0, shift: 0 },
+            level: 0,
+            first: [0; crate::config::MAX_STEPS],
+            last: [0; crate::config::MAX_STEPS],
+        }
+    }
 }
 
 /// The greedy chain from the step-1 event at `hits[0]`: at each timestamp,

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, RetentionMode};
+use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
 use days::{Day16, DayRows, DaySets, NO_DAY};
@@ -111,6 +111,9 @@ struct FunnelTally {
     /// Levels before an event, per entry day it reaches; kept to avoid an
     /// allocation.
     before: Vec<usize>,
+    /// In `default` mode, the passes that found them: an event after all
+    /// of the user's others goes on from them. Reused in place.
+    passes: Vec<funnel::Pass>,
 }
 
 /// The state of one shard. See the module docs. A clone is a full copy
@@ -232,6 +235,7 @@ impl Engine {
                         .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
                         .collect(),
                     before: Vec::new(),
+                    passes: Vec::new(),
                 },
             })
             .collect();
@@ -754,50 +758,83 @@ impl Funnels<'_> {
         // before it: recomputed, not stored, from the hits, all of which
         // an accepted event can still reach are kept (see `maintain`).
         for &f in members.iter().filter(filled) {
-            let mut before = std::mem::take(&mut self.states[f].tally.before);
+            let (def, steps) = (&self.defs[f], self.states[f].steps);
+            let FunnelTally { before, passes, .. } = &mut self.states[f].tally;
             before.clear();
-            before.extend(self.entry_days(f, hit.ts, day).map(|d| self.chain_on(f, store.hits(uid), d).level));
-            self.states[f].tally.before = before;
+            for (i, d) in Self::entry_days(self.cal, def, masks[f], hit.ts, day).enumerate() {
+                let (start, end) = self.cal.bounds(d);
+                let level = if def.mode == FunnelMode::Default {
+                    if passes.len() <= i {
+                        passes.push(funnel::Pass::default());
+                    }
+                    passes[i].run(store.hits(uid), start, end, def.window_ms, steps);
+                    passes[i].level()
+                } else {
+                    funnel::level(store.hits(uid), start, end, def.window_ms, steps, def.mode).level
+                };
+                before.push(level);
+            }
         }
+        // The usual case: the user's latest event so far. A pass over the
+        // earlier hits then goes on with it instead of starting again.
+        let latest = store.hits(uid).last().is_none_or(|last| last.ts() < hit.ts);
         store.insert_at(uid, pos, entry);
         for &f in members.iter().filter(filled) {
-            let steps = self.states[f].steps.count;
-            for (i, d) in self.entry_days(f, hit.ts, day).enumerate() {
-                let old = self.states[f].tally.before[i];
-                let chain = self.chain_on(f, store.hits(uid), d);
-                if chain.level <= old {
+            let (def, steps) = (&self.defs[f], self.states[f].steps);
+            let tally = &mut self.states[f].tally;
+            for (i, d) in Self::entry_days(self.cal, def, masks[f], hit.ts, day).enumerate() {
+                let old = tally.before[i];
+                // A chain this event raises holds the event at a step it
+                // fills, with a chain of the steps before that which
+                // existed without it: a step at most one above the old
+                // level. It fills step 1 of its own day only.
+                let fills = steps.of(hit.mask) & if d == day { !0 } else { !1 };
+                if old == steps.count || fills & (u32::MAX >> (31 - old.min(31))) == 0 {
                     continue;
                 }
-                let tally = &mut self.states[f].tally;
-                if let Some(row) = tally.rows.row(d) {
-                    let users = ensure_len(row, steps);
-                    for u in users.iter_mut().take(chain.level).skip(old) {
-                        *u += 1;
-                    }
-                }
-                for k in old..chain.level {
-                    tally.conversions[k] += 1;
-                    if k > 0 {
-                        tally.time_to_convert[k].saturating_record(chain.reached[k].max(0) as u64);
-                    }
+                if def.mode == FunnelMode::Default && latest {
+                    let mut passes = std::mem::take(&mut tally.passes);
+                    let pass = &mut passes[i];
+                    pass.feed(hit.ts, steps.of(hit.mask));
+                    tally.count(d, old, pass.level(), |k| pass.span(k));
+                    tally.passes = passes;
+                } else {
+                    let (start, end) = self.cal.bounds(d);
+                    let chain = funnel::level(store.hits(uid), start, end, def.window_ms, steps, def.mode);
+                    tally.count(d, old, chain.level, |k| chain.reached[k]);
                 }
             }
         }
     }
 
-    /// The entry days of funnel `f` an event at `ts` (on day `day`) can
-    /// reach: its own when it fills step 1 only, else the days from its
-    /// time minus the window on.
-    fn entry_days(&self, f: usize, ts: i64, day: Day) -> std::ops::RangeInclusive<Day> {
-        let first = if self.masks[f] & !1 == 0 { day } else { self.cal.day_of(ts - self.defs[f].window_ms) };
+    /// The entry days of funnel `def` an event at `ts` (on day `day`)
+    /// filling its steps `mask` can reach: its own when it fills step 1
+    /// only, else the days from its time minus the window on.
+    fn entry_days(cal: &Calendar, def: &FunnelDef, mask: u32, ts: i64, day: Day) -> std::ops::RangeInclusive<Day> {
+        let first = if mask & !1 == 0 { day } else { cal.day_of(ts - def.window_ms) };
         first..=day
     }
+}
 
-    /// Funnel `f`'s best chain from entry day `d` over `hits`.
-    fn chain_on<E: Entry>(&self, f: usize, hits: &[E], d: Day) -> funnel::Chain {
-        let def = &self.defs[f];
-        let (start, end) = self.cal.bounds(d);
-        funnel::level(hits, start, end, def.window_ms, self.states[f].steps, def.mode)
+impl FunnelTally {
+    /// Moves entry day `d` from level `old` to level `new` (when higher):
+    /// its row, the conversions, and the time to convert to each step
+    /// reached (`span(k)`: ms from step 1 to step k+1).
+    fn count(&mut self, d: Day, old: usize, new: usize, span: impl Fn(usize) -> i64) {
+        if new <= old {
+            return;
+        }
+        if let Some(row) = self.rows.row(d) {
+            for u in ensure_len(row, self.conversions.len()).iter_mut().take(new).skip(old) {
+                *u += 1;
+            }
+        }
+        for k in old..new {
+            self.conversions[k] += 1;
+            if k > 0 {
+                self.time_to_convert[k].saturating_record(span(k).max(0) as u64);
+            }
+        }
     }
 }
 
