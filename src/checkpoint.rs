@@ -32,7 +32,7 @@ use crate::engine::Engine;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 // Where the header's fields start (see the layout above).
 const VERSION_AT: usize = 8;
 const FINGERPRINT_AT: usize = 12;
@@ -262,8 +262,16 @@ mod tests {
     use crate::engine::figures::Figures;
     use crate::source::demo::{DEMO_CONFIG, Generator};
 
+    /// The benchmarks' definitions: two retention definitions share a
+    /// cohort column, and both funnels one store.
+    const BENCH_CONFIG: &str = include_str!("../config/bench.toml");
+
     fn engine() -> Engine {
-        let cfg = Arc::new(Config::from_toml_str(DEMO_CONFIG).expect("config").engine);
+        engine_of(DEMO_CONFIG)
+    }
+
+    fn engine_of(config: &str) -> Engine {
+        let cfg = Arc::new(Config::from_toml_str(config).expect("config").engine);
         let mut e = Engine::new(cfg);
         let mut g = Generator::new(1, 1_790_000_000_000, 300.0);
         let mut lines = Vec::new();
@@ -276,21 +284,33 @@ mod tests {
 
     #[test]
     fn round_trip_gives_the_same_figures_and_behaviour() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = path_for(dir.path(), "events", 3);
-        let mut a = engine();
-        write(&path, &a, 1234).expect("write");
-        let restored = read(&path, a.config()).expect("read").expect("present");
-        assert_eq!(restored.next_offset, 1234);
-        let mut b = restored.engine;
-        // Capacities differ after a restore; everything else may not.
-        let figures = |e: &Engine| Figures { state_bytes: 0, ..e.figures() };
-        assert_eq!(figures(&a), figures(&b));
-        // And it goes on identically.
-        let line = br#"{"user_id":"u1","event":"view","ts":1790500000000}"#;
-        let _ = a.apply(line, None, 1_800_000_000_000);
-        let _ = b.apply(line, None, 1_800_000_000_000);
-        assert_eq!(figures(&a), figures(&b));
+        for config in [DEMO_CONFIG, BENCH_CONFIG] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let path = path_for(dir.path(), "events", 3);
+            let mut a = engine_of(config);
+            write(&path, &a, 1234).expect("write");
+            let restored = read(&path, a.config()).expect("read").expect("present");
+            assert_eq!(restored.next_offset, 1234);
+            let mut b = restored.engine;
+            // Capacities differ after a restore; everything else may not.
+            let figures = |e: &Engine| Figures { state_bytes: 0, ..e.figures() };
+            assert_eq!(figures(&a), figures(&b));
+            assert!(figures(&a).retention.iter().all(|t| !t.cohorts.is_empty()));
+            // And it goes on identically, a new user's sign-up and an old
+            // one's late sign-up (cohorts move) and checkout included.
+            for line in [
+                &br#"{"user_id":"u1","event":"view","ts":1790500000000}"#[..],
+                br#"{"user_id":"new","event":"signup","ts":1790400000000}"#,
+                br#"{"user_id":"new","event":"pay","ts":1790410000000}"#,
+                br#"{"user_id":"u2","event":"signup","ts":1790000000001}"#,
+                br#"{"user_id":"u2","event":"add_to_cart","ts":1790400000000}"#,
+                br#"{"user_id":"u2","event":"order","ts":1790400000001}"#,
+            ] {
+                let _ = a.apply(line, None, 1_800_000_000_000);
+                let _ = b.apply(line, None, 1_800_000_000_000);
+                assert_eq!(figures(&a), figures(&b));
+            }
+        }
     }
 
     #[test]

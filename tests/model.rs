@@ -75,6 +75,19 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         return_event = "*"
         days = [1, 3]
         mode = "on_or_after"
+        # Cohort columns shared with "ab" and "b_any", one of them
+        # returning on its own cohort event.
+        [[retention]]
+        name = "aa"
+        cohort_event = "a"
+        return_event = "a"
+        days = [1, 2]
+        [[retention]]
+        name = "bc"
+        cohort_event = "b"
+        return_event = "c"
+        days = [1, 2]
+        mode = "on_or_after"
         [[funnel]]
         name = "abc"
         window = "{window}"

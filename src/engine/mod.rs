@@ -72,11 +72,21 @@ struct CohortCounts {
 
 #[derive(Debug, Clone)]
 struct RetentionState {
-    /// Per user: the cohort day, or [`NO_DAY`]; `None` when any event is a
-    /// cohort event (then the user's `first_seen` is the cohort day).
-    cohort: Option<Vec<Day16>>,
+    cohort: Cohort,
     returns: Returns,
     rows: DayRows<CohortCounts>,
+}
+
+/// Where a retention definition finds each user's cohort day.
+#[derive(Debug, Clone)]
+enum Cohort {
+    /// Any event is a cohort event: the user's `first_seen` is the day.
+    FirstSeen,
+    /// Per user: the cohort day, or [`NO_DAY`].
+    Own(Vec<Day16>),
+    /// The column of an earlier definition with the same cohort event,
+    /// which always holds the same days. Only that definition writes it.
+    SameAs(usize),
 }
 
 /// What a retention definition remembers of each user's return events:
@@ -209,8 +219,16 @@ impl Engine {
         let retention = cfg
             .retention
             .iter()
-            .map(|def| RetentionState {
-                cohort: (def.cohort_event != EventMatch::Any).then(Vec::new),
+            .enumerate()
+            .map(|(r, def)| RetentionState {
+                cohort: if def.cohort_event == EventMatch::Any {
+                    Cohort::FirstSeen
+                } else {
+                    match cfg.retention[..r].iter().position(|earlier| earlier.cohort_event == def.cohort_event) {
+                        Some(owner) => Cohort::SameAs(owner),
+                        None => Cohort::Own(Vec::new()),
+                    }
+                },
                 returns: match (&def.return_event, def.mode) {
                     (EventMatch::Any, _) => Returns::Active,
                     (_, RetentionMode::OnOrAfter) => Returns::Latest(Vec::new()),
@@ -409,20 +427,18 @@ impl Engine {
             }
         }
 
-        // Retention definitions.
-        for r in 0..self.retention.len() {
+        // Retention definitions, last first: a definition that shares an
+        // earlier one's cohort column reads it before its owner moves it.
+        for r in (0..self.retention.len()).rev() {
             let is_return = return_bits & (1 << r) != 0;
             let is_cohort = cohort_bits & (1 << r) != 0;
             if is_return {
                 self.credit_return(r, uid, day, newly_active, prev_active_latest, old_first);
             }
             if is_cohort {
-                let current = match &self.retention[r].cohort {
-                    Some(cohort) => cohort[uid as usize].unpack(),
-                    // The cohort is the first day seen, as it was before
-                    // this event.
-                    None => old_first,
-                };
+                // For `FirstSeen`, the first day seen as it was before this
+                // event.
+                let current = self.cohort_day(r, uid).unwrap_or(old_first);
                 if current == NO_DAY || day < current {
                     self.move_cohort(r, uid, current, day);
                 }
@@ -454,7 +470,7 @@ impl Engine {
         self.first_seen.push(Day16::pack(NO_DAY));
         self.active.push_empty();
         for state in &mut self.retention {
-            if let Some(cohort) = &mut state.cohort {
+            if let Cohort::Own(cohort) = &mut state.cohort {
                 cohort.push(Day16::pack(NO_DAY));
             }
             match &mut state.returns {
@@ -467,6 +483,16 @@ impl Engine {
             store.push_user();
         }
         Some(i)
+    }
+
+    /// The user's cohort day in definition `r`'s column ([`NO_DAY`] for
+    /// none yet); `None` when the cohort is the first day seen.
+    fn cohort_day(&self, r: usize, uid: u32) -> Option<Day> {
+        match &self.retention[r].cohort {
+            Cohort::FirstSeen => None,
+            Cohort::Own(cohort) => Some(cohort[uid as usize].unpack()),
+            Cohort::SameAs(owner) => self.cohort_day(*owner, uid),
+        }
     }
 
     fn retained_by(&self, r: usize, uid: u32, cohort: Day, n: u32) -> bool {
@@ -496,6 +522,7 @@ impl Engine {
         prev_active_latest: Option<Day>,
         first_seen: Day,
     ) {
+        let cohort = self.cohort_day(r, uid).unwrap_or(first_seen);
         let state = &mut self.retention[r];
         let (newly, prev_latest) = match &mut state.returns {
             Returns::Active => (newly_active, prev_active_latest),
@@ -512,10 +539,6 @@ impl Engine {
                 let prev = v.latest(uid as usize);
                 (v.insert(uid as usize, day), prev)
             }
-        };
-        let cohort = match &state.cohort {
-            Some(cohort) => cohort[uid as usize].unpack(),
-            None => first_seen,
         };
         if cohort == NO_DAY {
             return;
@@ -564,7 +587,7 @@ impl Engine {
             }
         }
         let now = flags(self, new);
-        if let Some(cohort) = &mut self.retention[r].cohort {
+        if let Cohort::Own(cohort) = &mut self.retention[r].cohort {
             cohort[uid as usize] = Day16::pack(new);
         }
         if let Some(row) = self.retention[r].rows.row(new) {
@@ -720,7 +743,11 @@ impl Engine {
             .retention
             .iter()
             .map(|r| {
-                r.cohort.as_ref().map_or(0, |v| v.capacity() * std::mem::size_of::<Day16>())
+                let cohort = match &r.cohort {
+                    Cohort::Own(v) => v.capacity() * std::mem::size_of::<Day16>(),
+                    Cohort::FirstSeen | Cohort::SameAs(_) => 0,
+                };
+                cohort
                     + match &r.returns {
                         Returns::Active => 0,
                         Returns::Latest(v) => v.capacity() * std::mem::size_of::<Day16>(),

@@ -9,7 +9,7 @@
 //! ```text
 //! head length u64 | head (postcard) | id bytes | id ends [u32; n] | first days [Day16; n]
 //!   | active day sets [u16; n × (1 + words)]
-//!   | per retention definition: cohort days [Day16; n]?, latest return days [Day16; n] or return day sets [u16; n × (1 + words)]
+//!   | per retention definition: cohort days [Day16; n] (unless another's serve), latest return days [Day16; n] or return day sets [u16; n × (1 + words)]
 //!   | per funnel store: hits per user [u32; n], hits [Packed or Hit; total] in user order
 //! ```
 //!
@@ -28,7 +28,7 @@ use super::figures::Counters;
 use super::funnel::Entry;
 use super::ids::UserIds;
 use super::store::{FunnelStore, Store};
-use super::{ActivityCounts, CohortCounts, Engine, Returns};
+use super::{ActivityCounts, Cohort, CohortCounts, Engine, Returns};
 use crate::config::EngineConfig;
 
 #[cfg(target_endian = "big")]
@@ -58,7 +58,8 @@ struct Head {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct RetentionHead {
-    /// Whether a cohort column follows.
+    /// Whether a cohort column follows (not when the cohort is the first
+    /// day seen, or an earlier definition's column serves).
     cohort: bool,
     /// 0: no return column, 1: latest return days, 2: return day sets.
     returns: u8,
@@ -156,7 +157,7 @@ impl Engine {
                 .retention
                 .iter()
                 .map(|r| RetentionHead {
-                    cohort: r.cohort.is_some(),
+                    cohort: matches!(r.cohort, Cohort::Own(_)),
                     returns: match r.returns {
                         Returns::Active => 0,
                         Returns::Latest(_) => 1,
@@ -197,7 +198,7 @@ impl Engine {
         column(out, &self.first_seen)?;
         column(out, self.active.cells())?;
         for r in &self.retention {
-            if let Some(cohort) = &r.cohort {
+            if let Cohort::Own(cohort) = &r.cohort {
                 column(out, cohort)?;
             }
             match &r.returns {
@@ -257,12 +258,12 @@ impl Engine {
         let active = sets(&mut columns)?;
         for (r, h) in head.retention.into_iter().enumerate() {
             let state = &mut engine.retention[r];
-            if state.cohort.is_some() != h.cohort {
+            if matches!(state.cohort, Cohort::Own(_)) != h.cohort {
                 let name = &engine.cfg.retention[r].name;
                 return Err(StateMismatch(format!("retention definition {name} has another shape")));
             }
             if h.cohort {
-                state.cohort = Some(columns.take(n)?);
+                state.cohort = Cohort::Own(columns.take(n)?);
             }
             state.returns = match (&state.returns, h.returns) {
                 (Returns::Active, 0) => Returns::Active,
