@@ -17,7 +17,7 @@ runs=${RUNS:-3}
 broker=${COHORTFLOW_TEST_BROKER:-$HOME/.cache/kbroker/bin/nisshi}
 [ -x "$broker" ] || { echo "no broker at $broker: run scripts/test.sh first" >&2; exit 1; }
 
-cargo build --release --locked -q --bin cohortflow --example bare_consumer --example latency
+cargo build --release --locked -q --bin cohortflow --example bare_consumer --example latency --example wait_ingested
 target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
 work=$(mktemp -d)
@@ -60,47 +60,70 @@ start_daemon() { # CONFIG LOG; sets daemon_pid and addr
     done
 }
 
-read_count() {
-    curl -s "http://$addr/metrics" | awk '/^cohortflow_events_(ingested|rejected)_total/ {s += $NF} END {print s + 0}'
-}
-
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s
+# CPU time (user + system, all threads) a live process has used, seconds.
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+
+time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of the daemon and the broker
+    local broker_before secs cpu
+    broker_before=$(cpu_of "$broker_pid")
     start_daemon "$(run_config "$1" events "$2" "${3:-}")" "$work/$1.log"
     # Timed from the first assignment (/readyz turns 200 when the group is
     # joined and the partitions restored) to the last message, like the
-    # bare consumer.
-    for _ in $(seq 3000); do curl -sf "http://$addr/readyz" > /dev/null && break; sleep 0.01; done
-    local start end
-    start=$(date +%s.%N)
-    while [ "$(read_count)" -lt "$n" ]; do sleep 0.02; done
-    end=$(date +%s.%N)
+    # bare consumer, by one light poller (a curl and an awk every 20 ms
+    # took a third of a core from the run).
+    secs=$("$target/examples/wait_ingested" "$addr" "$n" 50)
+    cpu=$(cpu_of "$daemon_pid")
+    printf '%s / %s\n%s\n%s - %s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" | bc -l | paste -sd' '
     kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
     daemon_pid=
-    echo "$n / ($end - $start)" | bc -l
 }
+
+# Bash's `times` gives a subshell's children's CPU time as "XmY.YYYs".
+seconds() { echo "$1" | sed -E 's/([0-9]+)m([0-9.]+)s/\1 * 60 + \2/' | bc -l; }
+
+# CPU a message costs the machine (the consumer's process and the
+# broker's), microseconds: where the cores are all busy, throughput is
+# bound by it.
+per_msg() { echo "($1 + $2) * 1000000 / $n" | bc -l; }
 
 bares=()
 ours=()
 singles=()
+bare_cpus=()
+run_cpus=()
 for i in $(seq "$runs"); do
-    bare_line=$("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n")
+    broker_before=$(cpu_of "$broker_pid")
+    bare_out=$( ("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n"; times) )
+    bare_broker=$(echo "$(cpu_of "$broker_pid") - $broker_before" | bc -l)
+    bare_line=$(echo "$bare_out" | head -1)
+    read -r bare_user bare_sys <<< "$(echo "$bare_out" | tail -1)"
+    bare_cpu=$(echo "$(seconds "$bare_user") + $(seconds "$bare_sys")" | bc -l)
     bare=$(echo "$bare_line" | sed -E 's/.*: ([0-9]+) msg\/s from the assignment.*/\1/')
     drain=$(echo "$bare_line" | sed -E 's/.* ([0-9]+) msg\/s from the first message.*/\1/')
-    run=$(time_run "bench-run-$i" "$work/state-$i")
-    single=$(time_run "bench-single-$i" "$work/state-single-$i" 1)
+    read -r run run_cpu run_broker <<< "$(time_run "bench-run-$i" "$work/state-$i")"
+    read -r single _ _ <<< "$(time_run "bench-single-$i" "$work/state-single-$i" 1)"
     printf 'run %d: bare librdkafka consumer %.0f msg/s (%.0f from its first message), cohortflow run %.0f msg/s, with one worker %.0f msg/s\n' \
         "$i" "$bare" "$drain" "$run" "$single"
+    printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, broker %.1f s)\n' \
+        "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" "$run_broker"
     bares+=("$bare")
     ours+=("$run")
     singles+=("$single")
+    bare_cpus+=("$(per_msg "$bare_cpu" "$bare_broker")")
+    run_cpus+=("$(per_msg "$run_cpu" "$run_broker")")
 done
 bare=$(printf '%s\n' "${bares[@]}" | median)
 run=$(printf '%s\n' "${ours[@]}" | median)
 single=$(printf '%s\n' "${singles[@]}" | median)
+bare_cpu=$(printf '%s\n' "${bare_cpus[@]}" | median)
+run_cpu=$(printf '%s\n' "${run_cpus[@]}" | median)
 printf 'median of %d: bare %.0f msg/s, cohortflow run %.0f msg/s (ratio %.2f), with one worker %.0f msg/s (ratio %.2f)\n' \
     "$runs" "$bare" "$run" "$(echo "$run / $bare" | bc -l)" "$single" "$(echo "$single / $bare" | bc -l)"
+printf 'median CPU a message, consumer and broker: bare %.2f us, run %.2f us (ratio %.2f)\n' \
+    "$bare_cpu" "$run_cpu" "$(echo "$bare_cpu / $run_cpu" | bc -l)"
 
 # Latency: a fresh daemon on a one-partition topic (so that the ingested
 # count orders messages), fed at a steady rate while /metrics is scraped.
