@@ -67,6 +67,16 @@ pub struct Packed(u64);
 impl Packed {
     /// The most steps a funnel of packed entries can have.
     pub const MAX_STEPS: usize = MASK_BITS as usize;
+
+    /// The entry's 64 bits.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The entry of 64 bits [`Packed::raw`] gave.
+    pub fn from_raw(raw: u64) -> Self {
+        Packed(raw)
+    }
 }
 
 impl Entry for Packed {

@@ -35,7 +35,7 @@ use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable,
 use funnel::{Entry, Hit, Steps};
 use ids::UserIds;
 pub use state::StateMismatch;
-use store::{FunnelStore, Layout, Store};
+use store::{Layout, Segments, Store};
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest activity window (MAU).
@@ -161,6 +161,10 @@ pub struct Engine {
     needs_tags: bool,
     /// Per-event step masks, one per funnel; kept to avoid an allocation.
     scratch_masks: Vec<u32>,
+    /// A user's hits while an event is added to them, per entry layout;
+    /// kept to avoid an allocation.
+    scratch_packed: Vec<funnel::Packed>,
+    scratch_wide: Vec<Hit>,
     /// The distinct property keys step filters read.
     filter_keys: Vec<String>,
     /// Per funnel and step: the filter as (index into `filter_keys`, value).
@@ -303,6 +307,8 @@ impl Engine {
             max_retention_day,
             needs_tags,
             scratch_masks: Vec::new(),
+            scratch_packed: Vec::new(),
+            scratch_wide: Vec::new(),
             filter_keys,
             filters,
         }
@@ -603,9 +609,10 @@ impl Engine {
     /// moves the counters of each funnel whose levels it raises.
     fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) {
         let funnels = Funnels { cal: &self.cal, defs: &self.cfg.funnels, states: &mut self.funnels, masks };
+        let members = &self.members[s];
         match &mut self.stores[s] {
-            Store::Packed(store) => funnels.record(store, &self.members[s], uid, hit, day),
-            Store::Wide(store) => funnels.record(store, &self.members[s], uid, hit, day),
+            Store::Packed(store) => funnels.record(store, &mut self.scratch_packed, members, uid, hit, day),
+            Store::Wide(store) => funnels.record(store, &mut self.scratch_wide, members, uid, hit, day),
         }
     }
 
@@ -773,9 +780,18 @@ impl Funnels<'_> {
     /// Adds `hit` of user `uid` (on business day `day`) to `store`, which
     /// the funnels `members` share, and moves the counters of every entry
     /// day whose level it raises.
-    fn record<E: Entry>(self, store: &mut FunnelStore<E>, members: &[usize], uid: u32, hit: Hit, day: Day) {
-        let entry = E::from_hit(hit);
-        let Err(pos) = store.hits(uid).binary_search(&entry) else {
+    fn record<S: Segments>(
+        self,
+        store: &mut S,
+        hits: &mut Vec<S::Entry>,
+        members: &[usize],
+        uid: u32,
+        hit: Hit,
+        day: Day,
+    ) {
+        store.load(uid, hits);
+        let entry = S::Entry::from_hit(hit);
+        let Err(pos) = hits.binary_search(&entry) else {
             // A replay, or an event the store cannot tell from one it has.
             return;
         };
@@ -794,18 +810,19 @@ impl Funnels<'_> {
                     if passes.len() <= i {
                         passes.push(funnel::Pass::default());
                     }
-                    passes[i].run(store.hits(uid), start, end, def.window_ms, steps);
+                    passes[i].run(hits, start, end, def.window_ms, steps);
                     passes[i].level()
                 } else {
-                    funnel::level(store.hits(uid), start, end, def.window_ms, steps, def.mode).level
+                    funnel::level(hits, start, end, def.window_ms, steps, def.mode).level
                 };
                 before.push(level);
             }
         }
         // The usual case: the user's latest event so far. A pass over the
         // earlier hits then goes on with it instead of starting again.
-        let latest = store.hits(uid).last().is_none_or(|last| last.ts() < hit.ts);
-        store.insert_at(uid, pos, entry);
+        let latest = hits.last().is_none_or(|last| last.ts() < hit.ts);
+        hits.insert(pos, entry);
+        store.insert(uid, hits, pos);
         for &f in members.iter().filter(filled) {
             let (def, steps) = (&self.defs[f], self.states[f].steps);
             let tally = &mut self.states[f].tally;
@@ -827,7 +844,7 @@ impl Funnels<'_> {
                     tally.passes = passes;
                 } else {
                     let (start, end) = self.cal.bounds(d);
-                    let chain = funnel::level(store.hits(uid), start, end, def.window_ms, steps, def.mode);
+                    let chain = funnel::level(hits, start, end, def.window_ms, steps, def.mode);
                     tally.count(d, old, chain.level, |k| chain.reached[k]);
                 }
             }

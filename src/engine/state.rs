@@ -25,9 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::calendar::Day;
 use super::days::{Day16, DayRows, DaySets};
 use super::figures::Counters;
-use super::funnel::Entry;
 use super::ids::UserIds;
-use super::store::{FunnelStore, Store};
+use super::store::{CompactStore, FunnelStore, Segments, Store};
 use super::{ActivityCounts, Cohort, CohortCounts, Engine, Returns};
 use crate::config::EngineConfig;
 
@@ -125,18 +124,16 @@ impl<R: Read> Columns<'_, R> {
     }
 }
 
-fn write_store<E: Entry, W: Write>(out: &mut W, store: &FunnelStore<E>) -> std::io::Result<()> {
+fn write_store<S: Segments, W: Write>(out: &mut W, store: &S) -> std::io::Result<()> {
     for len in store.lens() {
         out.write_all(&len.to_le_bytes())?;
     }
+    let mut hits = Vec::new();
     for u in 0..store.users() {
-        column(out, store.hits(u as u32))?;
+        store.load(u as u32, &mut hits);
+        column(out, &hits)?;
     }
     Ok(())
-}
-
-fn rebuild<E: Entry>(lens: &[u32], words: &[u64]) -> Option<FunnelStore<E>> {
-    FunnelStore::from_parts(lens, bytemuck::try_cast_slice(words).ok()?)
 }
 
 fn count(n: u64) -> Result<usize, StateMismatch> {
@@ -294,8 +291,14 @@ impl Engine {
                 .map(|(store, lens, words)| {
                     scope.spawn(move || {
                         let rebuilt = match store {
-                            Store::Packed(_) => rebuild(&lens, &words).map(Store::Packed),
-                            Store::Wide(_) => rebuild(&lens, &words).map(Store::Wide),
+                            Store::Packed(_) => bytemuck::try_cast_slice(&words)
+                                .ok()
+                                .and_then(|entries| CompactStore::from_parts(&lens, entries))
+                                .map(Store::Packed),
+                            Store::Wide(_) => bytemuck::try_cast_slice(&words)
+                                .ok()
+                                .and_then(|entries| FunnelStore::from_parts(&lens, entries))
+                                .map(Store::Wide),
                         };
                         rebuilt
                             .ok_or_else(|| StateMismatch("a funnel's entries do not add up or are out of order".into()))

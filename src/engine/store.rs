@@ -1,14 +1,17 @@
-//! Where funnels keep their users' events: one arena of 64-bit words per
-//! store, a segment per user who has any. Funnels share a store while
-//! their steps fit one entry's mask (see [`Layout`]): a user then has one
-//! offset, one header and one entry per event for all of them, where a
-//! store per funnel took one of each per funnel.
+//! Where funnels keep their users' events: one arena per store, a segment
+//! per user who has any. Funnels share a store while their steps fit one
+//! entry's mask (see [`Layout`]): a user then has one offset, one header
+//! and one entry per event for all of them, where a store per funnel took
+//! one of each per funnel.
 //!
-//! A segment is a header word (the user's index above the entry count)
-//! followed by the user's hits of the horizon, sorted and distinct. A user
-//! costs a 4-byte offset, plus the header and the hits when they have any:
-//! no allocation of their own, so none of an allocator's per-block overhead
-//! and no 16-byte pointer per user and funnel.
+//! A segment is a header (the user's index and the entry count) followed
+//! by the user's hits of the horizon, sorted and distinct: in
+//! [`CompactStore`] (funnels of [`Packed`] entries) the first in full and
+//! the others as 6-byte differences, in [`FunnelStore`] (entries with
+//! tags) as 64-bit words. A user costs a 4-byte offset, plus the header and
+//! the hits when they have any: no allocation of their own, so none of an
+//! allocator's per-block overhead and no 16-byte pointer per user and
+//! funnel.
 //!
 //! An insert moves the user's segment, one hit longer, to the end of the
 //! arena (or grows it in place when it is already there); the old copy
@@ -27,7 +30,7 @@ const NONE: u32 = u32::MAX;
 /// Compaction waits for at least this much garbage (words).
 const MIN_GARBAGE: usize = 1 << 16;
 
-/// The entries of one funnel for every user of a shard.
+/// The entries of a store for every user of a shard, as 64-bit words.
 #[derive(Debug, Clone)]
 pub struct FunnelStore<E> {
     /// Per user, where their segment starts in `arena`, or [`NONE`].
@@ -149,6 +152,29 @@ impl<E: Entry> FunnelStore<E> {
         }
     }
 
+    /// Makes `hits` the user's, in a new segment at the end of the arena.
+    fn replace(&mut self, uid: u32, hits: &[E]) {
+        let u = uid as usize;
+        if let Some((_, len)) = self.span(uid) {
+            self.garbage += 1 + len * Self::WORDS;
+            self.entries -= len;
+        }
+        self.at[u] = NONE;
+        if hits.is_empty() {
+            return;
+        }
+        let Some(offset) = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE) else {
+            panic!("a funnel's entries outgrew 2^32 words in one shard");
+        };
+        self.arena.push(header(u, hits.len()));
+        self.arena.extend_from_slice(bytemuck::cast_slice(hits));
+        self.at[u] = offset;
+        self.entries += hits.len();
+        if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
+            self.compact(i64::MIN);
+        }
+    }
+
     /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
     pub fn prune(&mut self, cutoff: i64) {
         self.compact(cutoff);
@@ -226,6 +252,392 @@ impl<E: Entry> FunnelStore<E> {
     }
 }
 
+/// What the engine asks of a store: a user's hits copied out, and the
+/// user's hits replaced.
+pub trait Segments {
+    /// The entry the store keeps.
+    type Entry: Entry;
+
+    /// Puts the user's hits, sorted, in `out` (cleared first).
+    fn load(&self, uid: u32, out: &mut Vec<Self::Entry>);
+
+    /// Makes `hits` (sorted and distinct, steps never empty) the user's.
+    fn save(&mut self, uid: u32, hits: &[Self::Entry]);
+
+    /// Makes `hits` the user's, where they are the user's hits with
+    /// `hits[pos]` inserted: as [`Segments::save`], and cheaper.
+    fn insert(&mut self, uid: u32, hits: &[Self::Entry], pos: usize) {
+        let _ = pos;
+        self.save(uid, hits);
+    }
+
+    /// Users known.
+    fn users(&self) -> usize;
+
+    /// Hits per user (for snapshots).
+    fn lens(&self) -> impl Iterator<Item = u32> + '_;
+}
+
+impl<E: Entry> Segments for FunnelStore<E> {
+    type Entry = E;
+
+    fn load(&self, uid: u32, out: &mut Vec<E>) {
+        out.clear();
+        out.extend_from_slice(self.hits(uid));
+    }
+
+    fn insert(&mut self, uid: u32, hits: &[E], pos: usize) {
+        self.insert_at(uid, pos, hits[pos]);
+    }
+
+    fn save(&mut self, uid: u32, hits: &[E]) {
+        let old = self.hits(uid);
+        let pos = old.iter().zip(hits).position(|(a, b)| a != b).unwrap_or(old.len());
+        if hits.len() == old.len() + 1 && old[pos..] == hits[pos + 1..] {
+            // One entry more, the engine's case: grown in place when it can.
+            self.insert_at(uid, pos, hits[pos]);
+        } else if hits != old {
+            self.replace(uid, hits);
+        }
+    }
+
+    fn users(&self) -> usize {
+        FunnelStore::users(self)
+    }
+
+    fn lens(&self) -> impl Iterator<Item = u32> + '_ {
+        FunnelStore::lens(self)
+    }
+}
+
+/// The entries of the packed funnels for every user of a shard, in an
+/// arena of 16-bit units with no padding: a segment is a header (the user's
+/// index and the entry count, four units), then the first entry as a
+/// [`Packed`] (four units) and every later one as its milliseconds after
+/// the first (32 bits) and its steps (16 bits): three units. A segment
+/// whose entries do not fit that (a span of 49 days or more, steps above
+/// the 16th) holds [`Packed`] entries of four units each instead, which a
+/// bit of the header says. A user of four entries takes 34 bytes, not
+/// the 40 of 64-bit words.
+///
+/// Moves, garbage and compaction work as in [`FunnelStore`].
+#[derive(Debug, Clone, Default)]
+pub struct CompactStore {
+    /// Per user, where their segment starts in `arena`, or [`NONE`].
+    at: Vec<u32>,
+    arena: Vec<u16>,
+    /// Units of segments no user points to.
+    garbage: usize,
+    /// Entries in live segments.
+    entries: usize,
+}
+
+/// A segment header: the user, the count and whether entries are packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    uid: u32,
+    len: usize,
+    packed: bool,
+}
+
+const PACKED_FLAG: u64 = 1 << 63;
+/// Compaction of a [`CompactStore`] waits for at least this much garbage
+/// (units: as many bytes as [`MIN_GARBAGE`] words).
+const MIN_GARBAGE_UNITS: usize = MIN_GARBAGE * 4;
+/// Units of a header, and of a [`Packed`] entry.
+const QUAD: usize = 4;
+/// Units of a later entry of a delta segment.
+const TRIPLE: usize = 3;
+
+impl Head {
+    fn units(self) -> usize {
+        QUAD + segment_body(self.len, self.packed)
+    }
+}
+
+fn segment_body(len: usize, packed: bool) -> usize {
+    match (len, packed) {
+        (0, _) => 0,
+        (_, true) => len * QUAD,
+        (_, false) => QUAD + (len - 1) * TRIPLE,
+    }
+}
+
+fn read_quad(units: &[u16]) -> u64 {
+    units[..QUAD].iter().rev().fold(0, |w, &u| w << 16 | u64::from(u))
+}
+
+fn push_quad(arena: &mut Vec<u16>, w: u64) {
+    arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16, (w >> 48) as u16]);
+}
+
+/// Whether `hits` (sorted) can be written as deltas from the first.
+fn fits_deltas(hits: &[Packed]) -> bool {
+    match (hits.first(), hits.last()) {
+        (Some(first), Some(last)) => {
+            last.ts() - first.ts() <= i64::from(u32::MAX) && hits.iter().all(|h| h.mask() <= u32::from(u16::MAX))
+        }
+        _ => true,
+    }
+}
+
+impl CompactStore {
+    /// Adds a user with no entries.
+    pub fn push_user(&mut self) {
+        self.at.push(NONE);
+    }
+
+    /// Users known.
+    pub fn users(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Entries held by all users.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Heap bytes held (offsets and the arena's capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.at.capacity() * 4 + self.arena.capacity() * 2
+    }
+
+    fn head_at(&self, at: usize) -> Head {
+        let w = read_quad(&self.arena[at..]);
+        Head { uid: w as u32, len: ((w & !PACKED_FLAG) >> 32) as usize, packed: w & PACKED_FLAG != 0 }
+    }
+
+    fn head(&self, uid: u32) -> Option<(usize, Head)> {
+        let at = self.at[uid as usize];
+        (at != NONE).then(|| (at as usize, self.head_at(at as usize)))
+    }
+
+    /// Appends the segment of `hits` for `uid` to the arena.
+    fn write(arena: &mut Vec<u16>, uid: u32, hits: &[Packed]) {
+        let packed = !fits_deltas(hits);
+        arena.reserve(QUAD + segment_body(hits.len(), packed));
+        push_quad(arena, u64::from(uid) | (hits.len() as u64) << 32 | if packed { PACKED_FLAG } else { 0 });
+        let Some(first) = hits.first() else {
+            return;
+        };
+        if packed {
+            hits.iter().for_each(|h| push_quad(arena, h.raw()));
+            return;
+        }
+        push_quad(arena, first.raw());
+        for h in &hits[1..] {
+            let delta = (h.ts() - first.ts()) as u32;
+            arena.extend_from_slice(&[delta as u16, (delta >> 16) as u16, h.mask() as u16]);
+        }
+    }
+
+    /// The hits of the segment at `at` with header `head`, into `out`.
+    fn read(&self, at: usize, head: Head, out: &mut Vec<Packed>) {
+        let body = &self.arena[at + QUAD..at + head.units()];
+        if head.len == 0 {
+            return;
+        }
+        if head.packed {
+            out.extend(body.chunks_exact(QUAD).map(|q| Packed::from_raw(read_quad(q))));
+            return;
+        }
+        let first = Packed::from_raw(read_quad(body));
+        out.push(first);
+        out.extend(body[QUAD..].chunks_exact(TRIPLE).map(|t| {
+            let delta = i64::from(t[0]) | i64::from(t[1]) << 16;
+            Packed::from_hit(Hit { ts: first.ts() + delta, mask: u32::from(t[2]), tag: 0 })
+        }));
+    }
+
+    /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
+    pub fn prune(&mut self, cutoff: i64) {
+        self.compact(cutoff);
+    }
+
+    fn compact(&mut self, cutoff: i64) {
+        let (mut read, mut write, mut entries) = (0, 0, 0);
+        let (mut hits, mut segment) = (Vec::new(), Vec::new());
+        // Consecutive segments that slide down as they are move in one
+        // copy: where the run starts in the arena, and where it goes.
+        let mut run: Option<(usize, usize)> = None;
+        while read < self.arena.len() {
+            let head = self.head_at(read);
+            let size = head.units();
+            let live = self.at[head.uid as usize] as usize == read;
+            if live && Packed::from_raw(read_quad(&self.arena[read + QUAD..])).ts() >= cutoff {
+                run.get_or_insert((read, write));
+                self.at[head.uid as usize] = write as u32;
+                write += size;
+                entries += head.len;
+                read += size;
+                continue;
+            }
+            if let Some((from, to)) = run.take() {
+                self.arena.copy_within(from..read, to);
+            }
+            if live {
+                // Hits to drop: the rest is written anew.
+                hits.clear();
+                self.read(read, head, &mut hits);
+                let kept = &hits[hits.partition_point(|h| h.ts() < cutoff)..];
+                if kept.is_empty() {
+                    self.at[head.uid as usize] = NONE;
+                } else {
+                    // Fewer hits, a smaller span: never more units than
+                    // the segment had, so written where it goes.
+                    segment.clear();
+                    Self::write(&mut segment, head.uid, kept);
+                    self.arena[write..write + segment.len()].copy_from_slice(&segment);
+                    self.at[head.uid as usize] = write as u32;
+                    write += segment.len();
+                    entries += kept.len();
+                }
+            }
+            read += size;
+        }
+        if let Some((from, to)) = run {
+            self.arena.copy_within(from..read, to);
+        }
+        self.arena.truncate(write);
+        if self.arena.capacity() > 2 * write.max(MIN_GARBAGE_UNITS) {
+            self.arena.shrink_to(write + write / 4);
+        }
+        self.garbage = 0;
+        self.entries = entries;
+    }
+
+    /// Hits per user (for snapshots).
+    pub fn lens(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.at.len() as u32).map(|u| self.head(u).map_or(0, |(_, h)| h.len as u32))
+    }
+
+    /// The store of `lens` (hits per user) and `entries` (all users' hits
+    /// in user order), as [`CompactStore::lens`] and [`Segments::load`]
+    /// gave them; `None` when they do not add up or a user's hits are not
+    /// sorted and distinct.
+    pub fn from_parts(lens: &[u32], entries: &[Packed]) -> Option<Self> {
+        let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+        if total != entries.len() as u64 {
+            return None;
+        }
+        let mut store = CompactStore { at: Vec::with_capacity(lens.len()), ..CompactStore::default() };
+        store.arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * 2 * QUAD + entries.len() * TRIPLE);
+        let mut from = 0;
+        for (u, &len) in lens.iter().enumerate() {
+            let len = len as usize;
+            if len == 0 {
+                store.at.push(NONE);
+                continue;
+            }
+            let user = &entries[from..from + len];
+            if !user.windows(2).all(|w| w[0] < w[1]) || user.iter().any(|h| h.mask() == 0) {
+                return None;
+            }
+            store.at.push(u32::try_from(store.arena.len()).ok().filter(|&o| o != NONE)?);
+            Self::write(&mut store.arena, u as u32, user);
+            from += len;
+        }
+        store.entries = entries.len();
+        Some(store)
+    }
+}
+
+impl Segments for CompactStore {
+    type Entry = Packed;
+
+    fn insert(&mut self, uid: u32, hits: &[Packed], pos: usize) {
+        let (Some((at, head)), Some(first)) = (self.head(uid), hits.first()) else {
+            return self.save(uid, hits);
+        };
+        let new = hits[pos];
+        let delta = new.ts() - first.ts();
+        if pos == 0 || pos + 1 != hits.len() || head.packed || delta > i64::from(u32::MAX) || new.mask() > 0xffff {
+            return self.save(uid, hits);
+        }
+        // The usual case: a later entry appended to a segment of deltas,
+        // as three more units, where the segment is or at the end.
+        debug_assert!(head.len + 1 == hits.len());
+        let size = head.units();
+        let at = if at + size == self.arena.len() {
+            at
+        } else {
+            let Some(offset) = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE) else {
+                panic!("the funnel entries of one shard outgrew 2^32 units");
+            };
+            self.arena.reserve(size + TRIPLE);
+            self.arena.extend_from_within(at..at + size);
+            self.garbage += size;
+            self.at[uid as usize] = offset;
+            offset as usize
+        };
+        let delta = delta as u32;
+        self.arena.extend_from_slice(&[delta as u16, (delta >> 16) as u16, new.mask() as u16]);
+        let header = u64::from(uid) | (hits.len() as u64) << 32;
+        self.arena[at..at + QUAD].copy_from_slice(&[
+            header as u16,
+            (header >> 16) as u16,
+            (header >> 32) as u16,
+            (header >> 48) as u16,
+        ]);
+        self.entries += 1;
+        if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
+            self.compact(i64::MIN);
+        }
+    }
+
+    fn load(&self, uid: u32, out: &mut Vec<Packed>) {
+        out.clear();
+        if let Some((at, head)) = self.head(uid) {
+            self.read(at, head, out);
+        }
+    }
+
+    fn save(&mut self, uid: u32, hits: &[Packed]) {
+        let old = self.head(uid);
+        let old_len = old.map_or(0, |(_, h)| h.len);
+        self.entries = self.entries + hits.len() - old_len;
+        match old {
+            Some((at, head)) if at + head.units() == self.arena.len() => {
+                // The segment ends the arena: rewrite it where it is.
+                self.arena.truncate(at);
+                if hits.is_empty() {
+                    self.at[uid as usize] = NONE;
+                } else {
+                    Self::write(&mut self.arena, uid, hits);
+                }
+            }
+            _ => {
+                if let Some((_, head)) = old {
+                    self.garbage += head.units();
+                }
+                if hits.is_empty() {
+                    self.at[uid as usize] = NONE;
+                    return;
+                }
+                let offset = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE);
+                let Some(offset) = offset else {
+                    // Past 8 GiB of funnel entries in one shard: like a
+                    // failed allocation, there is no way on.
+                    panic!("the funnel entries of one shard outgrew 2^32 units");
+                };
+                Self::write(&mut self.arena, uid, hits);
+                self.at[uid as usize] = offset;
+                if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
+                    self.compact(i64::MIN);
+                }
+            }
+        }
+    }
+
+    fn users(&self) -> usize {
+        CompactStore::users(self)
+    }
+
+    fn lens(&self) -> impl Iterator<Item = u32> + '_ {
+        CompactStore::lens(self)
+    }
+}
+
 /// Which store each funnel of a configuration uses. Funnels of [`Packed`]
 /// entries share a store while their steps fit its mask (first fit, in
 /// the configuration's order), each at its own bit offset; a funnel whose
@@ -273,13 +685,13 @@ impl Layout {
     }
 }
 
-/// A store in the entry layout its funnels allow: 8-byte [`Packed`]
-/// entries unless distinct events at one millisecond can matter (see
-/// [`Packed`]).
+/// A store in the entry layout its funnels allow: [`Packed`] entries
+/// (kept compact) unless distinct events at one millisecond can matter
+/// (see [`Packed`]).
 #[derive(Debug, Clone)]
 pub enum Store {
-    /// Hits without tags, 8 bytes an entry.
-    Packed(FunnelStore<Packed>),
+    /// Hits without tags: 8 bytes the first of a user, 6 the others.
+    Packed(CompactStore),
     /// Hits with tags, 16 bytes an entry.
     Wide(FunnelStore<Hit>),
 }
@@ -287,7 +699,7 @@ pub enum Store {
 impl Store {
     /// An empty store, with tags or without.
     pub fn new(wide: bool) -> Self {
-        if wide { Store::Wide(FunnelStore::default()) } else { Store::Packed(FunnelStore::default()) }
+        if wide { Store::Wide(FunnelStore::default()) } else { Store::Packed(CompactStore::default()) }
     }
 
     /// Bytes an entry takes.
@@ -510,6 +922,120 @@ mod tests {
         fn wide_store_matches_a_naive_model(ops in proptest::collection::vec(op(), 0..120)) {
             matches_a_naive_model::<Hit>(&ops);
         }
+    }
+
+    #[derive(Debug, Clone)]
+    enum CompactOp {
+        Hit(u32, i64, usize),
+        /// Drops the user's hit at this index (modulo their count).
+        Drop(u32, usize),
+        Prune(i64),
+        Compact,
+    }
+
+    /// Times near 0 and up to three 2^31 ms further (so that a user's span
+    /// can outgrow the 32-bit deltas), steps up to the 22nd (past the
+    /// 16-bit ones).
+    fn compact_op() -> impl proptest::strategy::Strategy<Value = CompactOp> {
+        use proptest::prelude::*;
+        let ts = (0..4i64, 0..60i64).prop_map(|(far, ts)| far * (1 << 31) + ts);
+        prop_oneof![
+            6 => (0..5u32, ts.clone(), prop_oneof![3 => 0..3usize, 1 => 0..22usize])
+                .prop_map(|(u, ts, step)| CompactOp::Hit(u, ts, step)),
+            1 => (0..5u32, any::<usize>()).prop_map(|(u, i)| CompactOp::Drop(u, i)),
+            1 => ts.prop_map(CompactOp::Prune),
+            1 => Just(CompactOp::Compact),
+        ]
+    }
+
+    /// The compact store against a sorted list per user, through the
+    /// engine's calls (load, insert or save), moves, compactions and a
+    /// snapshot's round trip.
+    fn compact_store_matches(ops: &[CompactOp]) {
+        let mut s = CompactStore::default();
+        let mut model: Vec<Vec<Packed>> = vec![Vec::new(); 5];
+        for _ in 0..5 {
+            s.push_user();
+        }
+        let mut hits = Vec::new();
+        for op in ops {
+            match *op {
+                CompactOp::Hit(u, ts, step) => {
+                    let hit: Packed = h(ts, &[step]);
+                    s.load(u, &mut hits);
+                    if let Err(pos) = hits.binary_search(&hit) {
+                        hits.insert(pos, hit);
+                        s.insert(u, &hits, pos);
+                        model[u as usize].push(hit);
+                        model[u as usize].sort();
+                    }
+                }
+                CompactOp::Drop(u, i) => {
+                    s.load(u, &mut hits);
+                    if !hits.is_empty() {
+                        let i = i % hits.len();
+                        hits.remove(i);
+                        s.save(u, &hits);
+                        model[u as usize].remove(i);
+                    }
+                }
+                CompactOp::Prune(cutoff) => {
+                    for hits in &mut model {
+                        hits.retain(|h| h.ts() >= cutoff);
+                    }
+                    s.prune(cutoff);
+                }
+                CompactOp::Compact => s.compact(i64::MIN),
+            }
+            for (u, want) in model.iter().enumerate() {
+                s.load(u as u32, &mut hits);
+                assert_eq!(&hits, want, "{op:?}");
+            }
+            assert_eq!(s.entries(), model.iter().map(Vec::len).sum::<usize>());
+        }
+        let lens: Vec<u32> = Segments::lens(&s).collect();
+        let all: Vec<Packed> = model.concat();
+        let copy = CompactStore::from_parts(&lens, &all).expect("well formed");
+        for (u, want) in model.iter().enumerate() {
+            copy.load(u as u32, &mut hits);
+            assert_eq!(&hits, want);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compact_store_matches_a_naive_model(ops in proptest::collection::vec(compact_op(), 0..150)) {
+            compact_store_matches(&ops);
+        }
+    }
+
+    #[test]
+    fn compact_segments_take_three_units_an_entry_after_the_first() {
+        let mut s = CompactStore::default();
+        s.push_user();
+        let mut hits = Vec::new();
+        for i in 0..4 {
+            hits.push(h(1_790_000_000_000 + i * 86_400_000, &[i as usize % 3]));
+            s.insert(0, &hits, hits.len() - 1);
+        }
+        // A header and the first entry (four units each), three deltas.
+        assert_eq!(s.arena.len(), 4 + 4 + 3 * 3);
+        // A span of 50 days or a 17th step: every entry in four units.
+        hits.push(h(1_790_000_000_000 + 50 * 86_400_000, &[0]));
+        s.insert(0, &hits, 4);
+        assert_eq!(s.arena.len() - s.garbage, 4 + 5 * 4);
+        let mut out = Vec::new();
+        s.load(0, &mut out);
+        assert_eq!(out, hits);
+        s.prune(1_790_000_000_000 + 86_400_000);
+        s.load(0, &mut out);
+        assert_eq!(out, hits[1..]);
+        // Back to deltas once the span fits.
+        assert_eq!(s.arena.len(), 4 + 4 + 3 * 3);
+        let wide = [h(5, &[16])];
+        s.save(0, &wide);
+        s.load(0, &mut out);
+        assert_eq!(out, wide);
     }
 
     #[test]
