@@ -152,29 +152,6 @@ impl<E: Entry> FunnelStore<E> {
         }
     }
 
-    /// Makes `hits` the user's, in a new segment at the end of the arena.
-    fn replace(&mut self, uid: u32, hits: &[E]) {
-        let u = uid as usize;
-        if let Some((_, len)) = self.span(uid) {
-            self.garbage += 1 + len * Self::WORDS;
-            self.entries -= len;
-        }
-        self.at[u] = NONE;
-        if hits.is_empty() {
-            return;
-        }
-        let Some(offset) = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE) else {
-            panic!("a funnel's entries outgrew 2^32 words in one shard");
-        };
-        self.arena.push(header(u, hits.len()));
-        self.arena.extend_from_slice(bytemuck::cast_slice(hits));
-        self.at[u] = offset;
-        self.entries += hits.len();
-        if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
-            self.compact(i64::MIN);
-        }
-    }
-
     /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
     pub fn prune(&mut self, cutoff: i64) {
         self.compact(cutoff);
@@ -252,8 +229,8 @@ impl<E: Entry> FunnelStore<E> {
     }
 }
 
-/// What the engine asks of a store: a user's hits copied out, and the
-/// user's hits replaced.
+/// What the engine and snapshots ask of a store: a user's hits copied
+/// out, and one hit added to them.
 pub trait Segments {
     /// The entry the store keeps.
     type Entry: Entry;
@@ -261,15 +238,9 @@ pub trait Segments {
     /// Puts the user's hits, sorted, in `out` (cleared first).
     fn load(&self, uid: u32, out: &mut Vec<Self::Entry>);
 
-    /// Makes `hits` (sorted and distinct, steps never empty) the user's.
-    fn save(&mut self, uid: u32, hits: &[Self::Entry]);
-
-    /// Makes `hits` the user's, where they are the user's hits with
-    /// `hits[pos]` inserted: as [`Segments::save`], and cheaper.
-    fn insert(&mut self, uid: u32, hits: &[Self::Entry], pos: usize) {
-        let _ = pos;
-        self.save(uid, hits);
-    }
+    /// Makes `hits` the user's, where they are the user's hits (as
+    /// [`Segments::load`] gave them) with `hits[pos]` inserted.
+    fn insert(&mut self, uid: u32, hits: &[Self::Entry], pos: usize);
 
     /// Users known.
     fn users(&self) -> usize;
@@ -288,17 +259,6 @@ impl<E: Entry> Segments for FunnelStore<E> {
 
     fn insert(&mut self, uid: u32, hits: &[E], pos: usize) {
         self.insert_at(uid, pos, hits[pos]);
-    }
-
-    fn save(&mut self, uid: u32, hits: &[E]) {
-        let old = self.hits(uid);
-        let pos = old.iter().zip(hits).position(|(a, b)| a != b).unwrap_or(old.len());
-        if hits.len() == old.len() + 1 && old[pos..] == hits[pos + 1..] {
-            // One entry more, the engine's case: grown in place when it can.
-            self.insert_at(uid, pos, hits[pos]);
-        } else if hits != old {
-            self.replace(uid, hits);
-        }
     }
 
     fn users(&self) -> usize {
@@ -449,6 +409,44 @@ impl CompactStore {
         }));
     }
 
+    /// Makes `hits` (sorted and distinct, steps never empty) the user's.
+    pub fn save(&mut self, uid: u32, hits: &[Packed]) {
+        let old = self.head(uid);
+        let old_len = old.map_or(0, |(_, h)| h.len);
+        self.entries = self.entries + hits.len() - old_len;
+        match old {
+            Some((at, head)) if at + head.units() == self.arena.len() => {
+                // The segment ends the arena: rewrite it where it is.
+                self.arena.truncate(at);
+                if hits.is_empty() {
+                    self.at[uid as usize] = NONE;
+                } else {
+                    Self::write(&mut self.arena, uid, hits);
+                }
+            }
+            _ => {
+                if let Some((_, head)) = old {
+                    self.garbage += head.units();
+                }
+                if hits.is_empty() {
+                    self.at[uid as usize] = NONE;
+                    return;
+                }
+                let offset = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE);
+                let Some(offset) = offset else {
+                    // Past 8 GiB of funnel entries in one shard: like a
+                    // failed allocation, there is no way on.
+                    panic!("the funnel entries of one shard outgrew 2^32 units");
+                };
+                Self::write(&mut self.arena, uid, hits);
+                self.at[uid as usize] = offset;
+                if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
+                    self.compact(i64::MIN);
+                }
+            }
+        }
+    }
+
     /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
     pub fn prune(&mut self, cutoff: i64) {
         self.compact(cutoff);
@@ -589,43 +587,6 @@ impl Segments for CompactStore {
         out.clear();
         if let Some((at, head)) = self.head(uid) {
             self.read(at, head, out);
-        }
-    }
-
-    fn save(&mut self, uid: u32, hits: &[Packed]) {
-        let old = self.head(uid);
-        let old_len = old.map_or(0, |(_, h)| h.len);
-        self.entries = self.entries + hits.len() - old_len;
-        match old {
-            Some((at, head)) if at + head.units() == self.arena.len() => {
-                // The segment ends the arena: rewrite it where it is.
-                self.arena.truncate(at);
-                if hits.is_empty() {
-                    self.at[uid as usize] = NONE;
-                } else {
-                    Self::write(&mut self.arena, uid, hits);
-                }
-            }
-            _ => {
-                if let Some((_, head)) = old {
-                    self.garbage += head.units();
-                }
-                if hits.is_empty() {
-                    self.at[uid as usize] = NONE;
-                    return;
-                }
-                let offset = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE);
-                let Some(offset) = offset else {
-                    // Past 8 GiB of funnel entries in one shard: like a
-                    // failed allocation, there is no way on.
-                    panic!("the funnel entries of one shard outgrew 2^32 units");
-                };
-                Self::write(&mut self.arena, uid, hits);
-                self.at[uid as usize] = offset;
-                if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
-                    self.compact(i64::MIN);
-                }
-            }
         }
     }
 
