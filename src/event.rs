@@ -316,14 +316,19 @@ enum Field {
 impl Field {
     /// The field named `key` (unescaped), if it is one of them.
     fn of(key: &[u8], names: &FieldNames) -> Option<Field> {
-        [
-            (&names.user_id, Field::UserId),
-            (&names.event, Field::Event),
-            (&names.ts, Field::Ts),
-            (&names.props, Field::Props),
-        ]
-        .into_iter()
-        .find_map(|(name, field)| same(name.as_bytes(), key).then_some(field))
+        // Plain tests in a row: an array of candidates searched by an
+        // iterator cost twice the instructions.
+        if same(names.user_id.as_bytes(), key) {
+            Some(Field::UserId)
+        } else if same(names.event.as_bytes(), key) {
+            Some(Field::Event)
+        } else if same(names.ts.as_bytes(), key) {
+            Some(Field::Ts)
+        } else if same(names.props.as_bytes(), key) {
+            Some(Field::Props)
+        } else {
+            None
+        }
     }
 }
 
