@@ -7,7 +7,9 @@
 # Usage: scripts/bench.sh [EVENTS ...]      (default: 1000000 10000000)
 # Environment: RUNS (cohortflow runs per size, median; default 3),
 #              USERS (user counts for the state benchmark; default
-#              "1000000 10000000"), BENCH_DIR (dataset cache).
+#              "1000000 10000000"), BENCH_DIR (dataset cache),
+#              GLIBC_TUNABLES (for the state benchmark; default: the
+#              container image's, see deploy/Dockerfile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,8 +64,11 @@ for events in "${sizes[@]}"; do
     [ "$differ" = 0 ] || { echo "figures differ from ClickHouse's" >&2; exit 1; }
 done
 
+# The allocator setting of the container image (deploy/Dockerfile); run
+# with GLIBC_TUNABLES= set to nothing for glibc's default.
+tunables=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=1048576}
 echo
-echo "state at scale ($config; examples/state_scale.rs):"
+echo "state at scale ($config; examples/state_scale.rs; GLIBC_TUNABLES=$tunables):"
 for users in $user_counts; do
-    "$examples/state_scale" "$users" "$config"
+    GLIBC_TUNABLES=$tunables "$examples/state_scale" "$users" "$config"
 done
