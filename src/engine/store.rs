@@ -272,13 +272,14 @@ impl<E: Entry> Segments for FunnelStore<E> {
 
 /// The entries of the packed funnels for every user of a shard, in an
 /// arena of 16-bit units with no padding: a segment is a header (the user's
-/// index and the entry count, four units), then the first entry as a
-/// [`Packed`] (four units) and every later one as its milliseconds after
-/// the first (32 bits) and its steps (16 bits): three units. A segment
-/// whose entries do not fit that (a span of 49 days or more, steps above
-/// the 16th) holds [`Packed`] entries of four units each instead, which a
-/// bit of the header says. A user of four entries takes 34 bytes, not
-/// the 40 of 64-bit words.
+/// index in two units, then the entry count in 15 bits, or in two more
+/// units from 32 767 entries on), then the first entry as a [`Packed`]
+/// (four units) and every later one as its milliseconds after the first
+/// (32 bits) and its steps (16 bits): three units. A segment whose entries
+/// do not fit that (a span of 49 days or more, steps above the 16th) holds
+/// [`Packed`] entries of four units each instead, which the count's 16th
+/// bit says. A user of four entries takes 32 bytes, not the 40 of 64-bit
+/// words.
 ///
 /// Moves, garbage and compaction work as in [`FunnelStore`].
 #[derive(Debug, Clone, Default)]
@@ -300,7 +301,10 @@ struct Head {
     packed: bool,
 }
 
-const PACKED_FLAG: u64 = 1 << 63;
+/// In the header's count unit: the segment holds [`Packed`] entries.
+const PACKED_FLAG: u16 = 1 << 15;
+/// The count unit's value that says the count follows in two units.
+const LONG_LEN: u16 = PACKED_FLAG - 1;
 /// Compaction of a [`CompactStore`] waits for at least this much garbage
 /// (units: as many bytes as [`MIN_GARBAGE`] words).
 const MIN_GARBAGE_UNITS: usize = MIN_GARBAGE * 4;
@@ -311,7 +315,22 @@ const TRIPLE: usize = 3;
 
 impl Head {
     fn units(self) -> usize {
-        QUAD + segment_body(self.len, self.packed)
+        header_units(self.len) + segment_body(self.len, self.packed)
+    }
+}
+
+#[inline]
+fn header_units(len: usize) -> usize {
+    if len < usize::from(LONG_LEN) { 3 } else { 5 }
+}
+
+/// Appends the header of a segment.
+fn push_header(arena: &mut Vec<u16>, uid: u32, len: usize, packed: bool) {
+    let flag = if packed { PACKED_FLAG } else { 0 };
+    arena.extend_from_slice(&[uid as u16, (uid >> 16) as u16]);
+    match u16::try_from(len).ok().filter(|&l| l < LONG_LEN) {
+        Some(short) => arena.push(short | flag),
+        None => arena.extend_from_slice(&[LONG_LEN | flag, len as u16, (len >> 16) as u16]),
     }
 }
 
@@ -362,9 +381,16 @@ impl CompactStore {
         self.at.capacity() * 4 + self.arena.capacity() * 2
     }
 
+    #[inline]
     fn head_at(&self, at: usize) -> Head {
-        let w = read_quad(&self.arena[at..]);
-        Head { uid: w as u32, len: ((w & !PACKED_FLAG) >> 32) as usize, packed: w & PACKED_FLAG != 0 }
+        // A segment is never shorter than five units (a header of three, a
+        // first entry of four): one bounds check for all five.
+        let units = &self.arena[at..at + 5];
+        let uid = u32::from(units[0]) | u32::from(units[1]) << 16;
+        let count = units[2] & !PACKED_FLAG;
+        let len =
+            if count == LONG_LEN { usize::from(units[3]) | usize::from(units[4]) << 16 } else { usize::from(count) };
+        Head { uid, len, packed: units[2] & PACKED_FLAG != 0 }
     }
 
     fn head(&self, uid: u32) -> Option<(usize, Head)> {
@@ -375,8 +401,8 @@ impl CompactStore {
     /// Appends the segment of `hits` for `uid` to the arena.
     fn write(arena: &mut Vec<u16>, uid: u32, hits: &[Packed]) {
         let packed = !fits_deltas(hits);
-        arena.reserve(QUAD + segment_body(hits.len(), packed));
-        push_quad(arena, u64::from(uid) | (hits.len() as u64) << 32 | if packed { PACKED_FLAG } else { 0 });
+        arena.reserve(header_units(hits.len()) + segment_body(hits.len(), packed));
+        push_header(arena, uid, hits.len(), packed);
         let Some(first) = hits.first() else {
             return;
         };
@@ -393,7 +419,7 @@ impl CompactStore {
 
     /// The hits of the segment at `at` with header `head`, into `out`.
     fn read(&self, at: usize, head: Head, out: &mut Vec<Packed>) {
-        let body = &self.arena[at + QUAD..at + head.units()];
+        let body = &self.arena[at + header_units(head.len)..at + head.units()];
         if head.len == 0 {
             return;
         }
@@ -462,7 +488,8 @@ impl CompactStore {
             let head = self.head_at(read);
             let size = head.units();
             let live = self.at[head.uid as usize] as usize == read;
-            if live && Packed::from_raw(read_quad(&self.arena[read + QUAD..])).ts() >= cutoff {
+            let first = read + header_units(head.len);
+            if live && Packed::from_raw(read_quad(&self.arena[first..])).ts() >= cutoff {
                 run.get_or_insert((read, write));
                 self.at[head.uid as usize] = write as u32;
                 write += size;
@@ -519,7 +546,7 @@ impl CompactStore {
             return None;
         }
         let mut store = CompactStore { at: Vec::with_capacity(lens.len()), ..CompactStore::default() };
-        store.arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * 2 * QUAD + entries.len() * TRIPLE);
+        store.arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * (3 + QUAD) + entries.len() * TRIPLE);
         let mut from = 0;
         for (u, &len) in lens.iter().enumerate() {
             let len = len as usize;
@@ -549,7 +576,13 @@ impl Segments for CompactStore {
         };
         let new = hits[pos];
         let delta = new.ts() - first.ts();
-        if pos == 0 || pos + 1 != hits.len() || head.packed || delta > i64::from(u32::MAX) || new.mask() > 0xffff {
+        if pos == 0
+            || pos + 1 != hits.len()
+            || head.packed
+            || delta > i64::from(u32::MAX)
+            || new.mask() > 0xffff
+            || header_units(hits.len()) != header_units(head.len)
+        {
             return self.save(uid, hits);
         }
         // The usual case: a later entry appended to a segment of deltas,
@@ -570,13 +603,14 @@ impl Segments for CompactStore {
         };
         let delta = delta as u32;
         self.arena.extend_from_slice(&[delta as u16, (delta >> 16) as u16, new.mask() as u16]);
-        let header = u64::from(uid) | (hits.len() as u64) << 32;
-        self.arena[at..at + QUAD].copy_from_slice(&[
-            header as u16,
-            (header >> 16) as u16,
-            (header >> 32) as u16,
-            (header >> 48) as u16,
-        ]);
+        // The count, in the header's width (the same one: checked above;
+        // a segment of deltas has no flag).
+        let len = hits.len();
+        if header_units(len) == 3 {
+            self.arena[at + 2] = len as u16;
+        } else {
+            self.arena[at + 3..at + 5].copy_from_slice(&[len as u16, (len >> 16) as u16]);
+        }
         self.entries += 1;
         if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
             self.compact(i64::MIN);
@@ -979,12 +1013,12 @@ mod tests {
             hits.push(h(1_790_000_000_000 + i * 86_400_000, &[i as usize % 3]));
             s.insert(0, &hits, hits.len() - 1);
         }
-        // A header and the first entry (four units each), three deltas.
-        assert_eq!(s.arena.len(), 4 + 4 + 3 * 3);
+        // A header (three units), the first entry (four), three deltas.
+        assert_eq!(s.arena.len(), 3 + 4 + 3 * 3);
         // A span of 50 days or a 17th step: every entry in four units.
         hits.push(h(1_790_000_000_000 + 50 * 86_400_000, &[0]));
         s.insert(0, &hits, 4);
-        assert_eq!(s.arena.len() - s.garbage, 4 + 5 * 4);
+        assert_eq!(s.arena.len() - s.garbage, 3 + 5 * 4);
         let mut out = Vec::new();
         s.load(0, &mut out);
         assert_eq!(out, hits);
@@ -992,11 +1026,49 @@ mod tests {
         s.load(0, &mut out);
         assert_eq!(out, hits[1..]);
         // Back to deltas once the span fits.
-        assert_eq!(s.arena.len(), 4 + 4 + 3 * 3);
+        assert_eq!(s.arena.len(), 3 + 4 + 3 * 3);
         let wide = [h(5, &[16])];
         s.save(0, &wide);
         s.load(0, &mut out);
         assert_eq!(out, wide);
+    }
+
+    #[test]
+    fn long_segments_carry_their_count_in_two_more_units() {
+        let mut s = CompactStore::default();
+        s.push_user();
+        s.push_user();
+        let (mut hits, mut out) = (Vec::new(), Vec::new());
+        let n = usize::from(LONG_LEN) + 2;
+        for i in 0..n {
+            hits.push(h(1_000 * i as i64, &[i % 3]));
+            s.insert(0, &hits, i);
+            if i % 1000 == 0 {
+                // Another user's segment after it: the next insert moves it.
+                s.load(1, &mut out);
+                let pos = out.len();
+                out.push(h(i as i64, &[0]));
+                s.insert(1, &out, pos);
+            }
+        }
+        s.load(0, &mut out);
+        assert_eq!(out, hits);
+        assert_eq!(Segments::lens(&s).next(), Some(n as u32));
+        let (at, head) = s.head(0).expect("a segment");
+        assert_eq!((head.len, head.packed, head_units(head)), (n, false, 5));
+        assert_eq!(s.arena.len() - at, 5 + 4 + (n - 1) * 3, "user 0 ends the arena");
+        s.compact(i64::MIN);
+        s.load(0, &mut out);
+        assert_eq!(out, hits);
+        // Dropping to a short count takes the short header again.
+        s.prune(1_000 * (n as i64 - 10));
+        s.load(0, &mut out);
+        assert_eq!(out, hits[n - 10..]);
+        assert_eq!(head_units(s.head(0).expect("a segment").1), 3);
+    }
+
+    fn head_units(head: Head) -> usize {
+        header_units(head.len)
     }
 
     #[test]
