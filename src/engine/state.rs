@@ -26,7 +26,7 @@ use super::calendar::Day;
 use super::days::{Day16, DayRows, DaySets};
 use super::figures::Counters;
 use super::ids::UserIds;
-use super::store::{CompactStore, FunnelStore, Segments, Store};
+use super::store::{Segments, Store};
 use super::{ActivityCounts, Cohort, CohortCounts, Engine, Returns};
 use crate::config::EngineConfig;
 
@@ -134,6 +134,10 @@ fn write_store<S: Segments, W: Write>(out: &mut W, store: &S) -> std::io::Result
         column(out, &hits)?;
     }
     Ok(())
+}
+
+fn rebuild<S: Segments>(lens: &[u32], words: &[u64]) -> Option<S> {
+    S::from_parts(lens, bytemuck::try_cast_slice(words).ok()?)
 }
 
 fn count(n: u64) -> Result<usize, StateMismatch> {
@@ -291,14 +295,8 @@ impl Engine {
                 .map(|(store, lens, words)| {
                     scope.spawn(move || {
                         let rebuilt = match store {
-                            Store::Packed(_) => bytemuck::try_cast_slice(&words)
-                                .ok()
-                                .and_then(|entries| CompactStore::from_parts(&lens, entries))
-                                .map(Store::Packed),
-                            Store::Wide(_) => bytemuck::try_cast_slice(&words)
-                                .ok()
-                                .and_then(|entries| FunnelStore::from_parts(&lens, entries))
-                                .map(Store::Wide),
+                            Store::Packed(_) => rebuild(&lens, &words).map(Store::Packed),
+                            Store::Wide(_) => rebuild(&lens, &words).map(Store::Wide),
                         };
                         rebuilt
                             .ok_or_else(|| StateMismatch("a funnel's entries do not add up or are out of order".into()))

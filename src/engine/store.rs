@@ -33,20 +33,72 @@ const MIN_GARBAGE: usize = 1 << 16;
 /// The entries of a store for every user of a shard, as 64-bit words.
 #[derive(Debug, Clone)]
 pub struct FunnelStore<E> {
-    /// Per user, where their segment starts in `arena`, or [`NONE`].
-    at: Vec<u32>,
+    o: Offsets,
     arena: Vec<u64>,
-    /// Words of segments no user points to.
-    garbage: usize,
-    /// Entries in live segments.
-    entries: usize,
     entry: PhantomData<E>,
 }
 
 impl<E> Default for FunnelStore<E> {
     fn default() -> Self {
-        FunnelStore { at: Vec::new(), arena: Vec::new(), garbage: 0, entries: 0, entry: PhantomData }
+        FunnelStore { o: Offsets::default(), arena: Vec::new(), entry: PhantomData }
     }
+}
+
+/// What both stores keep besides their arena: where each user's segment
+/// starts, and the counts compaction goes by.
+#[derive(Debug, Clone, Default)]
+pub struct Offsets {
+    /// Per user, where their segment starts in the arena, or [`NONE`].
+    at: Vec<u32>,
+    /// Arena units (words, or 16-bit units) of segments no user points to.
+    garbage: usize,
+    /// Entries in live segments.
+    entries: usize,
+}
+
+impl Offsets {
+    fn with_users(users: usize) -> Self {
+        Offsets { at: Vec::with_capacity(users), ..Offsets::default() }
+    }
+
+    /// Where the user's segment starts, if they have one.
+    fn get(&self, uid: u32) -> Option<usize> {
+        let at = self.at[uid as usize];
+        (at != NONE).then_some(at as usize)
+    }
+
+    /// The offset of a segment appended to an arena of `len` units.
+    fn end(len: usize) -> u32 {
+        match u32::try_from(len).ok().filter(|&o| o != NONE) {
+            Some(offset) => offset,
+            // Past 2^32 units of one store in one shard: like a failed
+            // allocation, there is no way on.
+            None => panic!("a funnel store's arena outgrew 2^32 units in one shard"),
+        }
+    }
+
+    /// Whether garbage has passed `min` units and an eighth of the arena
+    /// of `len` units.
+    fn compaction_due(&self, len: usize, min: usize) -> bool {
+        self.garbage >= min && self.garbage * 8 > len
+    }
+}
+
+/// Each user's hits of a snapshot's `lens` (hits per user) and `entries`
+/// (all users' hits in user order), or `None` when the counts do not add
+/// up; an item is `None` when the user's hits are not sorted and distinct
+/// or fill no step.
+fn users_of<'e, E: Entry>(lens: &'e [u32], entries: &'e [E]) -> Option<impl Iterator<Item = Option<&'e [E]>> + 'e> {
+    let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+    if total != entries.len() as u64 {
+        return None;
+    }
+    let mut from = 0;
+    Some(lens.iter().map(move |&len| {
+        let user = &entries[from..from + len as usize];
+        from += len as usize;
+        (user.windows(2).all(|w| w[0] < w[1]) && user.iter().all(|h| h.mask() != 0)).then_some(user)
+    }))
 }
 
 fn header(uid: usize, len: usize) -> u64 {
@@ -63,29 +115,13 @@ impl<E: Entry> FunnelStore<E> {
         std::mem::size_of::<E>() / 8
     };
 
-    /// Adds a user with no entries.
-    pub fn push_user(&mut self) {
-        self.at.push(NONE);
-    }
-
-    /// Users known.
-    pub fn users(&self) -> usize {
-        self.at.len()
-    }
-
-    /// Entries held by all users.
-    pub fn entries(&self) -> usize {
-        self.entries
-    }
-
     /// Heap bytes held (offsets and the arena's capacity).
     pub fn heap_bytes(&self) -> usize {
-        self.at.capacity() * 4 + self.arena.capacity() * 8
+        self.o.at.capacity() * 4 + self.arena.capacity() * 8
     }
 
     fn span(&self, uid: u32) -> Option<(usize, usize)> {
-        let at = self.at[uid as usize];
-        (at != NONE).then(|| (at as usize, header_parts(self.arena[at as usize]).1))
+        self.o.get(uid).map(|at| (at, header_parts(self.arena[at]).1))
     }
 
     /// The user's hits, sorted.
@@ -115,7 +151,7 @@ impl<E: Entry> FunnelStore<E> {
         let u = uid as usize;
         let entry_words: &[u64] = bytemuck::cast_slice(std::slice::from_ref(&entry));
         // Counted first: a compaction below counts again, from the arena.
-        self.entries += 1;
+        self.o.entries += 1;
         match self.span(uid) {
             Some((at, len)) if at + 1 + len * w == self.arena.len() => {
                 // The segment ends the arena: grow it where it is.
@@ -127,13 +163,7 @@ impl<E: Entry> FunnelStore<E> {
             }
             span => {
                 let (old, len) = span.unwrap_or((0, 0));
-                let new = self.arena.len();
-                let offset = u32::try_from(new).ok().filter(|&o| o != NONE);
-                let Some(offset) = offset else {
-                    // Past 32 GiB of one funnel in one shard: like a failed
-                    // allocation, there is no way on.
-                    panic!("a funnel's entries outgrew 2^32 words in one shard");
-                };
+                let offset = Offsets::end(self.arena.len());
                 self.arena.reserve(1 + (len + 1) * w);
                 self.arena.push(header(u, len + 1));
                 if span.is_some() {
@@ -142,10 +172,10 @@ impl<E: Entry> FunnelStore<E> {
                 self.arena.extend_from_slice(entry_words);
                 if span.is_some() {
                     self.arena.extend_from_within(old + 1 + pos * w..old + 1 + len * w);
-                    self.garbage += 1 + len * w;
+                    self.o.garbage += 1 + len * w;
                 }
-                self.at[u] = offset;
-                if self.garbage >= MIN_GARBAGE && self.garbage * 8 > self.arena.len() {
+                self.o.at[u] = offset;
+                if self.o.compaction_due(self.arena.len(), MIN_GARBAGE) {
                     self.compact(i64::MIN);
                 }
             }
@@ -163,16 +193,16 @@ impl<E: Entry> FunnelStore<E> {
         while read < self.arena.len() {
             let (uid, len) = header_parts(self.arena[read]);
             let size = 1 + len * w;
-            if self.at[uid] as usize == read {
+            if self.o.at[uid] as usize == read {
                 let hits: &[E] = bytemuck::cast_slice(&self.arena[read + 1..read + size]);
                 let old = hits.partition_point(|h| h.ts() < cutoff);
                 let kept = len - old;
                 if kept == 0 {
-                    self.at[uid] = NONE;
+                    self.o.at[uid] = NONE;
                 } else {
                     self.arena[write] = header(uid, kept);
                     self.arena.copy_within(read + 1 + old * w..read + size, write + 1);
-                    self.at[uid] = write as u32;
+                    self.o.at[uid] = write as u32;
                     write += 1 + kept * w;
                     entries += kept;
                 }
@@ -183,49 +213,8 @@ impl<E: Entry> FunnelStore<E> {
         if self.arena.capacity() > 2 * write.max(MIN_GARBAGE) {
             self.arena.shrink_to(write + write / 4);
         }
-        self.garbage = 0;
-        self.entries = entries;
-    }
-
-    /// Hits per user (for snapshots).
-    pub fn lens(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.at.len() as u32).map(|u| self.span(u).map_or(0, |(_, len)| len as u32))
-    }
-
-    /// The store of `lens` (hits per user) and `entries` (all users' hits
-    /// in user order), as [`FunnelStore::lens`] and [`FunnelStore::hits`]
-    /// gave them; `None` when they do not add up or a user's hits are not
-    /// sorted and distinct.
-    pub fn from_parts(lens: &[u32], entries: &[E]) -> Option<Self> {
-        let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
-        if total != entries.len() as u64 {
-            return None;
-        }
-        let users_with = lens.iter().filter(|&&l| l > 0).count();
-        let words = users_with + entries.len() * Self::WORDS;
-        if words >= NONE as usize {
-            return None;
-        }
-        let mut store = FunnelStore { at: Vec::with_capacity(lens.len()), ..FunnelStore::default() };
-        store.arena.reserve_exact(words);
-        let mut from = 0;
-        for (u, &len) in lens.iter().enumerate() {
-            let len = len as usize;
-            if len == 0 {
-                store.at.push(NONE);
-                continue;
-            }
-            let user = &entries[from..from + len];
-            if !user.windows(2).all(|w| w[0] < w[1]) || user.iter().any(|h| h.mask() == 0) {
-                return None;
-            }
-            store.at.push(store.arena.len() as u32);
-            store.arena.push(header(u, len));
-            store.arena.extend_from_slice(bytemuck::cast_slice(user));
-            from += len;
-        }
-        store.entries = entries.len();
-        Some(store)
+        self.o.garbage = 0;
+        self.o.entries = entries;
     }
 }
 
@@ -242,11 +231,37 @@ pub trait Segments {
     /// [`Segments::load`] gave them) with `hits[pos]` inserted.
     fn insert(&mut self, uid: u32, hits: &[Self::Entry], pos: usize);
 
-    /// Users known.
-    fn users(&self) -> usize;
-
     /// Hits per user (for snapshots).
     fn lens(&self) -> impl Iterator<Item = u32> + '_;
+
+    /// The store of a snapshot's `lens` (hits per user) and `entries` (all
+    /// users' hits in user order), as [`Segments::lens`] and
+    /// [`Segments::load`] gave them; `None` when they do not add up or a
+    /// user's hits are not sorted and distinct.
+    fn from_parts(lens: &[u32], entries: &[Self::Entry]) -> Option<Self>
+    where
+        Self: Sized;
+
+    /// Where users' segments start, and the arena's counts.
+    fn offsets(&self) -> &Offsets;
+
+    /// The same, to change.
+    fn offsets_mut(&mut self) -> &mut Offsets;
+
+    /// Adds a user with no entries.
+    fn push_user(&mut self) {
+        self.offsets_mut().at.push(NONE);
+    }
+
+    /// Users known.
+    fn users(&self) -> usize {
+        self.offsets().at.len()
+    }
+
+    /// Entries held by all users.
+    fn entries(&self) -> usize {
+        self.offsets().entries
+    }
 }
 
 impl<E: Entry> Segments for FunnelStore<E> {
@@ -261,12 +276,38 @@ impl<E: Entry> Segments for FunnelStore<E> {
         self.insert_at(uid, pos, hits[pos]);
     }
 
-    fn users(&self) -> usize {
-        FunnelStore::users(self)
+    fn lens(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.o.at.len() as u32).map(|u| self.span(u).map_or(0, |(_, len)| len as u32))
     }
 
-    fn lens(&self) -> impl Iterator<Item = u32> + '_ {
-        FunnelStore::lens(self)
+    fn from_parts(lens: &[u32], entries: &[E]) -> Option<Self> {
+        let users_with = lens.iter().filter(|&&l| l > 0).count();
+        let words = users_with + entries.len() * Self::WORDS;
+        if words >= NONE as usize {
+            return None;
+        }
+        let mut store = FunnelStore { o: Offsets::with_users(lens.len()), ..FunnelStore::default() };
+        store.arena.reserve_exact(words);
+        for (u, user) in users_of(lens, entries)?.enumerate() {
+            let user = user?;
+            if user.is_empty() {
+                store.o.at.push(NONE);
+                continue;
+            }
+            store.o.at.push(store.arena.len() as u32);
+            store.arena.push(header(u, user.len()));
+            store.arena.extend_from_slice(bytemuck::cast_slice(user));
+        }
+        store.o.entries = entries.len();
+        Some(store)
+    }
+
+    fn offsets(&self) -> &Offsets {
+        &self.o
+    }
+
+    fn offsets_mut(&mut self) -> &mut Offsets {
+        &mut self.o
     }
 }
 
@@ -284,13 +325,8 @@ impl<E: Entry> Segments for FunnelStore<E> {
 /// Moves, garbage and compaction work as in [`FunnelStore`].
 #[derive(Debug, Clone, Default)]
 pub struct CompactStore {
-    /// Per user, where their segment starts in `arena`, or [`NONE`].
-    at: Vec<u32>,
+    o: Offsets,
     arena: Vec<u16>,
-    /// Units of segments no user points to.
-    garbage: usize,
-    /// Entries in live segments.
-    entries: usize,
 }
 
 /// A segment header: the user, the count and whether entries are packed.
@@ -308,7 +344,7 @@ const LONG_LEN: u16 = PACKED_FLAG - 1;
 /// Compaction of a [`CompactStore`] waits for at least this much garbage
 /// (units: as many bytes as [`MIN_GARBAGE`] words).
 const MIN_GARBAGE_UNITS: usize = MIN_GARBAGE * 4;
-/// Units of a header, and of a [`Packed`] entry.
+/// Units of a [`Packed`] entry.
 const QUAD: usize = 4;
 /// Units of a later entry of a delta segment.
 const TRIPLE: usize = 3;
@@ -361,24 +397,9 @@ fn fits_deltas(hits: &[Packed]) -> bool {
 }
 
 impl CompactStore {
-    /// Adds a user with no entries.
-    pub fn push_user(&mut self) {
-        self.at.push(NONE);
-    }
-
-    /// Users known.
-    pub fn users(&self) -> usize {
-        self.at.len()
-    }
-
-    /// Entries held by all users.
-    pub fn entries(&self) -> usize {
-        self.entries
-    }
-
     /// Heap bytes held (offsets and the arena's capacity).
     pub fn heap_bytes(&self) -> usize {
-        self.at.capacity() * 4 + self.arena.capacity() * 2
+        self.o.at.capacity() * 4 + self.arena.capacity() * 2
     }
 
     #[inline]
@@ -394,8 +415,7 @@ impl CompactStore {
     }
 
     fn head(&self, uid: u32) -> Option<(usize, Head)> {
-        let at = self.at[uid as usize];
-        (at != NONE).then(|| (at as usize, self.head_at(at as usize)))
+        self.o.get(uid).map(|at| (at, self.head_at(at)))
     }
 
     /// Appends the segment of `hits` for `uid` to the arena.
@@ -439,34 +459,29 @@ impl CompactStore {
     pub fn save(&mut self, uid: u32, hits: &[Packed]) {
         let old = self.head(uid);
         let old_len = old.map_or(0, |(_, h)| h.len);
-        self.entries = self.entries + hits.len() - old_len;
+        self.o.entries = self.o.entries + hits.len() - old_len;
         match old {
             Some((at, head)) if at + head.units() == self.arena.len() => {
                 // The segment ends the arena: rewrite it where it is.
                 self.arena.truncate(at);
                 if hits.is_empty() {
-                    self.at[uid as usize] = NONE;
+                    self.o.at[uid as usize] = NONE;
                 } else {
                     Self::write(&mut self.arena, uid, hits);
                 }
             }
             _ => {
                 if let Some((_, head)) = old {
-                    self.garbage += head.units();
+                    self.o.garbage += head.units();
                 }
                 if hits.is_empty() {
-                    self.at[uid as usize] = NONE;
+                    self.o.at[uid as usize] = NONE;
                     return;
                 }
-                let offset = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE);
-                let Some(offset) = offset else {
-                    // Past 8 GiB of funnel entries in one shard: like a
-                    // failed allocation, there is no way on.
-                    panic!("the funnel entries of one shard outgrew 2^32 units");
-                };
+                let offset = Offsets::end(self.arena.len());
                 Self::write(&mut self.arena, uid, hits);
-                self.at[uid as usize] = offset;
-                if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
+                self.o.at[uid as usize] = offset;
+                if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
                     self.compact(i64::MIN);
                 }
             }
@@ -487,11 +502,11 @@ impl CompactStore {
         while read < self.arena.len() {
             let head = self.head_at(read);
             let size = head.units();
-            let live = self.at[head.uid as usize] as usize == read;
+            let live = self.o.at[head.uid as usize] as usize == read;
             let first = read + header_units(head.len);
             if live && Packed::from_raw(read_quad(&self.arena[first..])).ts() >= cutoff {
                 run.get_or_insert((read, write));
-                self.at[head.uid as usize] = write as u32;
+                self.o.at[head.uid as usize] = write as u32;
                 write += size;
                 entries += head.len;
                 read += size;
@@ -506,14 +521,14 @@ impl CompactStore {
                 self.read(read, head, &mut hits);
                 let kept = &hits[hits.partition_point(|h| h.ts() < cutoff)..];
                 if kept.is_empty() {
-                    self.at[head.uid as usize] = NONE;
+                    self.o.at[head.uid as usize] = NONE;
                 } else {
                     // Fewer hits, a smaller span: never more units than
                     // the segment had, so written where it goes.
                     segment.clear();
                     Self::write(&mut segment, head.uid, kept);
                     self.arena[write..write + segment.len()].copy_from_slice(&segment);
-                    self.at[head.uid as usize] = write as u32;
+                    self.o.at[head.uid as usize] = write as u32;
                     write += segment.len();
                     entries += kept.len();
                 }
@@ -527,43 +542,8 @@ impl CompactStore {
         if self.arena.capacity() > 2 * write.max(MIN_GARBAGE_UNITS) {
             self.arena.shrink_to(write + write / 4);
         }
-        self.garbage = 0;
-        self.entries = entries;
-    }
-
-    /// Hits per user (for snapshots).
-    pub fn lens(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.at.len() as u32).map(|u| self.head(u).map_or(0, |(_, h)| h.len as u32))
-    }
-
-    /// The store of `lens` (hits per user) and `entries` (all users' hits
-    /// in user order), as [`CompactStore::lens`] and [`Segments::load`]
-    /// gave them; `None` when they do not add up or a user's hits are not
-    /// sorted and distinct.
-    pub fn from_parts(lens: &[u32], entries: &[Packed]) -> Option<Self> {
-        let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
-        if total != entries.len() as u64 {
-            return None;
-        }
-        let mut store = CompactStore { at: Vec::with_capacity(lens.len()), ..CompactStore::default() };
-        store.arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * (3 + QUAD) + entries.len() * TRIPLE);
-        let mut from = 0;
-        for (u, &len) in lens.iter().enumerate() {
-            let len = len as usize;
-            if len == 0 {
-                store.at.push(NONE);
-                continue;
-            }
-            let user = &entries[from..from + len];
-            if !user.windows(2).all(|w| w[0] < w[1]) || user.iter().any(|h| h.mask() == 0) {
-                return None;
-            }
-            store.at.push(u32::try_from(store.arena.len()).ok().filter(|&o| o != NONE)?);
-            Self::write(&mut store.arena, u as u32, user);
-            from += len;
-        }
-        store.entries = entries.len();
-        Some(store)
+        self.o.garbage = 0;
+        self.o.entries = entries;
     }
 }
 
@@ -592,13 +572,11 @@ impl Segments for CompactStore {
         let at = if at + size == self.arena.len() {
             at
         } else {
-            let Some(offset) = u32::try_from(self.arena.len()).ok().filter(|&o| o != NONE) else {
-                panic!("the funnel entries of one shard outgrew 2^32 units");
-            };
+            let offset = Offsets::end(self.arena.len());
             self.arena.reserve(size + TRIPLE);
             self.arena.extend_from_within(at..at + size);
-            self.garbage += size;
-            self.at[uid as usize] = offset;
+            self.o.garbage += size;
+            self.o.at[uid as usize] = offset;
             offset as usize
         };
         let delta = delta as u32;
@@ -611,8 +589,8 @@ impl Segments for CompactStore {
         } else {
             self.arena[at + 3..at + 5].copy_from_slice(&[len as u16, (len >> 16) as u16]);
         }
-        self.entries += 1;
-        if self.garbage >= MIN_GARBAGE_UNITS && self.garbage * 8 > self.arena.len() {
+        self.o.entries += 1;
+        if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
             self.compact(i64::MIN);
         }
     }
@@ -624,12 +602,32 @@ impl Segments for CompactStore {
         }
     }
 
-    fn users(&self) -> usize {
-        CompactStore::users(self)
+    fn lens(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.o.at.len() as u32).map(|u| self.head(u).map_or(0, |(_, h)| h.len as u32))
     }
 
-    fn lens(&self) -> impl Iterator<Item = u32> + '_ {
-        CompactStore::lens(self)
+    fn from_parts(lens: &[u32], entries: &[Packed]) -> Option<Self> {
+        let mut store = CompactStore { o: Offsets::with_users(lens.len()), ..CompactStore::default() };
+        store.arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * (3 + QUAD) + entries.len() * TRIPLE);
+        for (u, user) in users_of(lens, entries)?.enumerate() {
+            let user = user?;
+            if user.is_empty() {
+                store.o.at.push(NONE);
+                continue;
+            }
+            store.o.at.push(u32::try_from(store.arena.len()).ok().filter(|&o| o != NONE)?);
+            Self::write(&mut store.arena, u as u32, user);
+        }
+        store.o.entries = entries.len();
+        Some(store)
+    }
+
+    fn offsets(&self) -> &Offsets {
+        &self.o
+    }
+
+    fn offsets_mut(&mut self) -> &mut Offsets {
+        &mut self.o
     }
 }
 
@@ -776,7 +774,7 @@ mod tests {
         assert_eq!(s.hits(0), &[h(10, &[0]), h(15, &[2]), h(20, &[1])]);
         assert_eq!(s.hits(1), &[h(7, &[0])]);
         assert_eq!(s.entries(), 4);
-        assert!(s.garbage > 0);
+        assert!(s.o.garbage > 0);
 
         let lens: Vec<u32> = s.lens().collect();
         let all: Vec<E> = (0..2).flat_map(|u| s.hits(u).to_vec()).collect();
@@ -786,7 +784,7 @@ mod tests {
         s.prune(15);
         assert_eq!(s.hits(0), &[h(15, &[2]), h(20, &[1])]);
         assert!(s.hits(1).is_empty());
-        assert_eq!((s.entries(), s.garbage, s.arena.len()), (2, 0, 1 + 2 * FunnelStore::<E>::WORDS));
+        assert_eq!((s.entries(), s.o.garbage, s.arena.len()), (2, 0, 1 + 2 * FunnelStore::<E>::WORDS));
         s.prune(100);
         assert!(s.hits(0).is_empty() && s.arena.is_empty() && s.entries() == 0);
 
@@ -1018,7 +1016,7 @@ mod tests {
         // A span of 50 days or a 17th step: every entry in four units.
         hits.push(h(1_790_000_000_000 + 50 * 86_400_000, &[0]));
         s.insert(0, &hits, 4);
-        assert_eq!(s.arena.len() - s.garbage, 3 + 5 * 4);
+        assert_eq!(s.arena.len() - s.o.garbage, 3 + 5 * 4);
         let mut out = Vec::new();
         s.load(0, &mut out);
         assert_eq!(out, hits);
@@ -1071,25 +1069,41 @@ mod tests {
         header_units(head.len)
     }
 
-    #[test]
-    fn compaction_keeps_every_user_whole() {
-        let mut s = FunnelStore::<Packed>::default();
+    /// Interleaved inserts of 3 000 users, each before and after the
+    /// user's others in turn, leave garbage behind until it is compacted;
+    /// every user comes out whole.
+    fn interleaved_inserts<S: Segments>(s: &mut S) {
         let users = 3000u32;
         for _ in 0..users {
             s.push_user();
         }
-        // Interleaved inserts leave garbage behind until it is compacted.
+        let mut hits = Vec::new();
         for round in 0..40i64 {
             for u in 0..users {
-                assert!(s.insert_hit(u, h(1000 * i64::from(u) + 40 - round, &[0])));
+                // Rounds alternate: an earlier hit (the segment is written
+                // anew), then a later one (appended).
+                let ts = 1000 * i64::from(u) + if round % 2 == 0 { 20 - round / 2 } else { 21 + round / 2 };
+                s.load(u, &mut hits);
+                let pos = hits.binary_search(&S::Entry::from_hit(Hit { ts, mask: 1, tag: 0 })).expect_err("new");
+                hits.insert(pos, S::Entry::from_hit(Hit { ts, mask: 1, tag: 0 }));
+                s.insert(u, &hits, pos);
             }
         }
-        assert!(s.garbage * 8 <= s.arena.len().max(MIN_GARBAGE * 8));
         for u in 0..users {
-            let hits = s.hits(u);
+            s.load(u, &mut hits);
             assert_eq!(hits.len(), 40);
             assert!(hits.iter().enumerate().all(|(i, e)| e.ts() == 1000 * i64::from(u) + 1 + i as i64));
         }
         assert_eq!(s.entries(), 40 * users as usize);
+    }
+
+    #[test]
+    fn compaction_keeps_every_user_whole() {
+        let mut s = FunnelStore::<Packed>::default();
+        interleaved_inserts(&mut s);
+        assert!(s.o.garbage * 8 <= s.arena.len().max(MIN_GARBAGE * 8));
+        let mut s = CompactStore::default();
+        interleaved_inserts(&mut s);
+        assert!(s.o.garbage * 8 <= s.arena.len().max(MIN_GARBAGE_UNITS * 8));
     }
 }
