@@ -57,10 +57,6 @@ pub struct Offsets {
 }
 
 impl Offsets {
-    fn with_users(users: usize) -> Self {
-        Offsets { at: Vec::with_capacity(users), ..Offsets::default() }
-    }
-
     /// Where the user's segment starts, if they have one.
     fn get(&self, uid: u32) -> Option<usize> {
         let at = self.at[uid as usize];
@@ -82,23 +78,39 @@ impl Offsets {
     fn compaction_due(&self, len: usize, min: usize) -> bool {
         self.garbage >= min && self.garbage * 8 > len
     }
-}
 
-/// Each user's hits of a snapshot's `lens` (hits per user) and `entries`
-/// (all users' hits in user order), or `None` when the counts do not add
-/// up; an item is `None` when the user's hits are not sorted and distinct
-/// or fill no step.
-fn users_of<'e, E: Entry>(lens: &'e [u32], entries: &'e [E]) -> Option<impl Iterator<Item = Option<&'e [E]>> + 'e> {
-    let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
-    if total != entries.len() as u64 {
-        return None;
+    /// The offsets of a snapshot's `lens` (hits per user) and `entries`
+    /// (all users' hits in user order), each user's segment appended to
+    /// `arena` by `write`; `None` when the counts do not add up, a user's
+    /// hits are not sorted and distinct or fill no step, or the arena
+    /// outgrows its offsets.
+    fn rebuilt<E: Entry, W>(
+        lens: &[u32],
+        entries: &[E],
+        arena: &mut Vec<W>,
+        write: impl Fn(&mut Vec<W>, usize, &[E]),
+    ) -> Option<Offsets> {
+        let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+        if total != entries.len() as u64 {
+            return None;
+        }
+        let mut o = Offsets { at: Vec::with_capacity(lens.len()), garbage: 0, entries: entries.len() };
+        let mut from = 0;
+        for (u, &len) in lens.iter().enumerate() {
+            let user = &entries[from..from + len as usize];
+            from += user.len();
+            if user.is_empty() {
+                o.at.push(NONE);
+                continue;
+            }
+            if !user.windows(2).all(|w| w[0] < w[1]) || user.iter().any(|h| h.mask() == 0) {
+                return None;
+            }
+            o.at.push(u32::try_from(arena.len()).ok().filter(|&offset| offset != NONE)?);
+            write(arena, u, user);
+        }
+        Some(o)
     }
-    let mut from = 0;
-    Some(lens.iter().map(move |&len| {
-        let user = &entries[from..from + len as usize];
-        from += len as usize;
-        (user.windows(2).all(|w| w[0] < w[1]) && user.iter().all(|h| h.mask() != 0)).then_some(user)
-    }))
 }
 
 fn header(uid: usize, len: usize) -> u64 {
@@ -281,25 +293,13 @@ impl<E: Entry> Segments for FunnelStore<E> {
     }
 
     fn from_parts(lens: &[u32], entries: &[E]) -> Option<Self> {
-        let users_with = lens.iter().filter(|&&l| l > 0).count();
-        let words = users_with + entries.len() * Self::WORDS;
-        if words >= NONE as usize {
-            return None;
-        }
-        let mut store = FunnelStore { o: Offsets::with_users(lens.len()), ..FunnelStore::default() };
-        store.arena.reserve_exact(words);
-        for (u, user) in users_of(lens, entries)?.enumerate() {
-            let user = user?;
-            if user.is_empty() {
-                store.o.at.push(NONE);
-                continue;
-            }
-            store.o.at.push(store.arena.len() as u32);
-            store.arena.push(header(u, user.len()));
-            store.arena.extend_from_slice(bytemuck::cast_slice(user));
-        }
-        store.o.entries = entries.len();
-        Some(store)
+        let mut arena = Vec::new();
+        arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() + entries.len() * Self::WORDS);
+        let o = Offsets::rebuilt(lens, entries, &mut arena, |arena, u, user| {
+            arena.push(header(u, user.len()));
+            arena.extend_from_slice(bytemuck::cast_slice(user));
+        })?;
+        Some(FunnelStore { o, arena, entry: PhantomData })
     }
 
     fn offsets(&self) -> &Offsets {
@@ -607,19 +607,10 @@ impl Segments for CompactStore {
     }
 
     fn from_parts(lens: &[u32], entries: &[Packed]) -> Option<Self> {
-        let mut store = CompactStore { o: Offsets::with_users(lens.len()), ..CompactStore::default() };
-        store.arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * (3 + QUAD) + entries.len() * TRIPLE);
-        for (u, user) in users_of(lens, entries)?.enumerate() {
-            let user = user?;
-            if user.is_empty() {
-                store.o.at.push(NONE);
-                continue;
-            }
-            store.o.at.push(u32::try_from(store.arena.len()).ok().filter(|&o| o != NONE)?);
-            Self::write(&mut store.arena, u as u32, user);
-        }
-        store.o.entries = entries.len();
-        Some(store)
+        let mut arena = Vec::new();
+        arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * (3 + QUAD) + entries.len() * TRIPLE);
+        let o = Offsets::rebuilt(lens, entries, &mut arena, |arena, u, user| Self::write(arena, u as u32, user))?;
+        Some(CompactStore { o, arena })
     }
 
     fn offsets(&self) -> &Offsets {
