@@ -6,7 +6,8 @@
 //! One process with one kept-alive connection polls, so that the poller
 //! costs the machine little: a `curl` and an `awk` started every 20 ms
 //! (the script's poller before) took about a third of a core, 11 ms of CPU
-//! a scrape, from the run being measured.
+//! a scrape (measured once, see BENCHMARKS.md), from the run being
+//! measured.
 //!
 //!     cargo run --release --example wait_ingested -- ADDR N [POLL_MS]
 
