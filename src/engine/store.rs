@@ -4,21 +4,20 @@
 //! and one entry per event for all of them, where a store per funnel took
 //! one of each per funnel.
 //!
-//! A segment is a header (the user's index and the entry count) followed
-//! by the user's hits of the horizon, sorted and distinct: in
-//! [`CompactStore`] (funnels of [`Packed`] entries) the first in full and
-//! the others as 6-byte differences, in [`FunnelStore`] (entries with
-//! tags) as 64-bit words. A user costs a 4-byte offset, plus the header and
-//! the hits when they have any: no allocation of their own, so none of an
-//! allocator's per-block overhead and no 16-byte pointer per user and
-//! funnel.
+//! A segment is a header followed by the user's hits of the horizon,
+//! sorted and distinct: in [`CompactStore`] (funnels of [`Packed`]
+//! entries) each written against the one before it in two to four 16-bit
+//! units, in [`FunnelStore`] (entries with tags) as 64-bit words after a
+//! header word naming the user and the count. A user costs a 4-byte
+//! offset, plus the segment when they have hits: no allocation of their
+//! own, so none of an allocator's per-block overhead and no 16-byte
+//! pointer per user and funnel.
 //!
 //! An insert moves the user's segment, one hit longer, to the end of the
 //! arena (or grows it in place when it is already there); the old copy
 //! becomes garbage. Compaction slides the live segments down in one pass
-//! over the arena, finding each segment's owner from its header, when
-//! garbage passes an eighth of the arena, and once a day when old hits are
-//! dropped.
+//! over the arena, when garbage passes an eighth of the arena, and once a
+//! day when old hits are dropped.
 
 use std::marker::PhantomData;
 
@@ -312,70 +311,98 @@ impl<E: Entry> Segments for FunnelStore<E> {
 }
 
 /// The entries of the packed funnels for every user of a shard, in an
-/// arena of 16-bit units with no padding: a segment is a header (the user's
-/// index in two units, then the entry count in 15 bits, or in two more
-/// units from 32 767 entries on), then the first entry as a [`Packed`]
-/// (four units) and every later one as its milliseconds after the first
-/// (32 bits) and its steps (16 bits): three units. A segment whose entries
-/// do not fit that (a span of 49 days or more, steps above the 16th) holds
-/// [`Packed`] entries of four units each instead, which the count's 16th
-/// bit says. A user of four entries takes 32 bytes, not the 40 of 64-bit
-/// words.
+/// arena of 16-bit units with no padding. A segment is a header unit (see
+/// [`Head`]; two more units hold the size of a segment of 8 191 units or
+/// more), then the user's hits, each written against the one before it:
 ///
-/// Moves, garbage and compaction work as in [`FunnelStore`].
+/// - the first in three units (its time in 42 bits above its steps in 6)
+///   when its steps are among the store's first six, else as a [`Packed`]
+///   in four;
+/// - every later one as its milliseconds after the one before and its
+///   steps: two units (top bit set, then 7 bits of steps and 24 of
+///   milliseconds: up to 4.6 hours) when they fit, else three (15 bits of
+///   steps, then 32 of milliseconds: up to 49 days).
+///
+/// A segment whose hits do not fit that (a gap of 49 days or more, steps
+/// above the 15th) holds [`Packed`] entries of four units each, which its
+/// header says. A user of four entries, two of them minutes after the one
+/// before, takes 22 bytes.
+///
+/// The header does not name the user: compaction finds each live
+/// segment's owner by threading. It first writes each user's index over
+/// the first two units of their segment, keeping those units in the
+/// user's offset; sliding down, a segment without the garbage flag is
+/// then a live one, whose owner its first two units name. Moves and
+/// garbage otherwise work as in [`FunnelStore`].
 #[derive(Debug, Clone, Default)]
 pub struct CompactStore {
     o: Offsets,
     arena: Vec<u16>,
 }
 
-/// A segment header: the user, the count and whether entries are packed.
+/// A segment header: its layout and its size past the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
-    uid: u32,
-    len: usize,
-    packed: bool,
+    /// Units past the header.
+    body: usize,
+    /// The hits are [`Packed`] entries, four units each.
+    full: bool,
+    /// The first hit takes three units, not four.
+    short_first: bool,
 }
 
-/// In the header's count unit: the segment holds [`Packed`] entries.
-const PACKED_FLAG: u16 = 1 << 15;
-/// The count unit's value that says the count follows in two units.
-const LONG_LEN: u16 = PACKED_FLAG - 1;
+/// In a header unit: the segment is garbage (no user points to it).
+const DEAD: u16 = 1 << 15;
+/// In a header unit: the segment holds [`Packed`] entries.
+const FULL: u16 = 1 << 14;
+/// In a header unit: the first entry takes three units.
+const SHORT_FIRST: u16 = 1 << 13;
+/// The header unit's size that says the size follows in two units.
+const LONG_SIZE: u16 = SHORT_FIRST - 1;
+/// In a later entry's first unit: the entry takes two units.
+const SHORT: u16 = 1 << 15;
 /// Compaction of a [`CompactStore`] waits for at least this much garbage
 /// (units: as many bytes as [`MIN_GARBAGE`] words).
 const MIN_GARBAGE_UNITS: usize = MIN_GARBAGE * 4;
 /// Units of a [`Packed`] entry.
 const QUAD: usize = 4;
-/// Units of a later entry of a delta segment.
-const TRIPLE: usize = 3;
+/// The most users a compact store can thread (their index must leave the
+/// garbage flag clear).
+const MAX_USERS: usize = 1 << 31;
 
 impl Head {
     fn units(self) -> usize {
-        header_units(self.len) + segment_body(self.len, self.packed)
+        header_units(self.body) + self.body
     }
 }
 
 #[inline]
-fn header_units(len: usize) -> usize {
-    if len < usize::from(LONG_LEN) { 3 } else { 5 }
+fn header_units(body: usize) -> usize {
+    if body < usize::from(LONG_SIZE) { 1 } else { 3 }
 }
 
-/// Appends the header of a segment.
-fn push_header(arena: &mut Vec<u16>, uid: u32, len: usize, packed: bool) {
-    let flag = if packed { PACKED_FLAG } else { 0 };
-    arena.extend_from_slice(&[uid as u16, (uid >> 16) as u16]);
-    match u16::try_from(len).ok().filter(|&l| l < LONG_LEN) {
-        Some(short) => arena.push(short | flag),
-        None => arena.extend_from_slice(&[LONG_LEN | flag, len as u16, (len >> 16) as u16]),
+/// The units a later entry of `delta` milliseconds and `mask` takes in a
+/// segment of deltas, if it fits one.
+#[inline]
+fn later_units(delta: i64, mask: u32) -> Option<usize> {
+    if delta < 1 << 24 && mask < 1 << 7 {
+        Some(2)
+    } else if delta <= i64::from(u32::MAX) && mask < 1 << 15 {
+        Some(3)
+    } else {
+        None
     }
 }
 
-fn segment_body(len: usize, packed: bool) -> usize {
-    match (len, packed) {
-        (0, _) => 0,
-        (_, true) => len * QUAD,
-        (_, false) => QUAD + (len - 1) * TRIPLE,
-    }
+fn short_first(first: Packed) -> bool {
+    first.mask() < 1 << 6
+}
+
+/// The units of `hits` (sorted, not empty) as a segment of deltas, if they
+/// fit one.
+fn delta_body(hits: &[Packed]) -> Option<usize> {
+    let first = if short_first(hits[0]) { 3 } else { QUAD };
+    hits.windows(2).try_fold(first, |units, w| Some(units + later_units(w[1].ts() - w[0].ts(), w[1].mask())?))
 }
 
 fn read_quad(units: &[u16]) -> u64 {
@@ -386,14 +413,57 @@ fn push_quad(arena: &mut Vec<u16>, w: u64) {
     arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16, (w >> 48) as u16]);
 }
 
-/// Whether `hits` (sorted) can be written as deltas from the first.
-fn fits_deltas(hits: &[Packed]) -> bool {
-    match (hits.first(), hits.last()) {
-        (Some(first), Some(last)) => {
-            last.ts() - first.ts() <= i64::from(u32::MAX) && hits.iter().all(|h| h.mask() <= u32::from(u16::MAX))
-        }
-        _ => true,
+/// Appends a later entry of `delta` and `mask`, as [`later_units`] says.
+#[inline]
+fn push_later(arena: &mut Vec<u16>, delta: i64, mask: u32) {
+    let d = delta as u32;
+    if delta < 1 << 24 && mask < 1 << 7 {
+        arena.extend_from_slice(&[SHORT | (mask as u16) << 8 | (d >> 16) as u16, d as u16]);
+    } else {
+        arena.extend_from_slice(&[mask as u16, d as u16, (d >> 16) as u16]);
     }
+}
+
+/// The hits of a segment's body into `out`.
+fn decode(body: &[u16], head: Head, out: &mut Vec<Packed>) {
+    if head.full {
+        out.extend(body.chunks_exact(QUAD).map(|q| Packed::from_raw(read_quad(q))));
+        return;
+    }
+    let (mut ts, mut at) = if head.short_first {
+        let w = u64::from(body[0]) | u64::from(body[1]) << 16 | u64::from(body[2]) << 32;
+        out.push(Packed::from_hit(Hit { ts: (w >> 6) as i64, mask: (w & 0x3f) as u32, tag: 0 }));
+        ((w >> 6) as i64, 3)
+    } else {
+        let first = Packed::from_raw(read_quad(body));
+        out.push(first);
+        (first.ts(), QUAD)
+    };
+    while at < body.len() {
+        let u = body[at];
+        let (delta, mask) = if u & SHORT != 0 {
+            at += 2;
+            (i64::from(u & 0xff) << 16 | i64::from(body[at - 1]), u32::from(u >> 8 & 0x7f))
+        } else {
+            at += 3;
+            (i64::from(body[at - 2]) | i64::from(body[at - 1]) << 16, u32::from(u))
+        };
+        ts += delta;
+        out.push(Packed::from_hit(Hit { ts, mask, tag: 0 }));
+    }
+}
+
+/// Entries in a segment's body (for snapshots and counts).
+fn entry_count(body: &[u16], head: Head) -> usize {
+    if head.full {
+        return body.len() / QUAD;
+    }
+    let (mut at, mut count) = (if head.short_first { 3 } else { QUAD }, 1);
+    while at < body.len() {
+        at += if body[at] & SHORT != 0 { 2 } else { 3 };
+        count += 1;
+    }
+    count
 }
 
 impl CompactStore {
@@ -404,61 +474,73 @@ impl CompactStore {
 
     #[inline]
     fn head_at(&self, at: usize) -> Head {
-        // A segment is never shorter than five units (a header of three, a
-        // first entry of four): one bounds check for all five.
-        let units = &self.arena[at..at + 5];
-        let uid = u32::from(units[0]) | u32::from(units[1]) << 16;
-        let count = units[2] & !PACKED_FLAG;
-        let len =
-            if count == LONG_LEN { usize::from(units[3]) | usize::from(units[4]) << 16 } else { usize::from(count) };
-        Head { uid, len, packed: units[2] & PACKED_FLAG != 0 }
+        let unit = self.arena[at];
+        let size = unit & LONG_SIZE;
+        let body = if size == LONG_SIZE {
+            usize::from(self.arena[at + 1]) | usize::from(self.arena[at + 2]) << 16
+        } else {
+            usize::from(size)
+        };
+        Head { body, full: unit & FULL != 0, short_first: unit & SHORT_FIRST != 0 }
     }
 
     fn head(&self, uid: u32) -> Option<(usize, Head)> {
         self.o.get(uid).map(|at| (at, self.head_at(at)))
     }
 
-    /// Appends the segment of `hits` for `uid` to the arena.
-    fn write(arena: &mut Vec<u16>, uid: u32, hits: &[Packed]) {
-        let packed = !fits_deltas(hits);
-        arena.reserve(header_units(hits.len()) + segment_body(hits.len(), packed));
-        push_header(arena, uid, hits.len(), packed);
-        let Some(first) = hits.first() else {
-            return;
-        };
-        if packed {
-            hits.iter().for_each(|h| push_quad(arena, h.raw()));
-            return;
-        }
-        push_quad(arena, first.raw());
-        for h in &hits[1..] {
-            let delta = (h.ts() - first.ts()) as u32;
-            arena.extend_from_slice(&[delta as u16, (delta >> 16) as u16, h.mask() as u16]);
+    fn body(&self, at: usize, head: Head) -> &[u16] {
+        &self.arena[at + header_units(head.body)..at + head.units()]
+    }
+
+    /// Writes the header of a segment of `head` at `at`, where one of the
+    /// same width was or is to be.
+    fn set_header(arena: &mut [u16], at: usize, head: Head) {
+        let flags = if head.full { FULL } else { 0 } | if head.short_first { SHORT_FIRST } else { 0 };
+        match u16::try_from(head.body).ok().filter(|&b| b < LONG_SIZE) {
+            Some(short) => arena[at] = flags | short,
+            None => arena[at..at + 3].copy_from_slice(&[flags | LONG_SIZE, head.body as u16, (head.body >> 16) as u16]),
         }
     }
 
-    /// The hits of the segment at `at` with header `head`, into `out`.
-    fn read(&self, at: usize, head: Head, out: &mut Vec<Packed>) {
-        let body = &self.arena[at + header_units(head.len)..at + head.units()];
-        if head.len == 0 {
+    /// Appends the segment of `hits` (sorted, distinct, not empty).
+    fn write(arena: &mut Vec<u16>, hits: &[Packed]) {
+        let deltas = delta_body(hits);
+        let head = Head {
+            body: deltas.unwrap_or(hits.len() * QUAD),
+            full: deltas.is_none(),
+            short_first: deltas.is_some() && short_first(hits[0]),
+        };
+        let at = arena.len();
+        arena.resize(at + header_units(head.body), 0);
+        Self::set_header(arena, at, head);
+        arena.reserve(head.body);
+        if head.full {
+            hits.iter().for_each(|h| push_quad(arena, h.raw()));
             return;
         }
-        if head.packed {
-            out.extend(body.chunks_exact(QUAD).map(|q| Packed::from_raw(read_quad(q))));
-            return;
+        let first = hits[0];
+        if head.short_first {
+            let w = (first.ts() as u64) << 6 | u64::from(first.mask());
+            arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16]);
+        } else {
+            push_quad(arena, first.raw());
         }
-        let first = Packed::from_raw(read_quad(body));
-        out.push(first);
-        out.extend(body[QUAD..].chunks_exact(TRIPLE).map(|t| {
-            let delta = i64::from(t[0]) | i64::from(t[1]) << 16;
-            Packed::from_hit(Hit { ts: first.ts() + delta, mask: u32::from(t[2]), tag: 0 })
-        }));
+        for w in hits.windows(2) {
+            push_later(arena, w[1].ts() - w[0].ts(), w[1].mask());
+        }
+        debug_assert_eq!(arena.len(), at + head.units());
+    }
+
+    /// Marks the segment at `at` garbage.
+    fn discard(&mut self, at: usize, head: Head) {
+        self.arena[at] |= DEAD;
+        self.o.garbage += head.units();
     }
 
     /// Makes `hits` (sorted and distinct, steps never empty) the user's.
     pub fn save(&mut self, uid: u32, hits: &[Packed]) {
         let old = self.head(uid);
-        let old_len = old.map_or(0, |(_, h)| h.len);
+        let old_len = old.map_or(0, |(at, h)| entry_count(self.body(at, h), h));
         self.o.entries = self.o.entries + hits.len() - old_len;
         match old {
             Some((at, head)) if at + head.units() == self.arena.len() => {
@@ -467,19 +549,19 @@ impl CompactStore {
                 if hits.is_empty() {
                     self.o.at[uid as usize] = NONE;
                 } else {
-                    Self::write(&mut self.arena, uid, hits);
+                    Self::write(&mut self.arena, hits);
                 }
             }
             _ => {
-                if let Some((_, head)) = old {
-                    self.o.garbage += head.units();
+                if let Some((at, head)) = old {
+                    self.discard(at, head);
                 }
                 if hits.is_empty() {
                     self.o.at[uid as usize] = NONE;
                     return;
                 }
                 let offset = Offsets::end(self.arena.len());
-                Self::write(&mut self.arena, uid, hits);
+                Self::write(&mut self.arena, hits);
                 self.o.at[uid as usize] = offset;
                 if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
                     self.compact(i64::MIN);
@@ -494,43 +576,58 @@ impl CompactStore {
     }
 
     fn compact(&mut self, cutoff: i64) {
-        let (mut read, mut write, mut entries) = (0, 0, 0);
+        // Threading: each live segment's first two units go to its user's
+        // offset, and the user's index takes their place.
+        for (u, at) in self.o.at.iter_mut().enumerate() {
+            if *at != NONE {
+                let s = *at as usize;
+                *at = u32::from(self.arena[s]) | u32::from(self.arena[s + 1]) << 16;
+                self.arena[s..s + 2].copy_from_slice(&[(u >> 16) as u16, u as u16]);
+            }
+        }
+        let (mut read, mut write, mut dropped) = (0, 0, 0);
         let (mut hits, mut segment) = (Vec::new(), Vec::new());
         // Consecutive segments that slide down as they are move in one
         // copy: where the run starts in the arena, and where it goes.
         let mut run: Option<(usize, usize)> = None;
         while read < self.arena.len() {
+            let unit = self.arena[read];
+            let owner = (unit & DEAD == 0).then(|| usize::from(unit) << 16 | usize::from(self.arena[read + 1]));
+            if let Some(u) = owner {
+                let kept = self.o.at[u];
+                self.arena[read..read + 2].copy_from_slice(&[kept as u16, (kept >> 16) as u16]);
+            }
             let head = self.head_at(read);
             let size = head.units();
-            let live = self.o.at[head.uid as usize] as usize == read;
-            let first = read + header_units(head.len);
-            if live && Packed::from_raw(read_quad(&self.arena[first..])).ts() >= cutoff {
+            if let Some(u) = owner
+                && self.first_ts(read, head) >= cutoff
+            {
                 run.get_or_insert((read, write));
-                self.o.at[head.uid as usize] = write as u32;
+                self.o.at[u] = write as u32;
                 write += size;
-                entries += head.len;
                 read += size;
                 continue;
             }
             if let Some((from, to)) = run.take() {
                 self.arena.copy_within(from..read, to);
             }
-            if live {
+            if let Some(u) = owner {
                 // Hits to drop: the rest is written anew.
                 hits.clear();
-                self.read(read, head, &mut hits);
-                let kept = &hits[hits.partition_point(|h| h.ts() < cutoff)..];
-                if kept.is_empty() {
-                    self.o.at[head.uid as usize] = NONE;
+                decode(self.body(read, head), head, &mut hits);
+                let old = hits.partition_point(|h| h.ts() < cutoff);
+                dropped += old;
+                if old == hits.len() {
+                    self.o.at[u] = NONE;
                 } else {
-                    // Fewer hits, a smaller span: never more units than
-                    // the segment had, so written where it goes.
+                    // Fewer hits: never more units than the segment had,
+                    // so written where it goes.
                     segment.clear();
-                    Self::write(&mut segment, head.uid, kept);
+                    Self::write(&mut segment, &hits[old..]);
+                    debug_assert!(segment.len() <= size);
                     self.arena[write..write + segment.len()].copy_from_slice(&segment);
-                    self.o.at[head.uid as usize] = write as u32;
+                    self.o.at[u] = write as u32;
                     write += segment.len();
-                    entries += kept.len();
                 }
             }
             read += size;
@@ -543,7 +640,17 @@ impl CompactStore {
             self.arena.shrink_to(write + write / 4);
         }
         self.o.garbage = 0;
-        self.o.entries = entries;
+        self.o.entries -= dropped;
+    }
+
+    /// The time of the first hit of the segment at `at`.
+    fn first_ts(&self, at: usize, head: Head) -> i64 {
+        let body = &self.arena[at + header_units(head.body)..];
+        if !head.full && head.short_first {
+            (u64::from(body[0]) >> 6 | u64::from(body[1]) << 10 | u64::from(body[2]) << 26) as i64
+        } else {
+            Packed::from_raw(read_quad(body)).ts()
+        }
     }
 }
 
@@ -551,44 +658,32 @@ impl Segments for CompactStore {
     type Entry = Packed;
 
     fn insert(&mut self, uid: u32, hits: &[Packed], pos: usize) {
-        let (Some((at, head)), Some(first)) = (self.head(uid), hits.first()) else {
+        let Some((at, head)) = self.head(uid) else {
             return self.save(uid, hits);
         };
         let new = hits[pos];
-        let delta = new.ts() - first.ts();
-        if pos == 0
-            || pos + 1 != hits.len()
-            || head.packed
-            || delta > i64::from(u32::MAX)
-            || new.mask() > 0xffff
-            || header_units(hits.len()) != header_units(head.len)
-        {
+        let later = match pos.checked_sub(1) {
+            Some(prev) if pos + 1 == hits.len() && !head.full => later_units(new.ts() - hits[prev].ts(), new.mask()),
+            _ => None,
+        };
+        let Some(units) = later.filter(|&n| header_units(head.body + n) == header_units(head.body)) else {
             return self.save(uid, hits);
-        }
+        };
         // The usual case: a later entry appended to a segment of deltas,
-        // as three more units, where the segment is or at the end.
-        debug_assert!(head.len + 1 == hits.len());
+        // where the segment is or at the end.
         let size = head.units();
         let at = if at + size == self.arena.len() {
             at
         } else {
             let offset = Offsets::end(self.arena.len());
-            self.arena.reserve(size + TRIPLE);
+            self.arena.reserve(size + units);
             self.arena.extend_from_within(at..at + size);
-            self.o.garbage += size;
+            self.discard(at, head);
             self.o.at[uid as usize] = offset;
             offset as usize
         };
-        let delta = delta as u32;
-        self.arena.extend_from_slice(&[delta as u16, (delta >> 16) as u16, new.mask() as u16]);
-        // The count, in the header's width (the same one: checked above;
-        // a segment of deltas has no flag).
-        let len = hits.len();
-        if header_units(len) == 3 {
-            self.arena[at + 2] = len as u16;
-        } else {
-            self.arena[at + 3..at + 5].copy_from_slice(&[len as u16, (len >> 16) as u16]);
-        }
+        push_later(&mut self.arena, new.ts() - hits[pos - 1].ts(), new.mask());
+        Self::set_header(&mut self.arena, at, Head { body: head.body + units, ..head });
         self.o.entries += 1;
         if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
             self.compact(i64::MIN);
@@ -598,18 +693,21 @@ impl Segments for CompactStore {
     fn load(&self, uid: u32, out: &mut Vec<Packed>) {
         out.clear();
         if let Some((at, head)) = self.head(uid) {
-            self.read(at, head, out);
+            decode(self.body(at, head), head, out);
         }
     }
 
     fn lens(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.o.at.len() as u32).map(|u| self.head(u).map_or(0, |(_, h)| h.len as u32))
+        (0..self.o.at.len() as u32).map(|u| self.head(u).map_or(0, |(at, h)| entry_count(self.body(at, h), h) as u32))
     }
 
     fn from_parts(lens: &[u32], entries: &[Packed]) -> Option<Self> {
+        if lens.len() > MAX_USERS {
+            return None;
+        }
         let mut arena = Vec::new();
-        arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * (3 + QUAD) + entries.len() * TRIPLE);
-        let o = Offsets::rebuilt(lens, entries, &mut arena, |arena, u, user| Self::write(arena, u as u32, user))?;
+        arena.reserve_exact(lens.iter().filter(|&&l| l > 0).count() * 4 + entries.len() * 2);
+        let o = Offsets::rebuilt(lens, entries, &mut arena, |arena, _, user| Self::write(arena, user))?;
         Some(CompactStore { o, arena })
     }
 
@@ -619,6 +717,14 @@ impl Segments for CompactStore {
 
     fn offsets_mut(&mut self) -> &mut Offsets {
         &mut self.o
+    }
+
+    fn push_user(&mut self) {
+        // Past 2^31 users of one shard, like a failed allocation, there is
+        // no way on: compaction writes a user's index where the garbage
+        // flag must stay clear.
+        assert!(self.o.at.len() < MAX_USERS, "a funnel store outgrew 2^31 users in one shard");
+        self.o.at.push(NONE);
     }
 }
 
@@ -917,12 +1023,13 @@ mod tests {
         Compact,
     }
 
-    /// Times near 0 and up to three 2^31 ms further (so that a user's span
-    /// can outgrow the 32-bit deltas), steps up to the 22nd (past the
-    /// 16-bit ones).
+    /// Times near 0, near 2^23 and 2^24 ms (either side of the two-unit
+    /// gaps) and up to three 2^31 ms further (so that a gap can outgrow
+    /// the 32-bit deltas), steps up to the 22nd (past the 6, 7 and 15 bits
+    /// of the entries' forms).
     fn compact_op() -> impl proptest::strategy::Strategy<Value = CompactOp> {
         use proptest::prelude::*;
-        let ts = (0..4i64, 0..60i64).prop_map(|(far, ts)| far * (1 << 31) + ts);
+        let ts = (0..4i64, 0..3i64, 0..60i64).prop_map(|(far, mid, ts)| far * (1 << 31) + mid * (1 << 23) + ts);
         prop_oneof![
             6 => (0..5u32, ts.clone(), prop_oneof![3 => 0..3usize, 1 => 0..22usize])
                 .prop_map(|(u, ts, step)| CompactOp::Hit(u, ts, step)),
@@ -994,41 +1101,55 @@ mod tests {
     }
 
     #[test]
-    fn compact_segments_take_three_units_an_entry_after_the_first() {
+    fn compact_entries_take_units_by_their_gap_and_steps() {
+        const DAY: i64 = 86_400_000;
+        let t0 = 1_790_000_000_000;
         let mut s = CompactStore::default();
         s.push_user();
         let mut hits = Vec::new();
         for i in 0..4 {
-            hits.push(h(1_790_000_000_000 + i * 86_400_000, &[i as usize % 3]));
+            hits.push(h(t0 + i * DAY, &[i as usize % 3]));
             s.insert(0, &hits, hits.len() - 1);
         }
-        // A header (three units), the first entry (four), three deltas.
-        assert_eq!(s.arena.len(), 3 + 4 + 3 * 3);
-        // A span of 50 days or a 17th step: every entry in four units.
-        hits.push(h(1_790_000_000_000 + 50 * 86_400_000, &[0]));
+        // A header unit, the first entry in three units (steps among the
+        // first six), three entries a day after the one before in three.
+        assert_eq!(s.arena.len(), 1 + 3 + 3 * 3);
+        // A minute later, steps among the first seven: two units.
+        hits.push(h(t0 + 3 * DAY + 60_000, &[6]));
         s.insert(0, &hits, 4);
-        assert_eq!(s.arena.len() - s.o.garbage, 3 + 5 * 4);
+        assert_eq!(s.arena.len(), 1 + 3 + 3 * 3 + 2);
+        // 2^24 ms later, or a step past the seventh: three units.
+        hits.push(h(t0 + 3 * DAY + 60_000 + (1 << 24), &[0]));
+        hits.push(h(t0 + 3 * DAY + 60_000 + (1 << 24) + 1, &[7]));
+        s.insert(0, &hits[..6], 5);
+        s.insert(0, &hits, 6);
+        assert_eq!(s.arena.len(), 1 + 3 + 3 * 3 + 2 + 3 + 3);
+        // A gap of 50 days or a 16th step: every entry in four units.
+        hits.push(h(t0 + 53 * DAY, &[0]));
+        s.insert(0, &hits, 7);
+        assert_eq!(s.arena.len() - s.o.garbage, 1 + 8 * 4);
         let mut out = Vec::new();
         s.load(0, &mut out);
         assert_eq!(out, hits);
-        s.prune(1_790_000_000_000 + 86_400_000);
+        s.prune(t0 + 4 * DAY);
         s.load(0, &mut out);
-        assert_eq!(out, hits[1..]);
-        // Back to deltas once the span fits.
-        assert_eq!(s.arena.len(), 3 + 4 + 3 * 3);
-        let wide = [h(5, &[16])];
-        s.save(0, &wide);
-        s.load(0, &mut out);
-        assert_eq!(out, wide);
+        assert_eq!(out, hits[7..]);
+        assert_eq!(s.arena.len(), 1 + 3, "back to deltas once the gaps fit");
+        for (wide, units) in [(vec![h(5, &[6])], 1 + 4), (vec![h(5, &[6]), h(6, &[15])], 1 + 8)] {
+            s.save(0, &wide);
+            s.load(0, &mut out);
+            assert_eq!((&out, s.arena.len()), (&wide, units));
+        }
     }
 
     #[test]
-    fn long_segments_carry_their_count_in_two_more_units() {
+    fn long_segments_carry_their_size_in_two_more_units() {
         let mut s = CompactStore::default();
         s.push_user();
         s.push_user();
         let (mut hits, mut out) = (Vec::new(), Vec::new());
-        let n = usize::from(LONG_LEN) + 2;
+        // Two units an entry after the first: past the short size.
+        let n = usize::from(LONG_SIZE) / 2 + 2;
         for i in 0..n {
             hits.push(h(1_000 * i as i64, &[i % 3]));
             s.insert(0, &hits, i);
@@ -1044,20 +1165,16 @@ mod tests {
         assert_eq!(out, hits);
         assert_eq!(Segments::lens(&s).next(), Some(n as u32));
         let (at, head) = s.head(0).expect("a segment");
-        assert_eq!((head.len, head.packed, head_units(head)), (n, false, 5));
-        assert_eq!(s.arena.len() - at, 5 + 4 + (n - 1) * 3, "user 0 ends the arena");
+        assert_eq!((head.body, head.full, header_units(head.body)), (3 + (n - 1) * 2, false, 3));
+        assert_eq!(s.arena.len() - at, 3 + 3 + (n - 1) * 2, "user 0 ends the arena");
         s.compact(i64::MIN);
         s.load(0, &mut out);
         assert_eq!(out, hits);
-        // Dropping to a short count takes the short header again.
+        // Dropping to a short size takes the short header again.
         s.prune(1_000 * (n as i64 - 10));
         s.load(0, &mut out);
         assert_eq!(out, hits[n - 10..]);
-        assert_eq!(head_units(s.head(0).expect("a segment").1), 3);
-    }
-
-    fn head_units(head: Head) -> usize {
-        header_units(head.len)
+        assert_eq!(header_units(s.head(0).expect("a segment").1.body), 1);
     }
 
     /// Interleaved inserts of 3 000 users, each before and after the
