@@ -1,19 +1,91 @@
 //! User ids interned into one byte arena: a user costs its id's bytes, a
-//! 4-byte end offset and a 4-byte slot of an open-addressing table, with no
-//! allocation of its own, and a snapshot stores the arena as it is.
+//! length byte, a 4-byte slot of an open-addressing table and a sixteenth
+//! of a 4-byte block offset, with no allocation of their own, and a
+//! snapshot stores the arena as it is.
+
+use std::ops::Range;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+/// Ids a block offset covers.
+const BLOCK: usize = 64;
+/// The length byte of an id of 255 bytes or more, whose length is kept
+/// apart.
+const LONG: u8 = u8::MAX;
+
 /// Ids of one shard's users, numbered densely from 0 in order of arrival.
 #[derive(Debug, Clone, Default)]
 pub struct UserIds {
+    arena: Arena,
+    /// Indexes of ids, found by the id's hash.
+    table: HashTable<u32>,
+}
+
+/// Where the ids' bytes lie: id i starts where its block starts plus the
+/// lengths of the ids before it in the block (at most 63 bytes to add).
+#[derive(Debug, Clone, Default)]
+struct Arena {
     /// Every id's bytes, one after the other.
     bytes: Vec<u8>,
-    /// `ends[i]`: where id i ends in `bytes` (it starts where i-1 ends).
-    ends: Vec<u32>,
-    /// Indexes into `ends`, found by the id's hash.
-    table: HashTable<u32>,
+    /// Per id, its length, or [`LONG`].
+    lens: Vec<u8>,
+    /// Per block of [`BLOCK`] ids, where its first id starts in `bytes`.
+    blocks: Vec<u32>,
+    /// (index, length) of the ids of [`LONG`] bytes or more, by index.
+    long: Vec<(u32, u32)>,
+}
+
+impl Arena {
+    fn len_of(&self, i: usize) -> usize {
+        match self.lens[i] {
+            LONG => self.long[self.long.partition_point(|&(j, _)| (j as usize) < i)].1 as usize,
+            len => usize::from(len),
+        }
+    }
+
+    /// Where id i lies in `bytes`.
+    #[inline]
+    fn span(&self, i: u32) -> Range<usize> {
+        let i = i as usize;
+        let from = i - i % BLOCK;
+        let before = &self.lens[from..i];
+        let mut start = self.blocks[i / BLOCK] as usize + before.iter().map(|&l| usize::from(l)).sum::<usize>();
+        if !self.long.is_empty() && before.contains(&LONG) {
+            let first = self.long.partition_point(|&(j, _)| (j as usize) < from);
+            let last = self.long.partition_point(|&(j, _)| (j as usize) < i);
+            start += self.long[first..last].iter().map(|&(_, len)| len as usize - usize::from(LONG)).sum::<usize>();
+        }
+        start..start + self.len_of(i)
+    }
+
+    #[inline]
+    fn id(&self, i: u32) -> &[u8] {
+        &self.bytes[self.span(i)]
+    }
+
+    /// Appends id number `i` (the next); `None` when the arena is full.
+    fn push(&mut self, i: u32, id: &[u8]) -> Option<()> {
+        let start = u32::try_from(self.bytes.len()).ok()?;
+        u32::try_from(self.bytes.len() + id.len()).ok()?;
+        self.push_len(i, start, id.len());
+        self.bytes.extend_from_slice(id);
+        Some(())
+    }
+
+    /// The length of id number `i` (the next), which starts at `start`.
+    fn push_len(&mut self, i: u32, start: u32, len: usize) {
+        if i as usize % BLOCK == 0 {
+            self.blocks.push(start);
+        }
+        match u8::try_from(len).ok().filter(|&l| l != LONG) {
+            Some(len) => self.lens.push(len),
+            None => {
+                self.lens.push(LONG);
+                self.long.push((i, len as u32));
+            }
+        }
+    }
 }
 
 /// Why [`UserIds::from_parts`] refused its input.
@@ -35,72 +107,89 @@ fn hash(id: &[u8]) -> u64 {
 impl UserIds {
     /// Ids in the table.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.arena.lens.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.arena.lens.is_empty()
     }
 
     /// The index of `id`, if it is known.
     pub fn get(&self, id: &str) -> Option<u32> {
-        let (bytes, ends) = (&self.bytes, &self.ends);
-        self.table.find(hash(id.as_bytes()), |&i| id_in(bytes, ends, i) == id.as_bytes()).copied()
+        let arena = &self.arena;
+        self.table.find(hash(id.as_bytes()), |&i| arena.id(i) == id.as_bytes()).copied()
     }
 
     /// Adds a new id (not already present: check with [`UserIds::get`]) and
     /// returns its index; `None` when the arena is full (4 GiB of ids).
     pub fn push(&mut self, id: &str) -> Option<u32> {
-        let end = u32::try_from(self.bytes.len() + id.len()).ok()?;
-        let i = u32::try_from(self.ends.len()).ok()?;
-        self.bytes.extend_from_slice(id.as_bytes());
-        self.ends.push(end);
-        let (bytes, ends) = (&self.bytes, &self.ends);
-        self.table.insert_unique(hash(id.as_bytes()), i, |&j| hash(id_in(bytes, ends, j)));
+        let i = u32::try_from(self.len()).ok().filter(|&i| i != u32::MAX)?;
+        self.arena.push(i, id.as_bytes())?;
+        let arena = &self.arena;
+        self.table.insert_unique(hash(id.as_bytes()), i, |&j| hash(arena.id(j)));
         Some(i)
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 5
+        let a = &self.arena;
+        a.bytes.capacity()
+            + a.lens.capacity()
+            + a.blocks.capacity() * 4
+            + a.long.capacity() * 8
+            + self.table.capacity() * 5
     }
 
-    /// The arena and offsets, as a snapshot stores them.
-    pub fn parts(&self) -> (&[u8], &[u32]) {
-        (&self.bytes, &self.ends)
+    /// The arena, as a snapshot stores it.
+    pub fn bytes(&self) -> &[u8] {
+        &self.arena.bytes
+    }
+
+    /// Where each id ends in [`UserIds::bytes`] (it starts where the one
+    /// before ends), as a snapshot stores them.
+    pub fn ends(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut long = self.arena.long.iter().map(|&(_, len)| len);
+        self.arena.lens.iter().scan(0u32, move |end, &len| {
+            *end += match len {
+                LONG => long.next().unwrap_or(0),
+                len => u32::from(len),
+            };
+            Some(*end)
+        })
     }
 
     /// The table of a snapshot's arena and offsets, checked.
     pub fn from_parts(bytes: Vec<u8>, ends: Vec<u32>) -> Result<Self, IdsError> {
+        let mut arena = Arena::default();
+        arena.lens.reserve_exact(ends.len());
+        arena.blocks.reserve_exact(ends.len().div_ceil(BLOCK));
         let mut start = 0u32;
-        for &end in &ends {
-            if end < start {
-                return Err(IdsError::BadOffsets);
-            }
+        for (i, &end) in ends.iter().enumerate() {
+            let id = bytes.get(start as usize..end as usize).ok_or(IdsError::BadOffsets)?;
+            // Lengths and blocks: the bytes are taken whole below.
+            arena.push_len(i as u32, start, id.len());
             start = end;
         }
         if start as usize != bytes.len() {
             return Err(IdsError::BadOffsets);
         }
+        arena.bytes = bytes;
         let mut table = HashTable::with_capacity(ends.len());
-        for i in 0..ends.len() as u32 {
-            let id = id_in(&bytes, &ends, i);
-            match table.entry(hash(id), |&j| id_in(&bytes, &ends, j) == id, |&j| hash(id_in(&bytes, &ends, j))) {
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            // The ends are at hand: no sums of lengths but for a match.
+            let (id, i) = (&arena.bytes[start..end as usize], i as u32);
+            start = end as usize;
+            match table.entry(hash(id), |&j| arena.id(j) == id, |&j| hash(arena.id(j))) {
                 Entry::Occupied(_) => return Err(IdsError::Duplicate),
                 Entry::Vacant(slot) => {
                     slot.insert(i);
                 }
             }
         }
-        Ok(UserIds { bytes, ends, table })
+        Ok(UserIds { arena, table })
     }
-}
-
-fn id_in<'a>(bytes: &'a [u8], ends: &[u32], i: u32) -> &'a [u8] {
-    let i = i as usize;
-    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &bytes[start..ends[i] as usize]
 }
 
 #[cfg(test)]
@@ -122,10 +211,9 @@ mod tests {
         assert_eq!(ids.get("user-ü"), Some(2));
         assert_eq!(ids.get("u999"), Some(1002));
         assert_eq!(ids.get("u1000"), None);
-        assert_eq!(id_in(&ids.bytes, &ids.ends, 2), "user-ü".as_bytes());
+        assert_eq!(ids.arena.id(2), "user-ü".as_bytes());
 
-        let (bytes, ends) = ids.parts();
-        let back = UserIds::from_parts(bytes.to_vec(), ends.to_vec()).expect("valid parts");
+        let back = UserIds::from_parts(ids.bytes().to_vec(), ids.ends().collect()).expect("valid parts");
         assert_eq!(back.len(), 1003);
         assert_eq!(back.get("u500"), Some(503));
         assert_eq!(back.get("user-ü"), Some(2));
@@ -135,7 +223,44 @@ mod tests {
     fn refuses_bad_parts() {
         assert!(matches!(UserIds::from_parts(b"ab".to_vec(), vec![1]), Err(IdsError::BadOffsets)));
         assert!(matches!(UserIds::from_parts(b"ab".to_vec(), vec![2, 1]), Err(IdsError::BadOffsets)));
+        assert!(matches!(UserIds::from_parts(b"ab".to_vec(), vec![3]), Err(IdsError::BadOffsets)));
         assert!(matches!(UserIds::from_parts(b"abab".to_vec(), vec![2, 4]), Err(IdsError::Duplicate)));
         assert!(UserIds::from_parts(Vec::new(), Vec::new()).is_ok_and(|ids| ids.is_empty()));
+    }
+
+    proptest::proptest! {
+        /// Ids of every length around the length byte's limit, across
+        /// blocks, against the list of them: each is found at its index,
+        /// none other is, and a snapshot's parts give the same table.
+        #[test]
+        fn finds_every_id_at_its_index(
+            lens in proptest::collection::vec(
+                proptest::prop_oneof![4 => 0..12usize, 1 => 250..300usize],
+                0..300,
+            ),
+        ) {
+            let mut ids = UserIds::default();
+            let mut list: Vec<String> = Vec::new();
+            for (i, len) in lens.iter().enumerate() {
+                // Distinct: the index leads, padded to the length.
+                let mut id = format!("{i}.");
+                while id.len() < *len {
+                    id.push(char::from(b'a' + (i % 26) as u8));
+                }
+                if ids.get(&id).is_none() {
+                    proptest::prop_assert_eq!(ids.push(&id), Some(list.len() as u32));
+                    list.push(id);
+                }
+            }
+            let back = UserIds::from_parts(ids.bytes().to_vec(), ids.ends().collect()).expect("valid parts");
+            let mut end = 0;
+            for (i, (id, want_end)) in list.iter().zip(ids.ends()).enumerate() {
+                end += id.len() as u32;
+                proptest::prop_assert_eq!(want_end, end);
+                proptest::prop_assert_eq!(ids.get(id), Some(i as u32));
+                proptest::prop_assert_eq!(back.get(id), Some(i as u32));
+                proptest::prop_assert_eq!(ids.get(&format!("{id}x")), None);
+            }
+        }
     }
 }

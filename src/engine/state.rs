@@ -149,7 +149,7 @@ impl Engine {
     /// docs), column by column: nothing the size of the state is built in
     /// memory first.
     pub fn write_state<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
-        let (id_bytes, id_ends) = self.user_ids.parts();
+        let id_bytes = self.user_ids.bytes();
         let head = Head {
             users: self.first_seen.len() as u64,
             day_words: self.active.words() as u8,
@@ -195,7 +195,14 @@ impl Engine {
         out.write_all(&(head.len() as u64).to_le_bytes())?;
         out.write_all(&head)?;
         out.write_all(id_bytes)?;
-        column(out, id_ends)?;
+        // Built a block at a time: the ids keep lengths, not ends.
+        let mut ends = self.user_ids.ends().peekable();
+        let mut block = Vec::with_capacity(4096);
+        while ends.peek().is_some() {
+            block.clear();
+            block.extend(ends.by_ref().take(4096));
+            column(out, &block)?;
+        }
         column(out, &self.first_seen)?;
         column(out, self.active.cells())?;
         for r in &self.retention {
