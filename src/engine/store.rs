@@ -430,23 +430,31 @@ fn decode(body: &[u16], head: Head, out: &mut Vec<Packed>) {
         out.extend(body.chunks_exact(QUAD).map(|q| Packed::from_raw(read_quad(q))));
         return;
     }
-    let (mut ts, mut at) = if head.short_first {
-        let w = u64::from(body[0]) | u64::from(body[1]) << 16 | u64::from(body[2]) << 32;
-        out.push(Packed::from_hit(Hit { ts: (w >> 6) as i64, mask: (w & 0x3f) as u32, tag: 0 }));
-        ((w >> 6) as i64, 3)
-    } else {
-        let first = Packed::from_raw(read_quad(body));
-        out.push(first);
-        (first.ts(), QUAD)
+    out.reserve(body.len() / 2);
+    let (mut ts, mut rest) = match *body {
+        [a, b, c, ref rest @ ..] if head.short_first => {
+            let w = u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32;
+            out.push(Packed::from_hit(Hit { ts: (w >> 6) as i64, mask: (w & 0x3f) as u32, tag: 0 }));
+            ((w >> 6) as i64, rest)
+        }
+        _ => {
+            let first = Packed::from_raw(read_quad(body));
+            out.push(first);
+            (first.ts(), &body[QUAD..])
+        }
     };
-    while at < body.len() {
-        let u = body[at];
-        let (delta, mask) = if u & SHORT != 0 {
-            at += 2;
-            (i64::from(u & 0xff) << 16 | i64::from(body[at - 1]), u32::from(u >> 8 & 0x7f))
-        } else {
-            at += 3;
-            (i64::from(body[at - 2]) | i64::from(body[at - 1]) << 16, u32::from(u))
+    // Slice patterns: one length test an entry, no index checks.
+    loop {
+        let (delta, mask) = match *rest {
+            [u, lo, ref tail @ ..] if u & SHORT != 0 => {
+                rest = tail;
+                (i64::from(u & 0xff) << 16 | i64::from(lo), u32::from(u >> 8 & 0x7f))
+            }
+            [mask, lo, hi, ref tail @ ..] => {
+                rest = tail;
+                (i64::from(lo) | i64::from(hi) << 16, u32::from(mask))
+            }
+            _ => break,
         };
         ts += delta;
         out.push(Packed::from_hit(Hit { ts, mask, tag: 0 }));
@@ -780,7 +788,7 @@ impl Layout {
 /// (see [`Packed`]).
 #[derive(Debug, Clone)]
 pub enum Store {
-    /// Hits without tags: 8 bytes the first of a user, 6 the others.
+    /// Hits without tags: 4 to 8 bytes each (see [`CompactStore`]).
     Packed(CompactStore),
     /// Hits with tags, 16 bytes an entry.
     Wide(FunnelStore<Hit>),
