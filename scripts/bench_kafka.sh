@@ -65,9 +65,18 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # CPU time (user + system, all threads) a live process has used, seconds.
 ticks=$(getconf CLK_TCK)
 cpu_of() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+# The same for the threads of a live process whose name starts with PREFIX
+# (the name, in parentheses, is the second field).
+threads_cpu() { # PID PREFIX
+    cat /proc/"$1"/task/*/stat 2> /dev/null | awk -v t="$ticks" -v p="$2" '{
+        name = $0; sub(/^[0-9]+ \(/, "", name); sub(/\) [A-Za-z] .*/, "", name)
+        rest = $0; sub(/.*\) /, "", rest); split(rest, f, " ")
+        if (index(name, p) == 1) s += (f[12] + f[13]) / t
+    } END { print s + 0 }'
+}
 
-time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of the daemon and the broker
-    local broker_before secs cpu
+time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of the daemon, the broker and the daemon's shard workers
+    local broker_before secs cpu workers_cpu
     broker_before=$(cpu_of "$broker_pid")
     start_daemon "$(run_config "$1" events "$2" "${3:-}")" "$work/$1.log"
     # Timed from the first assignment (/readyz turns 200 when the group is
@@ -76,7 +85,9 @@ time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of 
     # took a third of a core from the run).
     secs=$("$target/examples/wait_ingested" "$addr" "$n" 50)
     cpu=$(cpu_of "$daemon_pid")
-    printf '%s / %s\n%s\n%s - %s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" | bc -l | paste -sd' '
+    workers_cpu=$(threads_cpu "$daemon_pid" shard-worker)
+    printf '%s / %s\n%s\n%s - %s\n%s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" "$workers_cpu" \
+        | bc -l | paste -sd' '
     kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
     daemon_pid=
 }
@@ -94,6 +105,8 @@ ours=()
 singles=()
 bare_cpus=()
 run_cpus=()
+rest_cpus=()
+worker_cpus=()
 for i in $(seq "$runs"); do
     broker_before=$(cpu_of "$broker_pid")
     bare_out=$( ("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n"; times) )
@@ -103,17 +116,21 @@ for i in $(seq "$runs"); do
     bare_cpu=$(echo "$(seconds "$bare_user") + $(seconds "$bare_sys")" | bc -l)
     bare=$(echo "$bare_line" | sed -E 's/.*: ([0-9]+) msg\/s from the assignment.*/\1/')
     drain=$(echo "$bare_line" | sed -E 's/.* ([0-9]+) msg\/s from the first message.*/\1/')
-    read -r run run_cpu run_broker <<< "$(time_run "bench-run-$i" "$work/state-$i")"
+    read -r run run_cpu run_broker run_workers <<< "$(time_run "bench-run-$i" "$work/state-$i")"
     read -r single _ _ <<< "$(time_run "bench-single-$i" "$work/state-single-$i" 1)"
     printf 'run %d: bare librdkafka consumer %.0f msg/s (%.0f from its first message), cohortflow run %.0f msg/s, with one worker %.0f msg/s\n' \
         "$i" "$bare" "$drain" "$run" "$single"
-    printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, broker %.1f s)\n' \
-        "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" "$run_broker"
+    printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, of which shard workers %.1f s; broker %.1f s)\n' \
+        "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" \
+        "$run_workers" "$run_broker"
     bares+=("$bare")
     ours+=("$run")
     singles+=("$single")
     bare_cpus+=("$(per_msg "$bare_cpu" "$bare_broker")")
     run_cpus+=("$(per_msg "$run_cpu" "$run_broker")")
+    # The rest of the daemon: the consumer thread and librdkafka's own.
+    rest_cpus+=("$(per_msg "$run_cpu - $run_workers" "$run_broker")")
+    worker_cpus+=("$(per_msg "$run_workers" 0)")
 done
 bare=$(printf '%s\n' "${bares[@]}" | median)
 run=$(printf '%s\n' "${ours[@]}" | median)
@@ -124,6 +141,10 @@ printf 'median of %d: bare %.0f msg/s, cohortflow run %.0f msg/s (ratio %.2f), w
     "$runs" "$bare" "$run" "$(echo "$run / $bare" | bc -l)" "$single" "$(echo "$single / $bare" | bc -l)"
 printf 'median CPU a message, consumer and broker: bare %.2f us, run %.2f us (ratio %.2f)\n' \
     "$bare_cpu" "$run_cpu" "$(echo "$bare_cpu / $run_cpu" | bc -l)"
+# Where the cores are all busy the ratio is bound by the CPU a message:
+# run's split shows what it spends besides a bare consumer's work.
+printf 'of run'"'"'s: shard workers (decoding and the engine) %.2f us, the rest (consumer thread, librdkafka, broker) %.2f us\n' \
+    "$(printf '%s\n' "${worker_cpus[@]}" | median)" "$(printf '%s\n' "${rest_cpus[@]}" | median)"
 
 # Latency: a fresh daemon on a one-partition topic (so that the ingested
 # count orders messages), fed at a steady rate while /metrics is scraped.

@@ -735,6 +735,8 @@ pub fn run(
     // The batch the last message went to: messages come in runs of one
     // partition.
     let mut last = 0;
+    // Messages since the clock was last read.
+    let mut unclocked = 0u32;
     let result = loop {
         if shutdown.is_cancelled() {
             break Ok(());
@@ -750,6 +752,7 @@ pub fn run(
             }
             pending.clear();
         }
+        let message = matches!(polled, Some(Ok(_)));
         match polled {
             None => {
                 if let Err(e) = pending.iter_mut().try_for_each(|p| workers.send(p)) {
@@ -804,8 +807,13 @@ pub fn run(
             }
         }
 
-        // Timers: one clock read a loop, and the rest once a tick, not once
-        // a message.
+        // Timers: the clock is read once every 64 messages (or when a poll
+        // returns none), the rest once a tick.
+        unclocked += 1;
+        if message && unclocked < 64 {
+            continue;
+        }
+        unclocked = 0;
         let now = Instant::now();
         if now < next_tick {
             continue;
