@@ -320,10 +320,10 @@ impl<E: Entry> Segments for FunnelStore<E> {
 ///   in four;
 /// - every later one as its milliseconds after the one before and its
 ///   steps: two units (top bit set, then 7 bits of steps and 24 of
-///   milliseconds: up to 4.6 hours) when they fit, else three (15 bits of
-///   steps, then 32 of milliseconds: up to 49 days).
+///   milliseconds: under 4.6 hours) when they fit, else three (15 bits of
+///   steps, then 32 of milliseconds: under 49.7 days).
 ///
-/// A segment whose hits do not fit that (a gap of 49 days or more, steps
+/// A segment whose hits do not fit that (a gap of 2^32 ms or more, steps
 /// above the 15th) holds [`Packed`] entries of four units each, which its
 /// header says. A user of four entries, two of them minutes after the one
 /// before, takes 22 bytes.
