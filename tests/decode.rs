@@ -101,4 +101,37 @@ proptest! {
         let text = serde_json::json!({"user_id": user, "event": event, "ts": stamp}).to_string();
         prop_assert_eq!(decode(text.as_bytes(), &names(), None).expect("valid").ts_ms, ts);
     }
+
+    /// RFC 3339 times in every form the parser takes (`T`, `t` or a space;
+    /// `Z`, `z` or an offset; no fraction or up to nine digits, truncated
+    /// to the millisecond), written from jiff's local time at the offset:
+    /// the parser gives the instant, and so does jiff reading the text.
+    #[test]
+    fn rfc3339_times_read_as_jiff_reads_them(
+        ms in 0i64..4_102_444_800_000,
+        offset_min in -(23 * 60 + 59)..=(23 * 60 + 59i32),
+        zulu in prop::sample::select(vec!["", "Z", "z"]),
+        sep in prop::sample::select(vec!["T", "t", " "]),
+        extra in "[0-9]{0,6}",
+        fraction in any::<bool>(),
+    ) {
+        let offset = if zulu.is_empty() { offset_min } else { 0 };
+        let tz = jiff::tz::TimeZone::fixed(jiff::tz::Offset::from_seconds(offset * 60).expect("offset"));
+        let at = jiff::Timestamp::from_millisecond(ms).expect("ms").to_zoned(tz).datetime();
+        let fraction = if fraction || ms % 1000 != 0 || !extra.is_empty() {
+            format!(".{:03}{extra}", ms.rem_euclid(1000))
+        } else {
+            String::new()
+        };
+        let zone = if zulu.is_empty() {
+            let sign = if offset < 0 { '-' } else { '+' };
+            format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60)
+        } else {
+            zulu.to_string()
+        };
+        let text = format!("{}{sep}{}{fraction}{zone}", at.strftime("%Y-%m-%d"), at.strftime("%H:%M:%S"));
+        prop_assert_eq!(cohortflow::event::parse_rfc3339_ms(&text), Some(ms), "{}", text);
+        let jiff_reads: jiff::Timestamp = text.parse().expect("jiff reads it");
+        prop_assert_eq!(jiff_reads.as_millisecond(), ms, "{}", text);
+    }
 }
