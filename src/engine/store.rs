@@ -366,6 +366,9 @@ const SHORT: u16 = 1 << 15;
 const MIN_GARBAGE_UNITS: usize = MIN_GARBAGE * 4;
 /// Units of a [`Packed`] entry.
 const QUAD: usize = 4;
+/// Units of a first entry whose steps are among the first six: its time
+/// in 42 bits above its steps in 6.
+const SHORT_FIRST_UNITS: usize = 3;
 /// The most users a compact store can thread (their index must leave the
 /// garbage flag clear).
 const MAX_USERS: usize = 1 << 31;
@@ -373,6 +376,12 @@ const MAX_USERS: usize = 1 << 31;
 impl Head {
     fn units(self) -> usize {
         header_units(self.body) + self.body
+    }
+
+    /// Units of the first entry.
+    #[inline]
+    fn first_units(self) -> usize {
+        if self.short_first { SHORT_FIRST_UNITS } else { QUAD }
     }
 }
 
@@ -401,7 +410,7 @@ fn short_first(first: Packed) -> bool {
 /// The units of `hits` (sorted, not empty) as a segment of deltas, if they
 /// fit one.
 fn delta_body(hits: &[Packed]) -> Option<usize> {
-    let first = if short_first(hits[0]) { 3 } else { QUAD };
+    let first = if short_first(hits[0]) { SHORT_FIRST_UNITS } else { QUAD };
     hits.windows(2).try_fold(first, |units, w| Some(units + later_units(w[1].ts() - w[0].ts(), w[1].mask())?))
 }
 
@@ -413,14 +422,36 @@ fn push_quad(arena: &mut Vec<u16>, w: u64) {
     arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16, (w >> 48) as u16]);
 }
 
-/// Appends a later entry of `delta` and `mask`, as [`later_units`] says.
+/// Appends a later entry of `delta` and `mask`, in the form
+/// [`later_units`] says (it fits one).
 #[inline]
 fn push_later(arena: &mut Vec<u16>, delta: i64, mask: u32) {
     let d = delta as u32;
-    if delta < 1 << 24 && mask < 1 << 7 {
+    if later_units(delta, mask) == Some(2) {
         arena.extend_from_slice(&[SHORT | (mask as u16) << 8 | (d >> 16) as u16, d as u16]);
     } else {
         arena.extend_from_slice(&[mask as u16, d as u16, (d >> 16) as u16]);
+    }
+}
+
+/// Appends a segment's first entry, in three units when `short`.
+fn push_first(arena: &mut Vec<u16>, first: Packed, short: bool) {
+    if short {
+        let w = (first.ts() as u64) << 6 | u64::from(first.mask());
+        arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16]);
+    } else {
+        push_quad(arena, first.raw());
+    }
+}
+
+/// The first entry of a segment's body, read from the body's start.
+#[inline]
+fn read_first(body: &[u16], head: Head) -> Packed {
+    if head.short_first {
+        let w = u64::from(body[0]) | u64::from(body[1]) << 16 | u64::from(body[2]) << 32;
+        Packed::from_hit(Hit { ts: (w >> 6) as i64, mask: (w & 0x3f) as u32, tag: 0 })
+    } else {
+        Packed::from_raw(read_quad(body))
     }
 }
 
@@ -431,18 +462,9 @@ fn decode(body: &[u16], head: Head, out: &mut Vec<Packed>) {
         return;
     }
     out.reserve(body.len() / 2);
-    let (mut ts, mut rest) = match *body {
-        [a, b, c, ref rest @ ..] if head.short_first => {
-            let w = u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32;
-            out.push(Packed::from_hit(Hit { ts: (w >> 6) as i64, mask: (w & 0x3f) as u32, tag: 0 }));
-            ((w >> 6) as i64, rest)
-        }
-        _ => {
-            let first = Packed::from_raw(read_quad(body));
-            out.push(first);
-            (first.ts(), &body[QUAD..])
-        }
-    };
+    let first = read_first(body, head);
+    out.push(first);
+    let (mut ts, mut rest) = (first.ts(), &body[head.first_units()..]);
     // Slice patterns: one length test an entry, no index checks.
     loop {
         let (delta, mask) = match *rest {
@@ -466,7 +488,7 @@ fn entry_count(body: &[u16], head: Head) -> usize {
     if head.full {
         return body.len() / QUAD;
     }
-    let (mut at, mut count) = (if head.short_first { 3 } else { QUAD }, 1);
+    let (mut at, mut count) = (head.first_units(), 1);
     while at < body.len() {
         at += if body[at] & SHORT != 0 { 2 } else { 3 };
         count += 1;
@@ -526,13 +548,7 @@ impl CompactStore {
             hits.iter().for_each(|h| push_quad(arena, h.raw()));
             return;
         }
-        let first = hits[0];
-        if head.short_first {
-            let w = (first.ts() as u64) << 6 | u64::from(first.mask());
-            arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16]);
-        } else {
-            push_quad(arena, first.raw());
-        }
+        push_first(arena, hits[0], head.short_first);
         for w in hits.windows(2) {
             push_later(arena, w[1].ts() - w[0].ts(), w[1].mask());
         }
@@ -546,9 +562,16 @@ impl CompactStore {
     }
 
     /// Makes `hits` (sorted and distinct, steps never empty) the user's.
-    pub fn save(&mut self, uid: u32, hits: &[Packed]) {
+    #[cfg(test)]
+    fn save(&mut self, uid: u32, hits: &[Packed]) {
+        let old_len = self.head(uid).map_or(0, |(at, h)| entry_count(self.body(at, h), h));
+        self.replace(uid, hits, old_len);
+    }
+
+    /// Makes `hits` (sorted and distinct, steps never empty) the user's,
+    /// who had `old_len` of them.
+    fn replace(&mut self, uid: u32, hits: &[Packed], old_len: usize) {
         let old = self.head(uid);
-        let old_len = old.map_or(0, |(at, h)| entry_count(self.body(at, h), h));
         self.o.entries = self.o.entries + hits.len() - old_len;
         match old {
             Some((at, head)) if at + head.units() == self.arena.len() => {
@@ -653,12 +676,7 @@ impl CompactStore {
 
     /// The time of the first hit of the segment at `at`.
     fn first_ts(&self, at: usize, head: Head) -> i64 {
-        let body = &self.arena[at + header_units(head.body)..];
-        if !head.full && head.short_first {
-            (u64::from(body[0]) >> 6 | u64::from(body[1]) << 10 | u64::from(body[2]) << 26) as i64
-        } else {
-            Packed::from_raw(read_quad(body)).ts()
-        }
+        read_first(&self.arena[at + header_units(head.body)..], head).ts()
     }
 }
 
@@ -666,8 +684,9 @@ impl Segments for CompactStore {
     type Entry = Packed;
 
     fn insert(&mut self, uid: u32, hits: &[Packed], pos: usize) {
+        // The user's hits before: all of `hits` but the new one.
         let Some((at, head)) = self.head(uid) else {
-            return self.save(uid, hits);
+            return self.replace(uid, hits, hits.len() - 1);
         };
         let new = hits[pos];
         let later = match pos.checked_sub(1) {
@@ -675,7 +694,7 @@ impl Segments for CompactStore {
             _ => None,
         };
         let Some(units) = later.filter(|&n| header_units(head.body + n) == header_units(head.body)) else {
-            return self.save(uid, hits);
+            return self.replace(uid, hits, hits.len() - 1);
         };
         // The usual case: a later entry appended to a segment of deltas,
         // where the segment is or at the end.
