@@ -134,4 +134,33 @@ proptest! {
         let jiff_reads: jiff::Timestamp = text.parse().expect("jiff reads it");
         prop_assert_eq!(jiff_reads.as_millisecond(), ms, "{}", text);
     }
+
+    /// A time with one byte of its date and clock changed: what the
+    /// parser still reads, jiff reads as the same instant, and a digit or
+    /// separator replaced by anything else is never read.
+    #[test]
+    fn rfc3339_times_with_a_byte_changed(
+        ms in 0i64..4_102_444_800_000,
+        at in 0usize..19,
+        c in prop_oneof![4 => (0x20u8..0x7f).prop_map(char::from), 1 => any::<char>()],
+        tail in prop::sample::select(vec!["Z", ".5Z", "+01:30", "-00:00"]),
+    ) {
+        let stamp = jiff::Timestamp::from_millisecond(ms).expect("ms").strftime("%Y-%m-%dT%H:%M:%S").to_string();
+        let mut text: String = stamp.chars().enumerate().map(|(i, x)| if i == at { c } else { x }).collect();
+        text.push_str(tail);
+        let parsed = cohortflow::event::parse_rfc3339_ms(&text);
+        if let Some(got) = parsed {
+            let jiff_reads: jiff::Timestamp = text.parse().expect("jiff reads what the parser reads");
+            prop_assert_eq!(jiff_reads.as_millisecond(), got, "{}", text);
+        }
+        let kept = match at {
+            4 | 7 => c == '-',
+            10 => matches!(c, 'T' | 't' | ' '),
+            13 | 16 => c == ':',
+            _ => c.is_ascii_digit(),
+        };
+        if !kept {
+            prop_assert_eq!(parsed, None, "{}", text);
+        }
+    }
 }
