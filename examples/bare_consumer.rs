@@ -71,5 +71,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate(assigned),
         first.map_or(0.0, rate)
     );
+    let (librdkafka, own) = thread_ticks()?;
+    println!("CPU ticks: librdkafka's threads {librdkafka}, the others {own}");
     Ok(())
+}
+
+/// CPU time (user and system, in clock ticks) of this process's threads:
+/// librdkafka's (named `rdk:...`) and the others (the polling thread).
+fn thread_ticks() -> std::io::Result<(u64, u64)> {
+    let (mut librdkafka, mut own) = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // `pid (name) state ...`: the name may hold spaces, so the fields
+        // after it are counted from its closing parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: u64 = fields.get(11..13).into_iter().flatten().filter_map(|f| f.parse::<u64>().ok()).sum();
+        if stat[open + 1..close].starts_with("rdk:") {
+            librdkafka += ticks;
+        } else {
+            own += ticks;
+        }
+    }
+    Ok((librdkafka, own))
 }
