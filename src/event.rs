@@ -259,7 +259,7 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(Reject::TooLarge);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
+    let text = simdutf8::basic::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
     let first = text.bytes().find(|b| !b.is_ascii_whitespace());
     if first != Some(b'{') {
         // Tell a well-formed non-object from garbage.
@@ -414,9 +414,6 @@ impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
     }
 }
 
-/// A raw JSON string value (text already checked to be JSON), unescaped;
-/// borrowed when it has no escapes. `None` for another type or a string
-/// that is not valid Unicode.
 /// What is known of the raw string texts of a message's fields.
 #[derive(Debug, Clone, Copy)]
 enum Strings {
@@ -426,12 +423,22 @@ enum Strings {
     MayEscape,
 }
 
+/// A raw JSON string value (text already checked to be JSON), unescaped;
+/// borrowed when it has no escapes. `None` for another type or a string
+/// that is not valid Unicode.
+#[inline]
 fn json_string(text: &str, strings: Strings) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if matches!(strings, Strings::Plain) || !inner.contains('\\') {
         // Already checked to be a well-formed string.
         return Some(Cow::Borrowed(inner));
     }
+    unescape(text)
+}
+
+/// The slow half of [`json_string`], apart so that the fast half inlines.
+#[cold]
+fn unescape(text: &str) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 

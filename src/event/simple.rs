@@ -60,7 +60,7 @@ fn stops_in(w: u64) -> u64 {
 
 /// The end (after the closing quote) of the string opening at `b[i]`, if
 /// it has no escape and no control character.
-#[inline]
+#[inline(always)]
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     while let Some(chunk) = b.get(j..j + 8) {
@@ -121,6 +121,7 @@ fn literal_end(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
 }
 
 /// The end of the scalar starting at `b[i]`.
+#[inline(always)]
 fn scalar_end(b: &[u8], i: usize) -> Option<usize> {
     match b.get(i)? {
         b'"' => string_end(b, i),
