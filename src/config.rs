@@ -524,8 +524,10 @@ impl RawConfig {
         if !(1..=400).contains(&self.export_days) {
             return Err(invalid("export_days", "must be between 1 and 400"));
         }
-        if self.max_users == 0 {
-            return Err(invalid("max_users", "must be at least 1"));
+        let most_users = crate::engine::store::MAX_USERS as u64;
+        if !(1..=most_users).contains(&self.max_users) {
+            // A shard's funnel stores index users in 31 bits.
+            return Err(invalid("max_users", format!("must be between 1 and {most_users} (2^31)")));
         }
         let listen: SocketAddr = self.http.listen.parse().map_err(|e| {
             invalid("http.listen", format!("`{}` is not an address such as 127.0.0.1:9464: {e}", self.http.listen))
@@ -798,6 +800,9 @@ mod tests {
         assert!(err("timezone = \"Mars/Olympus\"").contains("`timezone`"));
         assert!(err("[http]\nlisten = \"nowhere\"").contains("`http.listen`"));
         assert!(err("history_days = 1").contains("`history_days`"));
+        assert!(err("max_users = 0").contains("`max_users`"));
+        let e = err("max_users = 2147483649");
+        assert!(e.contains("`max_users`") && e.contains("2147483648"), "{e}");
         assert!(err("allowed_lateness = \"soon\"").contains("`allowed_lateness`"));
         let e = err("[[retention]]\nname = \"r\"\ndays = [1, 40]");
         assert!(e.contains("`retention[0].days`"), "{e}");

@@ -143,7 +143,9 @@ impl<E: Entry> FunnelStore<E> {
         }
     }
 
-    /// Adds a hit; false when the user has it already.
+    /// Adds a hit; false when the user has it already (the engine goes
+    /// through [`Segments::insert`]).
+    #[cfg(test)]
     pub fn insert_hit(&mut self, uid: u32, hit: E) -> bool {
         match self.hits(uid).binary_search(&hit) {
             Ok(_) => false,
@@ -370,8 +372,8 @@ const QUAD: usize = 4;
 /// in 42 bits above its steps in 6.
 const SHORT_FIRST_UNITS: usize = 3;
 /// The most users a compact store can thread (their index must leave the
-/// garbage flag clear).
-const MAX_USERS: usize = 1 << 31;
+/// garbage flag clear): the most one shard tracks (`max_users`).
+pub const MAX_USERS: usize = 1 << 31;
 
 impl Head {
     fn units(self) -> usize {
@@ -747,9 +749,9 @@ impl Segments for CompactStore {
     }
 
     fn push_user(&mut self) {
-        // Past 2^31 users of one shard, like a failed allocation, there is
-        // no way on: compaction writes a user's index where the garbage
-        // flag must stay clear.
+        // Past 2^31 users of one shard there is no way on: compaction
+        // writes a user's index where the garbage flag must stay clear.
+        // The configuration's `max_users` stops the engine before.
         assert!(self.o.at.len() < MAX_USERS, "a funnel store outgrew 2^31 users in one shard");
         self.o.at.push(NONE);
     }
