@@ -118,8 +118,9 @@ struct FunnelTally {
     conversions: Vec<u64>,
     /// Time to convert to step k+1, in ms.
     time_to_convert: Vec<Histogram<u64>>,
-    /// The entry days the event being recorded reaches, and its levels
-    /// before it on each (kept to avoid an allocation).
+    /// The entry days the event being recorded reaches (set before each
+    /// use), and its levels before it on each (kept to avoid an
+    /// allocation).
     entry_days: std::ops::RangeInclusive<Day>,
     before: Vec<usize>,
     /// In `default` mode, the passes that found them: an event after all
@@ -257,7 +258,7 @@ impl Engine {
                     time_to_convert: (0..def.steps.len())
                         .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
                         .collect(),
-                    entry_days: 0..=-1,
+                    entry_days: 0..=0,
                     before: Vec::new(),
                     passes: Vec::new(),
                 },
