@@ -8,7 +8,7 @@
 //! (the script's poller before) took about a third of a core, 11 ms of CPU
 //! a scrape (measured once, see BENCHMARKS.md), from the run being
 //! measured. It polls every POLL_MS only near the end: before, it sleeps
-//! through half the time the rate so far says is left.
+//! through half the time the rate so far says is left (at most 0.5 s).
 //!
 //!     cargo run --release --example wait_ingested -- ADDR N [POLL_MS]
 
@@ -50,12 +50,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         // Each scrape renders the whole text (some 3 ms of the daemon's
         // CPU, taken from the run being timed): while the end is far, sleep
-        // through half the time the rate so far says is left.
+        // through half the time the rate so far says is left, at most half
+        // a second (a slow start makes the rate so far too low).
         let left = match seen {
             0 => Duration::ZERO,
             _ => elapsed.mul_f64((n - seen) as f64 / seen as f64 / 2.0),
         };
-        thread::sleep(poll.max(left));
+        thread::sleep(poll.max(left.min(Duration::from_millis(500))));
     }
 }
 

@@ -582,6 +582,22 @@ mod tests {
     }
 
     #[test]
+    fn field_names_compare_as_slices_do() {
+        // Every length the word compare takes and either side of it, with
+        // the two sides differing at each byte in turn.
+        for len in 0..12 {
+            let a: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
+            assert!(same(&a, &a.clone()));
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x20;
+                assert!(!same(&a, &b), "{len} {at}");
+            }
+            assert!(!same(&a, &a[..len.saturating_sub(1)]) || len == 0);
+        }
+    }
+
+    #[test]
     fn timestamp_forms() {
         let ms = |ts: &str| dec(&format!(r#"{{"user_id":"u","event":"e","ts":{ts}}}"#)).map(|e| e.ts_ms);
         assert_eq!(ms(r#""1970-01-01T00:00:00Z""#), Ok(0));
