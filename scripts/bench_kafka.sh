@@ -75,8 +75,8 @@ threads_cpu() { # PID PREFIX
     } END { print s + 0 }'
 }
 
-time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of the daemon, the broker, the daemon's shard workers and librdkafka's threads
-    local broker_before secs cpu workers_cpu rdk_cpu
+time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of the daemon, the broker, the daemon's shard workers, librdkafka's threads and the consumer thread
+    local broker_before secs cpu workers_cpu rdk_cpu consumer_cpu
     broker_before=$(cpu_of "$broker_pid")
     start_daemon "$(run_config "$1" events "$2" "${3:-}")" "$work/$1.log"
     # Timed from the first assignment (/readyz turns 200 when the group is
@@ -87,8 +87,9 @@ time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of 
     cpu=$(cpu_of "$daemon_pid")
     workers_cpu=$(threads_cpu "$daemon_pid" shard-worker)
     rdk_cpu=$(threads_cpu "$daemon_pid" rdk:)
-    printf '%s / %s\n%s\n%s - %s\n%s\n%s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" "$workers_cpu" \
-        "$rdk_cpu" | bc -l | paste -sd' '
+    consumer_cpu=$(threads_cpu "$daemon_pid" kafka-consumer)
+    printf '%s / %s\n%s\n%s - %s\n%s\n%s\n%s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" "$workers_cpu" \
+        "$rdk_cpu" "$consumer_cpu" | bc -l | paste -sd' '
     kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
     daemon_pid=
 }
@@ -118,16 +119,16 @@ for i in $(seq "$runs"); do
     bare_cpu=$(echo "$(seconds "$bare_user") + $(seconds "$bare_sys")" | bc -l)
     bare=$(echo "$bare_line" | sed -E 's/.*: ([0-9]+) msg\/s from the assignment.*/\1/')
     drain=$(echo "$bare_line" | sed -E 's/.* ([0-9]+) msg\/s from the first message.*/\1/')
-    read -r run run_cpu run_broker run_workers run_rdk <<< "$(time_run "bench-run-$i" "$work/state-$i")"
+    read -r run run_cpu run_broker run_workers run_rdk run_consumer <<< "$(time_run "bench-run-$i" "$work/state-$i")"
     read -r single _ _ <<< "$(time_run "bench-single-$i" "$work/state-single-$i" 1)"
     printf 'run %d: bare librdkafka consumer %.0f msg/s (%.0f from its first message), cohortflow run %.0f msg/s, with one worker %.0f msg/s\n' \
         "$i" "$bare" "$drain" "$run" "$single"
     printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, of which shard workers %.1f s; broker %.1f s)\n' \
         "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" \
         "$run_workers" "$run_broker"
-    printf '       by thread: bare polling thread %.1f s, librdkafka %.1f s; run consumer thread and the rest %.1f s, librdkafka %.1f s, shard workers %.1f s\n' \
+    printf '       by thread: bare polling thread %.1f s, librdkafka %.1f s; run consumer thread %.1f s, librdkafka %.1f s, shard workers %.1f s, the rest (HTTP, runtime) %.1f s\n' \
         "$(echo "$bare_poll / $ticks" | bc -l)" "$(echo "$bare_rdk / $ticks" | bc -l)" \
-        "$(echo "$run_cpu - $run_workers - $run_rdk" | bc -l)" "$run_rdk" "$run_workers"
+        "$run_consumer" "$run_rdk" "$run_workers" "$(echo "$run_cpu - $run_workers - $run_rdk - $run_consumer" | bc -l)"
     bares+=("$bare")
     ours+=("$run")
     singles+=("$single")
