@@ -118,10 +118,8 @@ struct FunnelTally {
     conversions: Vec<u64>,
     /// Time to convert to step k+1, in ms.
     time_to_convert: Vec<Histogram<u64>>,
-    /// The entry days the event being recorded reaches (set before each
-    /// use), and its levels before it on each (kept to avoid an
-    /// allocation).
-    entry_days: std::ops::RangeInclusive<Day>,
+    /// Levels before an event, per entry day it reaches; kept to avoid an
+    /// allocation.
     before: Vec<usize>,
     /// In `default` mode, the passes that found them: an event after all
     /// of the user's others goes on from them. Reused in place.
@@ -258,7 +256,6 @@ impl Engine {
                     time_to_convert: (0..def.steps.len())
                         .map(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid")))
                         .collect(),
-                    entry_days: 0..=0,
                     before: Vec::new(),
                     passes: Vec::new(),
                 },
@@ -805,10 +802,9 @@ impl Funnels<'_> {
         // an accepted event can still reach are kept (see `maintain`).
         for &f in members.iter().filter(filled) {
             let (def, steps) = (&self.defs[f], self.states[f].steps);
-            let FunnelTally { entry_days, before, passes, .. } = &mut self.states[f].tally;
+            let FunnelTally { before, passes, .. } = &mut self.states[f].tally;
             before.clear();
-            *entry_days = Self::entry_days(self.cal, def, masks[f], hit.ts, day);
-            for (i, d) in entry_days.clone().enumerate() {
+            for (i, d) in Self::entry_days(self.cal, def, masks[f], hit.ts, day).enumerate() {
                 let (start, end) = self.cal.bounds(d);
                 let level = if def.mode == FunnelMode::Default {
                     if passes.len() <= i {
@@ -830,7 +826,7 @@ impl Funnels<'_> {
         for &f in members.iter().filter(filled) {
             let (def, steps) = (&self.defs[f], self.states[f].steps);
             let tally = &mut self.states[f].tally;
-            for (i, d) in tally.entry_days.clone().enumerate() {
+            for (i, d) in Self::entry_days(self.cal, def, masks[f], hit.ts, day).enumerate() {
                 let old = tally.before[i];
                 // A chain this event raises holds the event at a step it
                 // fills, with a chain of the steps before that which
