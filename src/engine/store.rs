@@ -383,7 +383,7 @@ impl Head {
     /// Units of the first entry.
     #[inline]
     fn first_units(self) -> usize {
-        if self.short_first { SHORT_FIRST_UNITS } else { QUAD }
+        first_units(self.short_first)
     }
 }
 
@@ -409,10 +409,16 @@ fn short_first(first: Packed) -> bool {
     first.mask() < 1 << 6
 }
 
+/// Units of a first entry, of three when `short`.
+#[inline]
+fn first_units(short: bool) -> usize {
+    if short { SHORT_FIRST_UNITS } else { QUAD }
+}
+
 /// The units of `hits` (sorted, not empty) as a segment of deltas, if they
 /// fit one.
 fn delta_body(hits: &[Packed]) -> Option<usize> {
-    let first = if short_first(hits[0]) { SHORT_FIRST_UNITS } else { QUAD };
+    let first = first_units(short_first(hits[0]));
     hits.windows(2).try_fold(first, |units, w| Some(units + later_units(w[1].ts() - w[0].ts(), w[1].mask())?))
 }
 
@@ -446,7 +452,8 @@ fn push_first(arena: &mut Vec<u16>, first: Packed, short: bool) {
     }
 }
 
-/// The first entry of a segment's body, read from the body's start.
+/// The first entry of a segment's body, read from the body's start (a
+/// full segment's is a quad: `write` never marks one short first).
 #[inline]
 fn read_first(body: &[u16], head: Head) -> Packed {
     if head.short_first {
