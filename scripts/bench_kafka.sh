@@ -126,7 +126,7 @@ for i in $(seq "$runs"); do
     printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, of which shard workers %.1f s; broker %.1f s)\n' \
         "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" \
         "$run_workers" "$run_broker"
-    printf '       by thread: bare polling thread %.1f s, librdkafka %.1f s; run consumer thread %.1f s, librdkafka %.1f s, shard workers %.1f s, the rest (HTTP, runtime) %.1f s\n' \
+    printf '       by thread: bare polling thread %.1f s, librdkafka %.1f s; run consumer thread %.1f s, librdkafka %.1f s, shard workers %.1f s, the rest (start, HTTP, runtime) %.1f s\n' \
         "$(echo "$bare_poll / $ticks" | bc -l)" "$(echo "$bare_rdk / $ticks" | bc -l)" \
         "$run_consumer" "$run_rdk" "$run_workers" "$(echo "$run_cpu - $run_workers - $run_rdk - $run_consumer" | bc -l)"
     bares+=("$bare")
