@@ -738,9 +738,6 @@ pub fn run(
     // Messages since the clock was last read.
     let mut unclocked = 0u32;
     let result = loop {
-        if shutdown.is_cancelled() {
-            break Ok(());
-        }
         let filling = pending.iter().any(|p| !p.batch.messages.is_empty());
         let polled = consumer.poll(if filling { Duration::ZERO } else { Duration::from_millis(100) });
         let rebalances = shared.rebalances.load(Ordering::Relaxed);
@@ -761,7 +758,11 @@ pub fn run(
             }
             Some(Err(e)) => warn!(error = %e, "consume error"),
             Some(Ok(msg)) => {
-                shared.brokers_down.store(false, Ordering::Relaxed);
+                // Read first: a store a message would keep the line the
+                // publisher reads bouncing between cores.
+                if shared.brokers_down.load(Ordering::Relaxed) {
+                    shared.brokers_down.store(false, Ordering::Relaxed);
+                }
                 let partition = msg.partition();
                 let holds = |p: &Pending| p.tp.partition == partition && (one_topic || p.tp.topic == msg.topic());
                 let mut found = match pending.get(last) {
@@ -807,13 +808,17 @@ pub fn run(
             }
         }
 
-        // Timers: the clock is read once every 64 messages (or when a poll
-        // returns none), the rest once a tick.
+        // Shutdown and timers: the token (a lock) and the clock are read
+        // once every 64 messages (or when a poll returns none), the rest
+        // once a tick.
         unclocked += 1;
         if message && unclocked < 64 {
             continue;
         }
         unclocked = 0;
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
         let now = Instant::now();
         if now < next_tick {
             continue;
