@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Where `cohortflow run`'s CPU goes on the Kafka benchmark's topic: one
+# broker on 127.0.0.1, the messages of scripts/bench_kafka.sh on 4
+# partitions, and the daemon sampled by `perf record -e cpu-clock` (a
+# software clock: works where the machine has no hardware counters) from
+# its start to the last message; then the report by thread and by thread
+# and function.
+# Usage: scripts/profile_kafka.sh [MESSAGES] [PERF_DATA]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+messages=${1:-3000000}
+data=${2:-perf.data}
+broker=${COHORTFLOW_TEST_BROKER:-$HOME/.cache/kbroker/bin/nisshi}
+[ -x "$broker" ] || { echo "no broker at $broker: run scripts/test.sh first" >&2; exit 1; }
+command -v perf > /dev/null || { echo "no perf: install linux-perf (Debian)" >&2; exit 1; }
+
+cargo build --release --locked -q --bin cohortflow --example wait_ingested
+target=${CARGO_TARGET_DIR:-target}/release
+bin=$target/cohortflow
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$broker" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine "memory://profile/" > "$work/broker.log" 2>&1 &
+broker_pid=$!
+perf_pid=
+trap 'kill $broker_pid 2>/dev/null; [ -z "$perf_pid" ] || kill $perf_pid 2>/dev/null; rm -rf "$work"' EXIT
+sleep 1
+"$broker" topic create events --partitions 4 --broker "tcp://127.0.0.1:$port" > /dev/null
+"$bin" generate --days $(( messages / 25000 + 2 )) --users-per-day 2000 --start-ms 1785000000000 |
+    head -n "$messages" > "$work/events.ndjson"
+n=$(wc -l < "$work/events.ndjson")
+"$bin" loadgen --brokers "127.0.0.1:$port" --topic events "$work/events.ndjson" 2> /dev/null
+{
+    printf 'state_dir = "%s"\nsnapshot_interval = "30s"\n' "$work/state"
+    cat config/bench.toml
+    printf '[http]\nlisten = "127.0.0.1:0"\n[kafka]\nbrokers = "127.0.0.1:%s"\ntopics = ["events"]\ngroup_id = "profile"\n' "$port"
+} > "$work/run.toml"
+
+perf record -q -F 2000 -e cpu-clock -g -o "$data" -- "$bin" run --config "$work/run.toml" 2> "$work/run.log" &
+perf_pid=$!
+addr=
+for _ in $(seq 100); do
+    addr=$(grep -o 'http://[0-9.:]*' "$work/run.log" | head -1 | sed 's|http://||') && [ -n "$addr" ] && break
+    sleep 0.1
+done
+printf '%s messages in %s s\n' "$n" "$("$target/examples/wait_ingested" "$addr" "$n" 50)"
+kill -INT "$perf_pid"
+wait "$perf_pid" || true
+perf_pid=
+echo "by thread (share of all samples):"
+perf report -i "$data" --no-children --sort comm -g none 2> /dev/null | grep -v '^#' | grep -v '^$' | head -8
+echo "by thread and function:"
+perf report -i "$data" --no-children --sort comm,sym -g none 2> /dev/null | grep -v '^#' | grep -v '^$' | head -40
