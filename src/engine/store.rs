@@ -639,8 +639,10 @@ impl CompactStore {
             }
             let head = self.head_at(read);
             let size = head.units();
+            // A compaction for garbage alone (no cutoff) keeps every live
+            // segment whole, without reading its first hit.
             if let Some(u) = owner
-                && self.first_ts(read, head) >= cutoff
+                && (cutoff == i64::MIN || self.first_ts(read, head) >= cutoff)
             {
                 run.get_or_insert((read, write));
                 self.o.at[u] = write as u32;
