@@ -335,7 +335,9 @@ impl<E: Entry> Segments for FunnelStore<E> {
 /// the first two units of their segment, keeping those units in the
 /// user's offset; sliding down, a segment without the garbage flag is
 /// then a live one, whose owner its first two units name. Moves and
-/// garbage otherwise work as in [`FunnelStore`].
+/// garbage otherwise work as in [`FunnelStore`], but for one thing: a
+/// segment followed by garbage grows into it rather than moving (see
+/// `take_garbage`).
 #[derive(Debug, Clone, Default)]
 pub struct CompactStore {
     o: Offsets,
@@ -430,16 +432,23 @@ fn push_quad(arena: &mut Vec<u16>, w: u64) {
     arena.extend_from_slice(&[w as u16, (w >> 16) as u16, (w >> 32) as u16, (w >> 48) as u16]);
 }
 
-/// Appends a later entry of `delta` and `mask`, in the form
-/// [`later_units`] says (it fits one).
+/// A later entry of `delta` and `mask`, in the form [`later_units`] says
+/// (it fits one): its units, and how many of them it takes.
 #[inline]
-fn push_later(arena: &mut Vec<u16>, delta: i64, mask: u32) {
+fn later_entry(delta: i64, mask: u32) -> ([u16; 3], usize) {
     let d = delta as u32;
     if later_units(delta, mask) == Some(2) {
-        arena.extend_from_slice(&[SHORT | (mask as u16) << 8 | (d >> 16) as u16, d as u16]);
+        ([SHORT | (mask as u16) << 8 | (d >> 16) as u16, d as u16, 0], 2)
     } else {
-        arena.extend_from_slice(&[mask as u16, d as u16, (d >> 16) as u16]);
+        ([mask as u16, d as u16, (d >> 16) as u16], 3)
     }
+}
+
+/// Appends a later entry of `delta` and `mask` (see [`later_entry`]).
+#[inline]
+fn push_later(arena: &mut Vec<u16>, delta: i64, mask: u32) {
+    let (entry, n) = later_entry(delta, mask);
+    arena.extend_from_slice(&entry[..n]);
 }
 
 /// Appends a segment's first entry, in three units when `short`.
@@ -562,6 +571,33 @@ impl CompactStore {
             push_later(arena, w[1].ts() - w[0].ts(), w[1].mask());
         }
         debug_assert_eq!(arena.len(), at + head.units());
+    }
+
+    /// Takes the first `units` of the garbage segment at `at`, if there is
+    /// one that large, for the live segment before it to grow into: what
+    /// is left stays garbage under a header of its own. Users come back in
+    /// sessions, so the segment after an active user's is often one an
+    /// active user has just left: growing into it leaves no garbage where
+    /// a move would leave the whole segment.
+    fn take_garbage(&mut self, at: usize, units: usize) -> bool {
+        if self.arena[at] & DEAD == 0 {
+            return false;
+        }
+        let Some(rest) = self.head_at(at).units().checked_sub(units) else {
+            return false;
+        };
+        if rest > 0 {
+            // A garbage segment of `rest` units, if a header fits it.
+            let fits = |&body: &usize| header_units(body) + body == rest;
+            let Some(body) = [rest - 1, rest.saturating_sub(3)].into_iter().find(fits) else {
+                return false;
+            };
+            let head = Head { body, full: false, short_first: false };
+            Self::set_header(&mut self.arena, at + units, head);
+            self.arena[at + units] |= DEAD;
+        }
+        self.o.garbage -= units;
+        true
     }
 
     /// Marks the segment at `at` garbage.
@@ -708,9 +744,16 @@ impl Segments for CompactStore {
             return self.replace(uid, hits, hits.len() - 1);
         };
         // The usual case: a later entry appended to a segment of deltas,
-        // where the segment is or at the end.
+        // where the segment is, when it ends the arena or garbage follows
+        // it, or at the end.
         let size = head.units();
+        let delta = new.ts() - hits[pos - 1].ts();
         let at = if at + size == self.arena.len() {
+            push_later(&mut self.arena, delta, new.mask());
+            at
+        } else if self.take_garbage(at + size, units) {
+            let (entry, n) = later_entry(delta, new.mask());
+            self.arena[at + size..at + size + n].copy_from_slice(&entry[..n]);
             at
         } else {
             let offset = Offsets::end(self.arena.len());
@@ -718,9 +761,9 @@ impl Segments for CompactStore {
             self.arena.extend_from_within(at..at + size);
             self.discard(at, head);
             self.o.at[uid as usize] = offset;
+            push_later(&mut self.arena, delta, new.mask());
             offset as usize
         };
-        push_later(&mut self.arena, new.ts() - hits[pos - 1].ts(), new.mask());
         Self::set_header(&mut self.arena, at, Head { body: head.body + units, ..head });
         self.o.entries += 1;
         if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
@@ -1121,6 +1164,7 @@ mod tests {
                 assert_eq!(&hits, want, "{op:?}");
             }
             assert_eq!(s.entries(), model.iter().map(Vec::len).sum::<usize>());
+            assert_eq!(s.garbage_walked(), s.o.garbage, "{op:?}");
         }
         let lens: Vec<u32> = Segments::lens(&s).collect();
         let all: Vec<Packed> = model.concat();
@@ -1129,6 +1173,108 @@ mod tests {
             copy.load(u as u32, &mut hits);
             assert_eq!(&hits, want);
         }
+    }
+
+    impl CompactStore {
+        /// The garbage units found by walking the arena segment by segment
+        /// (which must end at its end), and every live user's segment found
+        /// on the way.
+        fn garbage_walked(&self) -> usize {
+            let (mut at, mut garbage, mut live) = (0, 0, 0);
+            while at < self.arena.len() {
+                let units = self.head_at(at).units();
+                if self.arena[at] & DEAD != 0 {
+                    garbage += units;
+                } else {
+                    assert!(self.o.at.contains(&(at as u32)), "a live segment at {at} no user points to");
+                    live += 1;
+                }
+                at += units;
+            }
+            assert_eq!(at, self.arena.len(), "segments overrun the arena");
+            assert_eq!(live, self.o.at.iter().filter(|&&a| a != NONE).count());
+            garbage
+        }
+    }
+
+    /// Adds a hit of step 0 at `t0 + ts` to user `u`, in the model too.
+    fn add_hit(s: &mut CompactStore, model: &mut [Vec<Packed>], u: u32, ts: i64) {
+        let hits = &mut model[u as usize];
+        hits.push(h(1_790_000_000_000 + ts, &[0]));
+        s.insert(u, hits, hits.len() - 1);
+    }
+
+    fn store_of(users: usize) -> (CompactStore, Vec<Vec<Packed>>) {
+        let mut s = CompactStore::default();
+        for _ in 0..users {
+            s.push_user();
+        }
+        (s, vec![Vec::new(); users])
+    }
+
+    fn same_as(s: &CompactStore, model: &[Vec<Packed>]) {
+        let mut hits = Vec::new();
+        for (u, want) in model.iter().enumerate() {
+            s.load(u as u32, &mut hits);
+            assert_eq!(&hits, want);
+        }
+        assert_eq!(s.garbage_walked(), s.o.garbage);
+    }
+
+    #[test]
+    fn a_segment_grows_into_the_garbage_after_it() {
+        let (mut s, mut model) = store_of(3);
+        // Users 0, 1 and 2 side by side, six units each (a header, a first
+        // entry of three, a later one of two); then 1 moves to the end,
+        // leaving its six units garbage after 0's.
+        for u in 0..3 {
+            add_hit(&mut s, &mut model, u, 0);
+            add_hit(&mut s, &mut model, u, 1000);
+        }
+        add_hit(&mut s, &mut model, 1, 2000);
+        let len = s.arena.len();
+        assert_eq!((len, s.o.garbage), (26, 6));
+        // 0's next entries take that garbage two units at a time, where 0
+        // is; what is left stays garbage under a header of its own.
+        add_hit(&mut s, &mut model, 0, 3000);
+        assert_eq!((s.o.get(0), s.arena.len(), s.o.garbage), (Some(0), len, 4));
+        same_as(&s, &model);
+        add_hit(&mut s, &mut model, 0, 4000);
+        assert_eq!((s.o.get(0), s.arena.len(), s.o.garbage), (Some(0), len, 2));
+        add_hit(&mut s, &mut model, 0, 5000);
+        assert_eq!((s.o.get(0), s.arena.len(), s.o.garbage), (Some(0), len, 0));
+        same_as(&s, &model);
+        // With a live segment after it, 0 moves to the end.
+        add_hit(&mut s, &mut model, 0, 6000);
+        assert_eq!((s.o.get(0), s.o.garbage), (Some(len), 1 + 3 + 4 * 2));
+        same_as(&s, &model);
+        s.compact(i64::MIN);
+        assert_eq!(s.o.garbage, 0);
+        same_as(&s, &model);
+    }
+
+    #[test]
+    fn garbage_too_small_for_an_entry_is_left_alone() {
+        let (mut s, mut model) = store_of(3);
+        add_hit(&mut s, &mut model, 0, 0);
+        add_hit(&mut s, &mut model, 0, 1000);
+        add_hit(&mut s, &mut model, 1, 0);
+        add_hit(&mut s, &mut model, 2, 0);
+        // 1 moves: four units of garbage after 0.
+        add_hit(&mut s, &mut model, 1, 1000);
+        assert_eq!(s.o.garbage, 4);
+        // An entry of three units (2^24 ms later) leaves one unit: a
+        // header of no body.
+        add_hit(&mut s, &mut model, 0, 1000 + (1 << 24));
+        assert_eq!((s.o.get(0), s.o.garbage), (Some(0), 1));
+        same_as(&s, &model);
+        // One unit holds no entry: 0 moves, and the unit stays garbage.
+        add_hit(&mut s, &mut model, 0, 2000 + (1 << 24));
+        assert_eq!(s.o.garbage, 1 + 1 + 3 + 2 + 3);
+        same_as(&s, &model);
+        s.compact(i64::MIN);
+        assert_eq!(s.o.garbage, 0);
+        same_as(&s, &model);
     }
 
     proptest::proptest! {
