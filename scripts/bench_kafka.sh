@@ -21,19 +21,12 @@ cargo build --release --locked -q --bin cohortflow --example bare_consumer --exa
 target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$broker" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "memory://bench/" > "$work/broker.log" 2>&1 &
-broker_pid=$!
+broker_pid=
 daemon_pid=
-trap 'kill $broker_pid 2>/dev/null; [ -z "$daemon_pid" ] || kill $daemon_pid 2>/dev/null; rm -rf "$work"' EXIT
-sleep 1
-"$broker" topic create events --partitions 4 --broker "tcp://127.0.0.1:$port" > /dev/null
-
-days=$(( messages / 25000 + 2 ))
-"$bin" generate --days "$days" --users-per-day 2000 --start-ms 1785000000000 | head -n "$messages" > "$work/events.ndjson"
-n=$(wc -l < "$work/events.ndjson")
-"$bin" loadgen --brokers "127.0.0.1:$port" --topic events "$work/events.ndjson" 2> /dev/null
+trap '[ -z "$broker_pid" ] || kill $broker_pid 2>/dev/null; [ -z "$daemon_pid" ] || kill $daemon_pid 2>/dev/null; rm -rf "$work"' EXIT
+. scripts/bench_topic.sh
+start_broker bench
+fill_topic events "$messages"
 echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 

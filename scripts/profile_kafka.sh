@@ -19,18 +19,12 @@ cargo build --release --locked -q --bin cohortflow --example wait_ingested
 target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$broker" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "memory://profile/" > "$work/broker.log" 2>&1 &
-broker_pid=$!
+broker_pid=
 perf_pid=
-trap 'kill $broker_pid 2>/dev/null; [ -z "$perf_pid" ] || kill $perf_pid 2>/dev/null; rm -rf "$work"' EXIT
-sleep 1
-"$broker" topic create events --partitions 4 --broker "tcp://127.0.0.1:$port" > /dev/null
-"$bin" generate --days $(( messages / 25000 + 2 )) --users-per-day 2000 --start-ms 1785000000000 |
-    head -n "$messages" > "$work/events.ndjson"
-n=$(wc -l < "$work/events.ndjson")
-"$bin" loadgen --brokers "127.0.0.1:$port" --topic events "$work/events.ndjson" 2> /dev/null
+trap '[ -z "$broker_pid" ] || kill $broker_pid 2>/dev/null; [ -z "$perf_pid" ] || kill $perf_pid 2>/dev/null; rm -rf "$work"' EXIT
+. scripts/bench_topic.sh
+start_broker profile
+fill_topic events "$messages"
 {
     printf 'state_dir = "%s"\nsnapshot_interval = "30s"\n' "$work/state"
     cat config/bench.toml
