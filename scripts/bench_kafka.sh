@@ -18,39 +18,17 @@ broker=${COHORTFLOW_TEST_BROKER:-$HOME/.cache/kbroker/bin/nisshi}
 [ -x "$broker" ] || { echo "no broker at $broker: run scripts/test.sh first" >&2; exit 1; }
 
 cargo build --release --locked -q --bin cohortflow --example bare_consumer --example latency --example wait_ingested
-target=${CARGO_TARGET_DIR:-target}/release
-bin=$target/cohortflow
-work=$(mktemp -d)
-broker_pid=
 daemon_pid=
-trap '[ -z "$broker_pid" ] || kill $broker_pid 2>/dev/null; [ -z "$daemon_pid" ] || kill $daemon_pid 2>/dev/null; rm -rf "$work"' EXIT
 . scripts/bench_topic.sh
 start_broker bench
 fill_topic events "$messages"
 echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
-# A config for `run`: top-level keys first, then the definitions, then the
-# tables of the source.
-run_config() { # GROUP TOPIC STATE_DIR [WORKERS]
-    {
-        printf 'state_dir = "%s"\nsnapshot_interval = "30s"\n' "$3"
-        cat config/bench.toml
-        printf '[http]\nlisten = "127.0.0.1:0"\n[kafka]\nbrokers = "127.0.0.1:%s"\ntopics = ["%s"]\ngroup_id = "%s"\n' \
-            "$port" "$2" "$1"
-        [ -z "${4:-}" ] || printf 'workers = %s\n' "$4"
-    } > "$work/$1.toml"
-    echo "$work/$1.toml"
-}
-
 start_daemon() { # CONFIG LOG; sets daemon_pid and addr
     "$bin" run --config "$1" 2> "$2" &
     daemon_pid=$!
-    addr=
-    for _ in $(seq 100); do
-        addr=$(grep -o 'http://[0-9.:]*' "$2" | head -1 | sed 's|http://||') && [ -n "$addr" ] && break
-        sleep 0.1
-    done
+    listen_addr "$2"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -1,8 +1,16 @@
 # Sourced by bench_kafka.sh and profile_kafka.sh: a nisshi broker on a free
-# port of 127.0.0.1 and the benchmark's topic, 4 partitions of generated
+# port of 127.0.0.1, the benchmark's topic, 4 partitions of generated
 # events (users who come back over months: 2 000 sign-ups a day, 25 000
-# events a day). Needs $broker, $bin and $work; sets $port, $broker_pid
-# and $n (the messages in the topic).
+# events a day), and a `cohortflow run` config reading it. Needs $broker; sets $target, $bin, $work (removed at
+# exit, when the broker and any $daemon_pid or $perf_pid are stopped), and
+# through its functions $port, $broker_pid and $n (the messages in the
+# topic).
+
+target=${CARGO_TARGET_DIR:-target}/release
+bin=$target/cohortflow
+work=$(mktemp -d)
+broker_pid=
+trap 'kill ${broker_pid:-} ${daemon_pid:-} ${perf_pid:-} 2> /dev/null; rm -rf "$work"' EXIT
 
 start_broker() { # STORAGE_NAME
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -18,4 +26,25 @@ fill_topic() { # TOPIC MESSAGES
         head -n "$2" > "$work/events.ndjson"
     n=$(wc -l < "$work/events.ndjson")
     "$bin" loadgen --brokers "127.0.0.1:$port" --topic "$1" "$work/events.ndjson" 2> /dev/null
+}
+
+# A config for `run`: top-level keys first, then the definitions, then the
+# tables of the source.
+run_config() { # GROUP TOPIC STATE_DIR [WORKERS]
+    {
+        printf 'state_dir = "%s"\nsnapshot_interval = "30s"\n' "$3"
+        cat config/bench.toml
+        printf '[http]\nlisten = "127.0.0.1:0"\n[kafka]\nbrokers = "127.0.0.1:%s"\ntopics = ["%s"]\ngroup_id = "%s"\n' \
+            "$port" "$2" "$1"
+        [ -z "${4:-}" ] || printf 'workers = %s\n' "$4"
+    } > "$work/$1.toml"
+    echo "$work/$1.toml"
+}
+
+listen_addr() { # LOG; sets addr, the daemon's HTTP address, once the log names it
+    addr=
+    for _ in $(seq 100); do
+        addr=$(grep -o 'http://[0-9.:]*' "$1" | head -1 | sed 's|http://||') && [ -n "$addr" ] && break
+        sleep 0.1
+    done
 }

@@ -16,28 +16,14 @@ broker=${COHORTFLOW_TEST_BROKER:-$HOME/.cache/kbroker/bin/nisshi}
 command -v perf > /dev/null || { echo "no perf: install linux-perf (Debian)" >&2; exit 1; }
 
 cargo build --release --locked -q --bin cohortflow --example wait_ingested
-target=${CARGO_TARGET_DIR:-target}/release
-bin=$target/cohortflow
-work=$(mktemp -d)
-broker_pid=
 perf_pid=
-trap '[ -z "$broker_pid" ] || kill $broker_pid 2>/dev/null; [ -z "$perf_pid" ] || kill $perf_pid 2>/dev/null; rm -rf "$work"' EXIT
 . scripts/bench_topic.sh
 start_broker profile
 fill_topic events "$messages"
-{
-    printf 'state_dir = "%s"\nsnapshot_interval = "30s"\n' "$work/state"
-    cat config/bench.toml
-    printf '[http]\nlisten = "127.0.0.1:0"\n[kafka]\nbrokers = "127.0.0.1:%s"\ntopics = ["events"]\ngroup_id = "profile"\n' "$port"
-} > "$work/run.toml"
-
-perf record -q -F 2000 -e cpu-clock -g -o "$data" -- "$bin" run --config "$work/run.toml" 2> "$work/run.log" &
+config=$(run_config profile events "$work/state")
+perf record -q -F 2000 -e cpu-clock -g -o "$data" -- "$bin" run --config "$config" 2> "$work/run.log" &
 perf_pid=$!
-addr=
-for _ in $(seq 100); do
-    addr=$(grep -o 'http://[0-9.:]*' "$work/run.log" | head -1 | sed 's|http://||') && [ -n "$addr" ] && break
-    sleep 0.1
-done
+listen_addr "$work/run.log"
 printf '%s messages in %s s\n' "$n" "$("$target/examples/wait_ingested" "$addr" "$n" 50)"
 kill -INT "$perf_pid"
 wait "$perf_pid" || true
