@@ -525,6 +525,22 @@ struct Batch {
     messages: Vec<Queued>,
 }
 
+impl Batch {
+    /// Whether the batch is to be handed over.
+    fn full(&self) -> bool {
+        self.messages.len() >= BATCH_MESSAGES || self.bytes.len() >= BATCH_BYTES
+    }
+
+    /// The batch emptied for reuse, without the room a large message left
+    /// in it.
+    fn emptied(mut self) -> Batch {
+        self.bytes.clear();
+        self.bytes.shrink_to(BATCH_BYTES);
+        self.messages.clear();
+        self
+    }
+}
+
 struct Queued {
     offset: i64,
     timestamp_ms: Option<i64>,
@@ -549,6 +565,12 @@ struct Pending {
 
 /// Messages a batch takes before it is handed over.
 const BATCH_MESSAGES: usize = 512;
+/// Payload bytes a batch takes before it is handed over (some 7 000
+/// typical events, so for those the message count comes first): with
+/// [`WORKER_QUEUE`] this bounds what a worker has waiting when messages
+/// are large (a run of oversized ones on their way to the dead-letter
+/// topic, say) to 64 MiB and one message a batch.
+const BATCH_BYTES: usize = 1 << 20;
 /// How often the consumer thread looks at its timers (snapshots, lag
 /// probes, publishing).
 const TICK: Duration = Duration::from_millis(10);
@@ -591,11 +613,7 @@ impl Workers {
     /// A batch to fill: a returned one when there is one.
     fn batch(&self) -> Batch {
         match self.free.try_recv() {
-            Ok(mut b) => {
-                b.bytes.clear();
-                b.messages.clear();
-                b
-            }
+            Ok(b) => b.emptied(),
             Err(_) => Batch::default(),
         }
     }
@@ -799,7 +817,7 @@ pub fn run(
                         payload: from..from + payload.len(),
                         key,
                     });
-                    if p.batch.messages.len() >= BATCH_MESSAGES {
+                    if p.batch.full() {
                         if let Err(e) = workers.send(p) {
                             break Err(e);
                         }
@@ -955,4 +973,42 @@ fn publish(shared: &Shared, published: &Published, lags: &HashMap<Tp, i64>) {
         snapshot_failures: shared.snapshot_failures.load(Ordering::Relaxed),
     });
     published.set_ready(shared.joined.load(Ordering::Relaxed) && all_restored && brokers_up);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(payload: std::ops::Range<usize>) -> Queued {
+        Queued { offset: 0, timestamp_ms: None, payload, key: None }
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_messages_or_its_bytes() {
+        let mut b = Batch::default();
+        for _ in 0..BATCH_MESSAGES - 1 {
+            b.bytes.extend_from_slice(b"{}");
+            b.messages.push(queued(0..2));
+        }
+        assert!(!b.full());
+        b.messages.push(queued(0..2));
+        assert!(b.full());
+
+        let mut b = Batch::default();
+        b.bytes.resize(BATCH_BYTES - 1, b' ');
+        b.messages.push(queued(0..BATCH_BYTES - 1));
+        assert!(!b.full());
+        b.bytes.push(b' ');
+        assert!(b.full());
+    }
+
+    #[test]
+    fn an_emptied_batch_gives_back_the_room_of_a_large_message() {
+        let mut b = Batch::default();
+        b.bytes.resize(8 * BATCH_BYTES, b' ');
+        b.messages.push(queued(0..8 * BATCH_BYTES));
+        let b = b.emptied();
+        assert!(b.bytes.is_empty() && b.messages.is_empty());
+        assert!(b.bytes.capacity() <= BATCH_BYTES, "{}", b.bytes.capacity());
+    }
 }
