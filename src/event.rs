@@ -481,21 +481,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     if b.len() < 20 {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i32> {
-        let mut v = 0i32;
-        for &c in b.get(r)? {
-            if !c.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + i32::from(c - b'0');
-        }
-        Some(v)
-    };
+    let num = |r: std::ops::Range<usize>| digits(b.get(r)?);
     let sep = |i: usize, c: u8| b.get(i) == Some(&c);
     if !(sep(4, b'-') && sep(7, b'-') && matches!(b[10], b'T' | b't' | b' ') && sep(13, b':') && sep(16, b':')) {
         return None;
     }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
     if hour > 23 || minute > 59 || second > 60 {
         return None;
@@ -536,15 +526,23 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let midnight = utc_midnight_ms(&b[..10], year, month, day)?;
+    let midnight = utc_midnight_ms(&b[..10])?;
     let secs = i64::from(hour * 3600 + minute * 60 + second.min(59) - offset_secs);
     Some(midnight + secs * 1000 + millis)
 }
 
-/// Epoch ms of 00:00 UTC on a date, validated by jiff. Consecutive events
-/// nearly always share their date, so the last one is remembered (per
-/// thread): this keeps calendar work off the per-event path.
-fn utc_midnight_ms(text: &[u8], year: i32, month: i32, day: i32) -> Option<i64> {
+/// The value of ASCII decimal digits, if they are all digits.
+#[inline]
+fn digits(text: &[u8]) -> Option<i32> {
+    text.iter().try_fold(0i32, |v, &c| c.is_ascii_digit().then(|| v * 10 + i32::from(c - b'0')))
+}
+
+/// Epoch ms of 00:00 UTC on a date (`YYYY-MM-DD`, its dashes checked by
+/// the caller), validated by jiff. Consecutive events nearly always share
+/// their date, so the last one is remembered (per thread): the same ten
+/// bytes, read and validated before, are not read again, which keeps
+/// calendar work and the date's digits off the per-event path.
+fn utc_midnight_ms(text: &[u8]) -> Option<i64> {
     thread_local! {
         static LAST: Cell<([u8; 10], i64)> = const { Cell::new(([0; 10], i64::MIN)) };
     }
@@ -554,6 +552,7 @@ fn utc_midnight_ms(text: &[u8], year: i32, month: i32, day: i32) -> Option<i64> 
         if k == key && ms != i64::MIN {
             return Some(ms);
         }
+        let (year, month, day) = (digits(&key[0..4])?, digits(&key[5..7])?, digits(&key[8..10])?);
         let date = jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
         let ms = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond();
         last.set((key, ms));
