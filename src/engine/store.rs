@@ -13,11 +13,14 @@
 //! own, so none of an allocator's per-block overhead and no 16-byte
 //! pointer per user and funnel.
 //!
-//! An insert moves the user's segment, one hit longer, to the end of the
-//! arena (or grows it in place when it is already there); the old copy
-//! becomes garbage. Compaction slides the live segments down in one pass
-//! over the arena, when garbage passes an eighth of the arena, and once a
-//! day when old hits are dropped.
+//! An insert grows the user's segment in place when it ends the arena or
+//! garbage follows it (taking what it needs of that garbage); else it
+//! moves the segment, one hit longer, to the end of the arena, and the
+//! old copy becomes garbage. Users come back in sessions, so the segment
+//! after an active user's is often one an active user has just left.
+//! Compaction slides the live segments down in one pass over the arena,
+//! when garbage passes an eighth of the arena, and once a day when old
+//! hits are dropped.
 
 use std::marker::PhantomData;
 
@@ -165,11 +168,19 @@ impl<E: Entry> FunnelStore<E> {
         let entry_words: &[u64] = bytemuck::cast_slice(std::slice::from_ref(&entry));
         // Counted first: a compaction below counts again, from the arena.
         self.o.entries += 1;
-        match self.span(uid) {
-            Some((at, len)) if at + 1 + len * w == self.arena.len() => {
-                // The segment ends the arena: grow it where it is.
-                self.arena.extend_from_slice(entry_words);
-                let words = &mut self.arena[at + 1..];
+        let span = self.span(uid);
+        let in_place = span.is_some_and(|(at, len)| {
+            let end = at + 1 + len * w;
+            end == self.arena.len() || self.take_garbage(end)
+        });
+        match span {
+            Some((at, len)) if in_place => {
+                // The segment ends the arena, or garbage followed it: grow
+                // it where it is.
+                if at + 1 + len * w == self.arena.len() {
+                    self.arena.extend_from_slice(entry_words);
+                }
+                let words = &mut self.arena[at + 1..at + 1 + (len + 1) * w];
                 words.copy_within((pos * w)..(len * w), (pos + 1) * w);
                 words[pos * w..(pos + 1) * w].copy_from_slice(entry_words);
                 self.arena[at] = header(u, len + 1);
@@ -193,6 +204,21 @@ impl<E: Entry> FunnelStore<E> {
                 }
             }
         }
+    }
+
+    /// Takes the first entry's words of the garbage segment at `at`, if
+    /// there is one holding an entry, for the live segment before it to
+    /// grow into: the rest stays garbage, under a header of one entry
+    /// less.
+    fn take_garbage(&mut self, at: usize) -> bool {
+        let (uid, len) = header_parts(self.arena[at]);
+        if self.o.at[uid] as usize == at || len == 0 {
+            return false;
+        }
+        let w = Self::WORDS;
+        self.arena[at + w] = header(uid, len - 1);
+        self.o.garbage -= w;
+        true
     }
 
     /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
@@ -335,9 +361,7 @@ impl<E: Entry> Segments for FunnelStore<E> {
 /// the first two units of their segment, keeping those units in the
 /// user's offset; sliding down, a segment without the garbage flag is
 /// then a live one, whose owner its first two units name. Moves and
-/// garbage otherwise work as in [`FunnelStore`], but for one thing: a
-/// segment followed by garbage grows into it rather than moving (see
-/// `take_garbage`).
+/// garbage otherwise work as in [`FunnelStore`] (the module docs).
 #[derive(Debug, Clone, Default)]
 pub struct CompactStore {
     o: Offsets,
@@ -575,10 +599,8 @@ impl CompactStore {
 
     /// Takes the first `units` of the garbage segment at `at`, if there is
     /// one that large, for the live segment before it to grow into: what
-    /// is left stays garbage under a header of its own. Users come back in
-    /// sessions, so the segment after an active user's is often one an
-    /// active user has just left: growing into it leaves no garbage where
-    /// a move would leave the whole segment.
+    /// is left stays garbage under a header of its own. Growing leaves no
+    /// garbage where a move would leave the whole segment.
     fn take_garbage(&mut self, at: usize, units: usize) -> bool {
         if self.arena[at] & DEAD == 0 {
             return false;
@@ -1080,7 +1102,62 @@ mod tests {
                 assert_eq!(s.hits(u as u32), hits.as_slice());
             }
             assert_eq!(s.entries(), model.iter().map(Vec::len).sum::<usize>());
+            assert_eq!(s.garbage_walked(), s.o.garbage, "{op:?}");
         }
+    }
+
+    impl<E: Entry> FunnelStore<E> {
+        /// The garbage words found by walking the arena segment by segment
+        /// (which must end at its end), and every live user's segment found
+        /// on the way.
+        fn garbage_walked(&self) -> usize {
+            let (mut at, mut garbage, mut live) = (0, 0, 0);
+            while at < self.arena.len() {
+                let (uid, len) = header_parts(self.arena[at]);
+                let words = 1 + len * Self::WORDS;
+                if self.o.at[uid] as usize == at {
+                    live += 1;
+                } else {
+                    garbage += words;
+                }
+                at += words;
+            }
+            assert_eq!(at, self.arena.len(), "segments overrun the arena");
+            assert_eq!(live, self.o.at.iter().filter(|&&a| a != NONE).count());
+            garbage
+        }
+    }
+
+    #[test]
+    fn a_wide_segment_grows_into_the_garbage_after_it() {
+        let mut s = FunnelStore::<Hit>::default();
+        for _ in 0..3 {
+            s.push_user();
+        }
+        let w = FunnelStore::<Hit>::WORDS;
+        for u in 0..3 {
+            s.insert_hit(u, h(10, &[0]));
+            s.insert_hit(u, h(20, &[1]));
+        }
+        // 1 moves to the end: a header and two entries of garbage after 0.
+        s.insert_hit(1, h(30, &[2]));
+        let len = s.arena.len();
+        assert_eq!(s.o.garbage, 1 + 2 * w);
+        // 0 takes an entry's words of it twice, inserting before its last
+        // hit; then the header left cannot hold one, and 0 moves.
+        s.insert_hit(0, h(15, &[2]));
+        assert_eq!((s.o.get(0), s.arena.len(), s.o.garbage), (Some(0), len, 1 + w));
+        s.insert_hit(0, h(5, &[1]));
+        assert_eq!((s.o.get(0), s.arena.len(), s.o.garbage), (Some(0), len, 1));
+        assert_eq!(s.garbage_walked(), 1);
+        assert_eq!(s.hits(0), [h(5, &[1]), h(10, &[0]), h(15, &[2]), h(20, &[1])].as_slice());
+        s.insert_hit(0, h(25, &[0]));
+        assert_eq!((s.o.get(0), s.o.garbage), (Some(len), 1 + 1 + 4 * w));
+        assert_eq!(s.garbage_walked(), s.o.garbage);
+        assert_eq!(s.hits(1), [h(10, &[0]), h(20, &[1]), h(30, &[2])].as_slice());
+        s.compact(i64::MIN);
+        assert_eq!(s.garbage_walked(), 0);
+        assert_eq!(s.hits(0).len(), 5);
     }
 
     proptest::proptest! {
