@@ -169,40 +169,36 @@ impl<E: Entry> FunnelStore<E> {
         // Counted first: a compaction below counts again, from the arena.
         self.o.entries += 1;
         let span = self.span(uid);
-        let in_place = span.is_some_and(|(at, len)| {
+        if let Some((at, len)) = span {
+            // The segment ends the arena, or garbage follows it (taken for
+            // it here): it grows where it is.
             let end = at + 1 + len * w;
-            end == self.arena.len() || self.take_garbage(end)
-        });
-        match span {
-            Some((at, len)) if in_place => {
-                // The segment ends the arena, or garbage followed it: grow
-                // it where it is.
-                if at + 1 + len * w == self.arena.len() {
+            if end == self.arena.len() || self.take_garbage(end) {
+                if end == self.arena.len() {
                     self.arena.extend_from_slice(entry_words);
                 }
-                let words = &mut self.arena[at + 1..at + 1 + (len + 1) * w];
+                let words = &mut self.arena[at + 1..end + w];
                 words.copy_within((pos * w)..(len * w), (pos + 1) * w);
                 words[pos * w..(pos + 1) * w].copy_from_slice(entry_words);
                 self.arena[at] = header(u, len + 1);
+                return;
             }
-            span => {
-                let (old, len) = span.unwrap_or((0, 0));
-                let offset = Offsets::end(self.arena.len());
-                self.arena.reserve(1 + (len + 1) * w);
-                self.arena.push(header(u, len + 1));
-                if span.is_some() {
-                    self.arena.extend_from_within(old + 1..old + 1 + pos * w);
-                }
-                self.arena.extend_from_slice(entry_words);
-                if span.is_some() {
-                    self.arena.extend_from_within(old + 1 + pos * w..old + 1 + len * w);
-                    self.o.garbage += 1 + len * w;
-                }
-                self.o.at[u] = offset;
-                if self.o.compaction_due(self.arena.len(), MIN_GARBAGE) {
-                    self.compact(i64::MIN);
-                }
-            }
+        }
+        let (old, len) = span.unwrap_or((0, 0));
+        let offset = Offsets::end(self.arena.len());
+        self.arena.reserve(1 + (len + 1) * w);
+        self.arena.push(header(u, len + 1));
+        if span.is_some() {
+            self.arena.extend_from_within(old + 1..old + 1 + pos * w);
+        }
+        self.arena.extend_from_slice(entry_words);
+        if span.is_some() {
+            self.arena.extend_from_within(old + 1 + pos * w..old + 1 + len * w);
+            self.o.garbage += 1 + len * w;
+        }
+        self.o.at[u] = offset;
+        if self.o.compaction_due(self.arena.len(), MIN_GARBAGE) {
+            self.compact(i64::MIN);
         }
     }
 
@@ -769,13 +765,7 @@ impl Segments for CompactStore {
         // where the segment is, when it ends the arena or garbage follows
         // it, or at the end.
         let size = head.units();
-        let delta = new.ts() - hits[pos - 1].ts();
-        let at = if at + size == self.arena.len() {
-            push_later(&mut self.arena, delta, new.mask());
-            at
-        } else if self.take_garbage(at + size, units) {
-            let (entry, n) = later_entry(delta, new.mask());
-            self.arena[at + size..at + size + n].copy_from_slice(&entry[..n]);
+        let at = if at + size == self.arena.len() || self.take_garbage(at + size, units) {
             at
         } else {
             let offset = Offsets::end(self.arena.len());
@@ -783,9 +773,16 @@ impl Segments for CompactStore {
             self.arena.extend_from_within(at..at + size);
             self.discard(at, head);
             self.o.at[uid as usize] = offset;
-            push_later(&mut self.arena, delta, new.mask());
             offset as usize
         };
+        // After the segment: the arena's end, or garbage now its own.
+        let (entry, n) = later_entry(new.ts() - hits[pos - 1].ts(), new.mask());
+        let end = at + size;
+        if end == self.arena.len() {
+            self.arena.extend_from_slice(&entry[..n]);
+        } else {
+            self.arena[end..end + n].copy_from_slice(&entry[..n]);
+        }
         Self::set_header(&mut self.arena, at, Head { body: head.body + units, ..head });
         self.o.entries += 1;
         if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
@@ -1143,8 +1140,9 @@ mod tests {
         s.insert_hit(1, h(30, &[2]));
         let len = s.arena.len();
         assert_eq!(s.o.garbage, 1 + 2 * w);
-        // 0 takes an entry's words of it twice, inserting before its last
-        // hit; then the header left cannot hold one, and 0 moves.
+        // 0 takes an entry's words of it twice (its new hits go between
+        // and before its others); then the header left cannot hold one,
+        // and 0 moves.
         s.insert_hit(0, h(15, &[2]));
         assert_eq!((s.o.get(0), s.arena.len(), s.o.garbage), (Some(0), len, 1 + w));
         s.insert_hit(0, h(5, &[1]));
