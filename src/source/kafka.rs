@@ -776,8 +776,8 @@ pub fn run(
             }
             Some(Err(e)) => warn!(error = %e, "consume error"),
             Some(Ok(msg)) => {
-                // Read first: a store for every message would keep the
-                // line the publisher reads bouncing between cores.
+                // Read first: a store for every message would dirty a
+                // line the other threads read (not measured apart).
                 if shared.brokers_down.load(Ordering::Relaxed) {
                     shared.brokers_down.store(false, Ordering::Relaxed);
                 }
