@@ -8,9 +8,14 @@
 //! the topic before that one, so the second figure is often a drain of
 //! local memory.
 //!
-//!     cargo run --release --example bare_consumer -- BROKERS TOPIC N
+//! With `--batch` it reads as `cohortflow run` does: each assigned
+//! partition forwarded to a queue of its own, read with librdkafka's batch
+//! call (`cohortflow::source::fetch`), the consumer's queue polled for
+//! events between calls.
+//!
+//!     cargo run --release --example bare_consumer -- BROKERS TOPIC N [--batch]
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -18,14 +23,26 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
-/// Notes when partitions are first assigned.
+use cohortflow::source::fetch::{FetchQueue, Fetched};
+
+/// Notes when partitions are first assigned, and forwards them to the
+/// fetch queue, if any.
 struct Timer {
     assigned: Mutex<Option<Instant>>,
+    fetch: Mutex<Option<Arc<FetchQueue>>>,
 }
 
 impl ClientContext for Timer {}
 
 impl ConsumerContext for Timer {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Ok(fetch)) = (rebalance, self.fetch.lock()) {
+            if let Some(queue) = fetch.as_ref() {
+                queue.take_partitions(consumer, tpl);
+            }
+        }
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Rebalance::Assign(_), Ok(mut assigned)) = (rebalance, self.assigned.lock()) {
             assigned.get_or_insert_with(Instant::now);
@@ -35,8 +52,10 @@ impl ConsumerContext for Timer {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, brokers, topic, n] = &args[..] else {
-        return Err("usage: bare_consumer BROKERS TOPIC N".into());
+    let (brokers, topic, n, batch) = match &args[..] {
+        [_, brokers, topic, n] => (brokers, topic, n, false),
+        [_, brokers, topic, n, flag] if flag == "--batch" => (brokers, topic, n, true),
+        _ => return Err("usage: bare_consumer BROKERS TOPIC N [--batch]".into()),
     };
     let n: u64 = n.parse()?;
     let consumer: BaseConsumer<Timer> = ClientConfig::new()
@@ -47,12 +66,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("fetch.queue.backoff.ms", "20")
         .set("fetch.wait.max.ms", "100")
-        .create_with_context(Timer { assigned: Mutex::new(None) })?;
+        .create_with_context(Timer { assigned: Mutex::new(None), fetch: Mutex::new(None) })?;
+    let queue = if batch { Some(Arc::new(FetchQueue::new(&consumer).ok_or("no fetch queue")?)) } else { None };
+    if let Ok(mut fetch) = consumer.context().fetch.lock() {
+        fetch.clone_from(&queue);
+    }
     consumer.subscribe(&[topic])?;
+    let mut fetched = Fetched::with_capacity(512);
     let mut seen = 0u64;
     let mut bytes = 0u64;
     let mut first = None;
     while seen < n {
+        if let Some(queue) = &queue {
+            // Events; a message here only if its partition was not forwarded.
+            if let Some(Ok(_)) = consumer.poll(Duration::ZERO) {
+                seen += 1;
+            }
+            queue.consume(Duration::from_millis(100), &mut fetched);
+            for m in fetched.iter() {
+                match m {
+                    Ok(m) => {
+                        first.get_or_insert_with(Instant::now);
+                        seen += 1;
+                        bytes += m.payload().iter().map(|&b| u64::from(b)).sum::<u64>() & 1;
+                    }
+                    Err(e) => eprintln!("consume error: {e}"),
+                }
+            }
+            continue;
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 first.get_or_insert_with(Instant::now);
@@ -64,6 +106,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let end = Instant::now();
+    // The fetch queue goes before the consumer (see its documentation).
+    drop(fetched);
+    if let Ok(mut fetch) = consumer.context().fetch.lock() {
+        fetch.take();
+    }
+    drop(queue);
     let assigned = consumer.context().assigned.lock().ok().and_then(|a| *a).ok_or("never assigned")?;
     let rate = |from: Instant| seen as f64 / end.duration_since(from).as_secs_f64();
     println!(

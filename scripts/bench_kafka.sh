@@ -3,8 +3,10 @@
 # side on one broker and one topic (runs alternate; medians and their
 # ratio); then event → /metrics latency under a steady produced load
 # (examples/latency.rs). `cohortflow run` is measured twice a round: with
-# its default shard workers (one a core) and with one. Both sides are timed
-# from their first assignment to the last message.
+# its default shard workers (one a core) and with one; the bare consumer
+# twice too: with rdkafka's poll, the baseline, and with the batch read
+# `run` uses. Both sides are timed from their first assignment to the last
+# message.
 # Usage: scripts/bench_kafka.sh [MESSAGES] [LATENCY_RATE] [LATENCY_SECONDS]
 # Environment: RUNS (runs of each side; default 3).
 set -euo pipefail
@@ -74,6 +76,7 @@ seconds() { echo "$1" | sed -E 's/([0-9]+)m([0-9.]+)s/\1 * 60 + \2/' | bc -l; }
 per_msg() { echo "($1 + $2) * 1000000 / $n" | bc -l; }
 
 bares=()
+batches=()
 ours=()
 singles=()
 bare_cpus=()
@@ -81,6 +84,10 @@ run_cpus=()
 rest_cpus=()
 worker_cpus=()
 for i in $(seq "$runs"); do
+    # The bare consumer reading as `run` does: partitions forwarded to a
+    # queue of its own, read with librdkafka's batch call.
+    batch_out=$("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n" --batch)
+    batch=$(echo "$batch_out" | head -1 | sed -E 's/.*: ([0-9]+) msg\/s from the assignment.*/\1/')
     broker_before=$(cpu_of "$broker_pid")
     bare_out=$( ("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n"; times) )
     bare_broker=$(echo "$(cpu_of "$broker_pid") - $broker_before" | bc -l)
@@ -92,8 +99,8 @@ for i in $(seq "$runs"); do
     drain=$(echo "$bare_line" | sed -E 's/.* ([0-9]+) msg\/s from the first message.*/\1/')
     read -r run run_cpu run_broker run_workers run_rdk run_consumer <<< "$(time_run "bench-run-$i" "$work/state-$i")"
     read -r single _ _ <<< "$(time_run "bench-single-$i" "$work/state-single-$i" 1)"
-    printf 'run %d: bare librdkafka consumer %.0f msg/s (%.0f from its first message), cohortflow run %.0f msg/s, with one worker %.0f msg/s\n' \
-        "$i" "$bare" "$drain" "$run" "$single"
+    printf 'run %d: bare librdkafka consumer %.0f msg/s (%.0f from its first message; batch read %.0f), cohortflow run %.0f msg/s, with one worker %.0f msg/s\n' \
+        "$i" "$bare" "$drain" "$batch" "$run" "$single"
     printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, of which shard workers %.1f s; broker %.1f s)\n' \
         "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" \
         "$run_workers" "$run_broker"
@@ -101,6 +108,7 @@ for i in $(seq "$runs"); do
         "$(echo "$bare_poll / $ticks" | bc -l)" "$(echo "$bare_rdk / $ticks" | bc -l)" \
         "$run_consumer" "$run_rdk" "$run_workers" "$(echo "$run_cpu - $run_workers - $run_rdk - $run_consumer" | bc -l)"
     bares+=("$bare")
+    batches+=("$batch")
     ours+=("$run")
     singles+=("$single")
     bare_cpus+=("$(per_msg "$bare_cpu" "$bare_broker")")
@@ -112,10 +120,13 @@ done
 bare=$(printf '%s\n' "${bares[@]}" | median)
 run=$(printf '%s\n' "${ours[@]}" | median)
 single=$(printf '%s\n' "${singles[@]}" | median)
+batch=$(printf '%s\n' "${batches[@]}" | median)
 bare_cpu=$(printf '%s\n' "${bare_cpus[@]}" | median)
 run_cpu=$(printf '%s\n' "${run_cpus[@]}" | median)
 printf 'median of %d: bare %.0f msg/s, cohortflow run %.0f msg/s (ratio %.2f), with one worker %.0f msg/s (ratio %.2f)\n' \
     "$runs" "$bare" "$run" "$(echo "$run / $bare" | bc -l)" "$single" "$(echo "$single / $bare" | bc -l)"
+printf 'median of %d: bare consumer with the batch read %.0f msg/s; cohortflow run to it %.2f\n' \
+    "$runs" "$batch" "$(echo "$run / $batch" | bc -l)"
 printf 'median CPU a message, consumer and broker: bare %.2f us, run %.2f us (ratio %.2f)\n' \
     "$bare_cpu" "$run_cpu" "$(echo "$bare_cpu / $run_cpu" | bc -l)"
 # Where the cores are all busy the ratio is bound by the CPU a message:

@@ -2,7 +2,8 @@
 //! a free loopback port for each test; `scripts/test.sh` installs it):
 //! the same events through `run` and `replay` give the same figures, also
 //! across `kill -9` crashes, two group members, a paused broker, dead
-//! letters and a corrupt snapshot.
+//! letters and a corrupt snapshot; and the fetch queue `run` reads
+//! messages from.
 //!
 //! The tests share two cores, so they take turns (one lock), and each has
 //! its own broker, topics and group.
@@ -13,12 +14,14 @@ use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cohortflow::source::fetch::{FetchQueue, Fetched};
 use rdkafka::Message;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -536,4 +539,117 @@ fn huge_messages_are_rejected_and_dead_lettered() {
             break;
         }
     }
+}
+
+/// Forwards each assigned partition to a fetch queue before it is
+/// assigned, as `run` does.
+struct Forwarding {
+    queue: Mutex<Option<Arc<FetchQueue>>>,
+}
+
+impl ClientContext for Forwarding {}
+
+impl ConsumerContext for Forwarding {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Ok(queue)) = (rebalance, self.queue.lock()) {
+            if let Some(queue) = queue.as_ref() {
+                assert!(queue.take_partitions(consumer, tpl), "a partition not forwarded");
+            }
+        }
+    }
+}
+
+/// Sends `range` of the fetch test's messages: message i goes to partition
+/// i % 3 with payload "payload i", key "key i" when i is even, and
+/// timestamp START + i.
+fn produce_numbered(producer: &BaseProducer, topic: &str, range: std::ops::Range<i64>) {
+    for i in range {
+        let (payload, key) = (format!("payload {i}"), format!("key {i}"));
+        let mut record = BaseRecord::to(topic).payload(&payload).partition((i % 3) as i32).timestamp(START + i);
+        if i % 2 == 0 {
+            record = record.key(&key);
+        }
+        while let Err((_, back)) = producer.send(record) {
+            producer.poll(Duration::from_millis(50));
+            record = back;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+#[test]
+fn the_fetch_queue_hands_over_every_message_in_order_many_a_call() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let topic = format!("fetch-{}", free_port());
+    broker.create_topic(&topic, 3);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    const N: i64 = 6000;
+    produce_numbered(&producer, &topic, 0..N);
+
+    let consumer: BaseConsumer<Forwarding> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("fetch-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create_with_context(Forwarding { queue: Mutex::new(None) })
+        .expect("consumer");
+    let queue = Arc::new(FetchQueue::new(&consumer).expect("a fetch queue"));
+    *consumer.context().queue.lock().expect("lock") = Some(queue.clone());
+    consumer.subscribe(&[&topic]).expect("subscribe");
+
+    let mut fetched = Fetched::with_capacity(64);
+    let mut next = [0i64; 3];
+    let (mut seen, mut calls) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen < N {
+        assert!(Instant::now() < deadline, "only {seen} of {N} messages came");
+        if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+            panic!("message {} came through the consumer's own queue", m.offset());
+        }
+        queue.consume(Duration::from_millis(100), &mut fetched);
+        assert!(fetched.len() <= 64, "more than the room given");
+        calls += usize::from(!fetched.is_empty());
+        for m in fetched.iter() {
+            let m = m.expect("no consumption error");
+            let p = usize::try_from(m.partition()).expect("a partition");
+            assert_eq!(m.offset(), next[p], "partition {p} in offset order, none missed");
+            next[p] += 1;
+            let i = m.offset() * 3 + p as i64;
+            assert_eq!(m.topic(), topic);
+            assert_eq!(m.payload(), format!("payload {i}").as_bytes());
+            assert_eq!(m.key(), (i % 2 == 0).then(|| format!("key {i}")).as_deref().map(str::as_bytes));
+            assert_eq!(m.timestamp_ms(), Some(START + i));
+            seen += 1;
+        }
+    }
+    assert_eq!(next, [N / 3; 3]);
+    assert!(calls * 4 < N as usize, "{calls} calls for {N} messages: not many a call");
+
+    // Dropped before the consumer while messages wait in it: the consumer
+    // still closes (the queue destroys them, which would otherwise hold
+    // the partitions).
+    produce_numbered(&producer, &topic, N..N + 3000);
+    let waiting = Instant::now() + Duration::from_secs(20);
+    loop {
+        queue.consume(Duration::from_millis(100), &mut fetched);
+        if !fetched.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < waiting, "the new messages never came");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(fetched);
+    consumer.context().queue.lock().expect("lock").take();
+    drop(queue);
+    let (closed, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    assert!(wait.recv_timeout(Duration::from_secs(30)).is_ok(), "the consumer did not close");
 }

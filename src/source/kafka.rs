@@ -27,10 +27,12 @@
 //!   dead-letter producer is flushed before each snapshot, so a crash can
 //!   duplicate a dead letter but never lose one.
 //!
-//! The consumer runs on its own thread with librdkafka's blocking poll and
-//! copies messages into batches per partition; `kafka.workers` threads
-//! apply them, a partition always on the same one. The rebalance callback
-//! runs inside the poll on the consumer thread. Locks are taken in one
+//! The consumer runs on its own thread. It reads messages many at a call
+//! from a fetch queue that each partition is forwarded to when assigned
+//! ([`crate::source::fetch`]), polls the consumer's own queue for events
+//! between calls, and copies messages into batches per partition;
+//! `kafka.workers` threads apply them, a partition always on the same one.
+//! The rebalance callback runs inside the poll on the consumer thread. Locks are taken in one
 //! order: the background round, the shard map, then shards.
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,7 +47,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -57,6 +59,7 @@ use crate::config::{Config, EngineConfig, KafkaConfig};
 use crate::engine::figures::Figures;
 use crate::engine::{Engine, merge};
 use crate::export::{PartitionStatus, Published, SourceStatus};
+use crate::source::fetch::{FetchQueue, Fetched, FetchedMessage};
 
 /// Errors that stop the source.
 #[derive(Debug, thiserror::Error)]
@@ -153,11 +156,18 @@ struct Shared {
     last_snapshot: Mutex<Option<(f64, f64, u64)>>,
     /// The snapshot round being written in the background, if any.
     writing: Mutex<Option<JoinHandle<Round>>>,
+    /// Where assigned partitions' messages go (see [`crate::source::fetch`]); taken
+    /// away before the consumer is dropped.
+    fetch: Mutex<Option<Arc<FetchQueue>>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Tp, Slot>> {
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fetch_queue(&self) -> Option<Arc<FetchQueue>> {
+        self.fetch.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Locks the given live shards (all when `only` is None), then
@@ -419,6 +429,11 @@ impl ConsumerContext for Context {
                     // Detached shards not handed back belong to someone else now.
                     shards.retain(|_, slot| !matches!(slot, Slot::Detached(_)));
                 }
+                if let Some(queue) = self.shared.fetch_queue() {
+                    if !queue.take_partitions(consumer, tpl) {
+                        warn!("a partition's queue cannot be had: its messages are read one at a time");
+                    }
+                }
                 self.shared.rebalances.fetch_add(1, Ordering::Relaxed);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
@@ -571,6 +586,8 @@ const BATCH_MESSAGES: usize = 512;
 /// are large (a run of oversized ones on their way to the dead-letter
 /// topic, say) to 64 MiB and one message a batch.
 const BATCH_BYTES: usize = 1 << 20;
+/// Messages taken from the fetch queue a call.
+const FETCH_MESSAGES: usize = 512;
 /// How often the consumer thread looks at its timers (snapshots, lag
 /// probes, publishing).
 const TICK: Duration = Duration::from_millis(10);
@@ -730,10 +747,18 @@ pub fn run(
         snapshot_failures: AtomicU64::new(0),
         last_snapshot: Mutex::new(None),
         writing: Mutex::new(None),
+        fetch: Mutex::new(None),
     });
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
     let consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
+    // Before the subscription, so that every assigned partition is
+    // forwarded to it.
+    let fetch_queue = FetchQueue::new(&consumer).map(Arc::new);
+    if fetch_queue.is_none() {
+        warn!("no fetch queue: messages read one at a time");
+    }
+    *shared.fetch.lock().unwrap_or_else(|p| p.into_inner()) = fetch_queue.clone();
     let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let workers = Workers::start(kafka.workers, &shared).map_err(SourceError::Thread)?;
@@ -744,93 +769,72 @@ pub fn run(
     let mut last_probe = last_snapshot;
     let mut next_tick = last_snapshot;
     let mut lags: HashMap<Tp, i64> = HashMap::new();
-    // Partitions read since the last rebalance, with their batches.
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut filling = Filling {
+        shared: &shared,
+        workers: &workers,
+        pending: Vec::new(),
+        last: 0,
+        one_topic: kafka.topics.len() == 1,
+    };
+    let mut fetched = Fetched::with_capacity(FETCH_MESSAGES);
     let mut seen_rebalances = shared.rebalances.load(Ordering::Relaxed);
-    // With one topic, a message's partition alone finds its batch (reading
-    // a message's topic name costs a string length and a UTF-8 check).
-    let one_topic = kafka.topics.len() == 1;
-    // The batch the last message went to: messages come in runs of one
-    // partition.
-    let mut last = 0;
     // Messages since the clock was last read.
-    let mut unclocked = 0u32;
+    let mut unclocked = 0usize;
     let result = loop {
-        let filling = pending.iter().any(|p| !p.batch.messages.is_empty());
-        let polled = consumer.poll(if filling { Duration::ZERO } else { Duration::from_millis(100) });
+        // Waits for a message only when no batch is filling: one that is
+        // is handed over as soon as nothing more is waiting.
+        let wait = if filling.any() { Duration::ZERO } else { Duration::from_millis(100) };
+        // Events (rebalances, errors, commits), and messages only where no
+        // fetch queue took their partition. With a fetch queue the wait is
+        // on it, so an event waits up to 100 ms when no message comes.
+        let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { wait });
         let rebalances = shared.rebalances.load(Ordering::Relaxed);
         if rebalances != seen_rebalances {
-            // Batches of revoked partitions are dropped by their shards.
             seen_rebalances = rebalances;
-            if let Err(e) = pending.iter_mut().try_for_each(|p| workers.send(p)) {
+            if let Err(e) = filling.restart() {
                 break Err(e);
             }
-            pending.clear();
         }
-        let message = matches!(polled, Some(Ok(_)));
+        let mut came = 0;
         match polled {
-            None => {
-                if let Err(e) = pending.iter_mut().try_for_each(|p| workers.send(p)) {
+            None => {}
+            Some(Err(e)) => warn!(error = %e, "consume error"),
+            Some(Ok(msg)) => {
+                came += 1;
+                if let Err(e) = filling.accept(&msg) {
                     break Err(e);
                 }
             }
-            Some(Err(e)) => warn!(error = %e, "consume error"),
-            Some(Ok(msg)) => {
-                // Read first: a store for every message would dirty a
-                // line the other threads read (not measured apart).
-                if shared.brokers_down.load(Ordering::Relaxed) {
-                    shared.brokers_down.store(false, Ordering::Relaxed);
+        }
+        if let Some(queue) = &fetch_queue {
+            queue.consume(wait, &mut fetched);
+            came += fetched.len();
+            if let Err(e) = fetched.iter().try_for_each(|m| match m {
+                Ok(m) => filling.accept(&m),
+                Err(e) => {
+                    warn!(error = %e, "consume error");
+                    Ok(())
                 }
-                let partition = msg.partition();
-                let holds = |p: &Pending| p.tp.partition == partition && (one_topic || p.tp.topic == msg.topic());
-                let mut found = match pending.get(last) {
-                    Some(p) if holds(p) => Some(last),
-                    _ => pending.iter().position(holds),
-                };
-                if found.is_none() {
-                    let tp = Tp { topic: msg.topic().to_owned(), partition: msg.partition() };
-                    let shard = match shared.lock().get(&tp) {
-                        Some(Slot::Live(shard)) => Some(shard.clone()),
-                        _ => None,
-                    };
-                    if let Some(shard) = shard {
-                        let worker = (tp.partition.unsigned_abs() as usize) % workers.queues.len();
-                        pending.push(Pending { tp, shard, worker, batch: workers.batch() });
-                        found = Some(pending.len() - 1);
-                    }
-                }
-                // A message of a partition this member does not hold is dropped.
-                if let Some(at) = found {
-                    last = at;
-                    let p = &mut pending[at];
-                    let payload = msg.payload().unwrap_or(b"");
-                    let from = p.batch.bytes.len();
-                    p.batch.bytes.extend_from_slice(payload);
-                    let key = msg.key().map(|k| {
-                        let at = p.batch.bytes.len();
-                        p.batch.bytes.extend_from_slice(k);
-                        at..at + k.len()
-                    });
-                    p.batch.messages.push(Queued {
-                        offset: msg.offset(),
-                        timestamp_ms: msg.timestamp().to_millis(),
-                        payload: from..from + payload.len(),
-                        key,
-                    });
-                    if p.batch.full() {
-                        if let Err(e) = workers.send(p) {
-                            break Err(e);
-                        }
-                    }
-                }
+            }) {
+                break Err(e);
             }
+            fetched.clear();
+        }
+        if came == 0 {
+            if let Err(e) = filling.hand_over() {
+                break Err(e);
+            }
+        } else if shared.brokers_down.load(Ordering::Relaxed) {
+            // Read first: a store for every batch would dirty a line the
+            // other threads read (not measured apart).
+            shared.brokers_down.store(false, Ordering::Relaxed);
         }
 
         // Shutdown and timers: the token (a lock) and the clock are read
-        // once every 64 messages (or when a poll returns none), the rest
+        // once every 64 messages or more (or when none came), the rest
         // once a tick.
-        unclocked += 1;
-        if message && unclocked < 64 {
+        unclocked += came;
+        if came > 0 && unclocked < 64 {
             continue;
         }
         unclocked = 0;
@@ -861,11 +865,148 @@ pub fn run(
         }
     };
     info!("shutting down: final snapshot and commit");
-    let handed = pending.iter_mut().try_for_each(|p| workers.send(p));
+    let handed = filling.hand_over();
+    drop(filling);
     workers.finish();
     checkpoint_all(&consumer, &shared);
     publish(&shared, &published, &lags);
+    // The fetch queue goes before the consumer: its close would otherwise
+    // wait on the messages the queue holds.
+    shared.fetch.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(fetched);
+    drop(fetch_queue);
     result.and(handed)
+}
+
+/// What the consumer thread reads of a message, from either queue.
+trait Incoming {
+    fn partition(&self) -> i32;
+    fn topic(&self) -> &str;
+    fn offset(&self) -> i64;
+    fn timestamp_ms(&self) -> Option<i64>;
+    fn payload(&self) -> &[u8];
+    fn key(&self) -> Option<&[u8]>;
+}
+
+impl Incoming for FetchedMessage<'_> {
+    fn partition(&self) -> i32 {
+        FetchedMessage::partition(self)
+    }
+    fn topic(&self) -> &str {
+        FetchedMessage::topic(self)
+    }
+    fn offset(&self) -> i64 {
+        FetchedMessage::offset(self)
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        FetchedMessage::timestamp_ms(self)
+    }
+    fn payload(&self) -> &[u8] {
+        FetchedMessage::payload(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        FetchedMessage::key(self)
+    }
+}
+
+impl Incoming for BorrowedMessage<'_> {
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        Message::timestamp(self).to_millis()
+    }
+    fn payload(&self) -> &[u8] {
+        Message::payload(self).unwrap_or_default()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+}
+
+/// The consumer thread's batches being filled: one for each partition
+/// read since the last rebalance.
+struct Filling<'a> {
+    shared: &'a Shared,
+    workers: &'a Workers,
+    pending: Vec<Pending>,
+    /// The batch the last message went to: messages come in runs of one
+    /// partition.
+    last: usize,
+    /// With one topic, a message's partition alone finds its batch
+    /// (reading a message's topic name costs a string length and a UTF-8
+    /// check).
+    one_topic: bool,
+}
+
+impl Filling<'_> {
+    /// Whether any batch holds a message.
+    fn any(&self) -> bool {
+        self.pending.iter().any(|p| !p.batch.messages.is_empty())
+    }
+
+    /// Hands every batch that holds a message over.
+    fn hand_over(&mut self) -> Result<(), SourceError> {
+        let workers = self.workers;
+        self.pending.iter_mut().try_for_each(|p| workers.send(p))
+    }
+
+    /// After a rebalance: hands the batches over and looks each
+    /// partition's shard up again at its next message (batches of revoked
+    /// partitions are dropped by their shards).
+    fn restart(&mut self) -> Result<(), SourceError> {
+        let handed = self.hand_over();
+        self.pending.clear();
+        handed
+    }
+
+    /// Copies a message into its partition's batch, handing the batch
+    /// over when it is full. A message of a partition this member does
+    /// not hold is dropped.
+    fn accept(&mut self, msg: &impl Incoming) -> Result<(), SourceError> {
+        let partition = msg.partition();
+        let one_topic = self.one_topic;
+        let holds = |p: &Pending| p.tp.partition == partition && (one_topic || p.tp.topic == msg.topic());
+        let at = match self.pending.get(self.last) {
+            Some(p) if holds(p) => self.last,
+            _ => match self.pending.iter().position(holds) {
+                Some(at) => at,
+                None => {
+                    let tp = Tp { topic: msg.topic().to_owned(), partition };
+                    let shard = match self.shared.lock().get(&tp) {
+                        Some(Slot::Live(shard)) => shard.clone(),
+                        _ => return Ok(()),
+                    };
+                    let worker = (tp.partition.unsigned_abs() as usize) % self.workers.queues.len();
+                    self.pending.push(Pending { tp, shard, worker, batch: self.workers.batch() });
+                    self.pending.len() - 1
+                }
+            },
+        };
+        self.last = at;
+        let p = &mut self.pending[at];
+        let payload = msg.payload();
+        let from = p.batch.bytes.len();
+        p.batch.bytes.extend_from_slice(payload);
+        let key = msg.key().map(|k| {
+            let at = p.batch.bytes.len();
+            p.batch.bytes.extend_from_slice(k);
+            at..at + k.len()
+        });
+        p.batch.messages.push(Queued {
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp_ms(),
+            payload: from..from + payload.len(),
+            key,
+        });
+        if p.batch.full() { self.workers.send(p) } else { Ok(()) }
+    }
 }
 
 /// The last snapshots, written here and now (at shutdown).

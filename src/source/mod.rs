@@ -2,6 +2,7 @@
 //! built-in traffic generator (`demo`).
 
 pub mod demo;
+pub mod fetch;
 pub mod file;
 pub mod kafka;
 pub mod loadgen;

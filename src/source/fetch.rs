@@ -1,0 +1,255 @@
+//! Fetched messages read many at a call: librdkafka's batch read, on a
+//! queue of the consumer's own that holds its partitions' messages apart
+//! from its events.
+//!
+//! rdkafka's [`BaseConsumer::poll`] hands over one message a call, and
+//! each call reads the clock three times (once in rdkafka, twice in
+//! librdkafka's poll accounting), takes the queue's lock and allocates a
+//! reference count for the message's event: a quarter of the Kafka path's
+//! consumer thread went to the clock alone (BENCHMARKS.md).
+//! `rd_kafka_consume_batch_queue` hands over every message waiting, up to
+//! a slice, at one call's cost. It cannot read the consumer's own queue,
+//! though: a rebalance waiting there would be served by librdkafka itself
+//! (a plain assignment, without the application's callback, so without
+//! the snapshot restore). So each partition's queue is forwarded, before
+//! the partition is assigned, to a [`FetchQueue`], which then holds
+//! messages only (and a partition's consumption errors); rebalances,
+//! errors and commits stay on the consumer's queue, served by rdkafka's
+//! poll.
+//!
+//! rdkafka has no safe interface for these calls, so this is the one
+//! module of the project with `unsafe` code, each block with the contract
+//! it relies on. librdkafka's queues and messages are safe to use from any
+//! thread; a queue must be dropped before its consumer, and every message
+//! handed over is destroyed here.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use rdkafka::bindings as rd;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+
+/// A queue of fetched messages, fed by the partitions forwarded to it.
+///
+/// Drop it before its consumer: it then stops taking messages and
+/// destroys those it holds, which would otherwise keep the consumer's
+/// partitions, and so its close, waiting.
+pub struct FetchQueue {
+    queue: NonNull<rd::rd_kafka_queue_t>,
+}
+
+// SAFETY: a librdkafka queue handle may be used from any thread: every
+// operation on it takes the queue's own lock.
+unsafe impl Send for FetchQueue {}
+// SAFETY: as above; no method needs exclusive access.
+unsafe impl Sync for FetchQueue {}
+
+impl FetchQueue {
+    /// A new, empty queue of `consumer`'s client; `None` if librdkafka
+    /// cannot make one.
+    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<FetchQueue> {
+        // SAFETY: the client pointer is live while `consumer` is; the
+        // returned handle is owned here and destroyed in `drop`.
+        let queue = unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) };
+        NonNull::new(queue).map(|queue| FetchQueue { queue })
+    }
+
+    /// Forwards a partition's fetched messages to this queue from now on,
+    /// for as long as the consumer lives (a partition assigned again
+    /// keeps it). Call it before the partition is assigned, so that none
+    /// of its messages goes to the consumer's queue first. False when the
+    /// partition's queue cannot be had (a topic name holding a NUL byte):
+    /// its messages then come through the consumer's poll.
+    pub fn take_partition<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> bool {
+        let Ok(topic) = CString::new(topic) else {
+            return false;
+        };
+        // SAFETY: the client pointer is live while `consumer` is, and
+        // `topic` is a NUL-terminated string that outlives the call.
+        let source =
+            unsafe { rd::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition) };
+        if source.is_null() {
+            return false;
+        }
+        // SAFETY: both handles are live. The forwarding holds a reference
+        // to this queue of its own, so the partition's handle (a reference,
+        // not the owner) can be destroyed at once.
+        unsafe {
+            rd::rd_kafka_queue_forward(source, self.queue.as_ptr());
+            rd::rd_kafka_queue_destroy(source);
+        }
+        true
+    }
+
+    /// [`FetchQueue::take_partition`] for each partition of a list (an
+    /// assignment); false if any was not taken.
+    pub fn take_partitions<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        partitions: &TopicPartitionList,
+    ) -> bool {
+        let elements = partitions.elements();
+        // Every one is tried, whatever came before.
+        let taken = elements.iter().filter(|e| self.take_partition(consumer, e.topic(), e.partition())).count();
+        taken == elements.len()
+    }
+
+    /// Replaces `into`'s messages with those waiting here, as many as it
+    /// holds; when none is waiting, waits up to `timeout` for the first
+    /// (and returns as soon as it comes, with whatever came with it).
+    pub fn consume(&self, timeout: Duration, into: &mut Fetched) {
+        into.clear();
+        let room = into.messages.capacity();
+        let buffer = into.messages.as_mut_ptr();
+        // librdkafka's batch call, given a timeout, waits until the slice is
+        // full or the time is up: one message is waited for, then the rest
+        // taken without waiting.
+        let first = if timeout.is_zero() {
+            0
+        } else {
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: the queue is live and `buffer` has room for `room` (at
+            // least one) message pointers, of which librdkafka writes at
+            // most 1 and returns how many (or -1 on error).
+            let got = unsafe { rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), ms, buffer, 1) };
+            usize::try_from(got).unwrap_or(0)
+        };
+        // SAFETY: as above, writing after the `first` pointers already
+        // there, at most the room left.
+        let rest = unsafe { rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, buffer.add(first), room - first) };
+        let got = first + usize::try_from(rest).unwrap_or(0);
+        // SAFETY: librdkafka wrote `got` valid message pointers, each now
+        // owned by `into`, which destroys them.
+        unsafe { into.messages.set_len(got) };
+    }
+}
+
+impl Drop for FetchQueue {
+    fn drop(&mut self) {
+        // SAFETY: the handle is owned here and used no more. As its owner
+        // this disables the queue and destroys the messages it holds; the
+        // partitions still forwarded to it keep what is left of it alive.
+        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) }
+    }
+}
+
+/// Messages taken from a [`FetchQueue`], destroyed when replaced, cleared
+/// or dropped.
+pub struct Fetched {
+    /// Each pointer is a live message owned by this value.
+    messages: Vec<*mut rd::rd_kafka_message_t>,
+}
+
+impl Fetched {
+    /// Room for `n` messages a call (at least one).
+    pub fn with_capacity(n: usize) -> Fetched {
+        Fetched { messages: Vec::with_capacity(n.max(1)) }
+    }
+
+    /// How many messages are held.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether no message is held.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The messages, in the order they were fetched (a partition's in
+    /// offset order); `Err` for a partition's consumption error.
+    pub fn iter(&self) -> impl Iterator<Item = Result<FetchedMessage<'_>, KafkaError>> {
+        self.messages.iter().map(|&m| {
+            // SAFETY: every held pointer is a live message until `clear`,
+            // which needs `&mut self`, so not while this borrow lasts.
+            let m = unsafe { &*m };
+            match m.err {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(FetchedMessage { m }),
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__PARTITION_EOF => Err(KafkaError::PartitionEOF(m.partition)),
+                e => Err(KafkaError::MessageConsumption(e.into())),
+            }
+        })
+    }
+
+    /// Destroys the messages held.
+    pub fn clear(&mut self) {
+        for m in self.messages.drain(..) {
+            // SAFETY: each pointer is a live message owned here, destroyed
+            // once: `drain` removes it.
+            unsafe { rd::rd_kafka_message_destroy(m) }
+        }
+    }
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// One fetched message, borrowed from [`Fetched`].
+pub struct FetchedMessage<'a> {
+    m: &'a rd::rd_kafka_message_t,
+}
+
+impl<'a> FetchedMessage<'a> {
+    /// The partition it was read from.
+    pub fn partition(&self) -> i32 {
+        self.m.partition
+    }
+
+    /// Its offset in the partition.
+    pub fn offset(&self) -> i64 {
+        self.m.offset
+    }
+
+    /// Its topic's name (empty if it is not UTF-8, which Kafka's topic
+    /// names always are).
+    pub fn topic(&self) -> &'a str {
+        // SAFETY: a fetched message's topic handle is live while the
+        // message is, and its name is a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(self.m.rkt)) };
+        name.to_str().unwrap_or_default()
+    }
+
+    /// Its payload (empty for none).
+    pub fn payload(&self) -> &'a [u8] {
+        // SAFETY: librdkafka's payload is `len` bytes, live while the
+        // message is; null only when there is none.
+        unsafe { bytes(self.m.payload, self.m.len) }.unwrap_or_default()
+    }
+
+    /// Its key, if it has one.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        // SAFETY: as for the payload.
+        unsafe { bytes(self.m.key, self.m.key_len) }
+    }
+
+    /// Its timestamp (create or log-append time), in epoch milliseconds,
+    /// if it has one.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: the message is live; librdkafka only reads it and writes
+        // the type.
+        let ms = unsafe { rd::rd_kafka_message_timestamp(self.m, &mut kind) };
+        let none = ms == -1 || kind == rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        (!none).then_some(ms)
+    }
+}
+
+/// The `len` bytes at `ptr`, or `None` for a null pointer.
+///
+/// # Safety
+///
+/// A non-null `ptr` must point to `len` initialised bytes that live and
+/// stay unchanged for `'a`.
+unsafe fn bytes<'a>(ptr: *const std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
+    // SAFETY: the caller's contract.
+    (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+}
