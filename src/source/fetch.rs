@@ -37,9 +37,11 @@ use rdkafka::types::RDKafkaRespErr;
 
 /// A queue of fetched messages, fed by the partitions forwarded to it.
 ///
-/// Drop it before its consumer: it then stops taking messages and
-/// destroys those it holds, which would otherwise keep the consumer's
-/// partitions, and so its close, waiting.
+/// Drop it, and every [`Fetched`] holding its messages, before its
+/// consumer: it then stops taking messages and destroys those it holds,
+/// which would otherwise keep the consumer's partitions, and so its close,
+/// waiting for ever (the fetch queue's integration test checks this
+/// order; the other one hangs).
 pub struct FetchQueue {
     queue: NonNull<rd::rd_kafka_queue_t>,
 }

@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -156,9 +156,11 @@ struct Shared {
     last_snapshot: Mutex<Option<(f64, f64, u64)>>,
     /// The snapshot round being written in the background, if any.
     writing: Mutex<Option<JoinHandle<Round>>>,
-    /// Where assigned partitions' messages go (see [`crate::source::fetch`]); taken
-    /// away before the consumer is dropped.
-    fetch: Mutex<Option<Arc<FetchQueue>>>,
+    /// Where assigned partitions' messages go (see [`crate::source::fetch`]).
+    /// `run` owns the queue and drops it before the consumer (whose close
+    /// would wait for ever on the messages the queue holds); the callback
+    /// only borrows it.
+    fetch: OnceLock<Weak<FetchQueue>>,
 }
 
 impl Shared {
@@ -167,7 +169,7 @@ impl Shared {
     }
 
     fn fetch_queue(&self) -> Option<Arc<FetchQueue>> {
-        self.fetch.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.fetch.get().and_then(Weak::upgrade)
     }
 
     /// Locks the given live shards (all when `only` is None), then
@@ -747,18 +749,20 @@ pub fn run(
         snapshot_failures: AtomicU64::new(0),
         last_snapshot: Mutex::new(None),
         writing: Mutex::new(None),
-        fetch: Mutex::new(None),
+        fetch: OnceLock::new(),
     });
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
     let consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
     // Before the subscription, so that every assigned partition is
-    // forwarded to it.
+    // forwarded to it; declared after the consumer, so dropped before it.
     let fetch_queue = FetchQueue::new(&consumer).map(Arc::new);
-    if fetch_queue.is_none() {
-        warn!("no fetch queue: messages read one at a time");
+    match &fetch_queue {
+        Some(queue) => {
+            let _ = shared.fetch.set(Arc::downgrade(queue));
+        }
+        None => warn!("no fetch queue: messages read one at a time"),
     }
-    *shared.fetch.lock().unwrap_or_else(|p| p.into_inner()) = fetch_queue.clone();
     let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let workers = Workers::start(kafka.workers, &shared).map_err(SourceError::Thread)?;
@@ -870,11 +874,6 @@ pub fn run(
     workers.finish();
     checkpoint_all(&consumer, &shared);
     publish(&shared, &published, &lags);
-    // The fetch queue goes before the consumer: its close would otherwise
-    // wait on the messages the queue holds.
-    shared.fetch.lock().unwrap_or_else(|p| p.into_inner()).take();
-    drop(fetched);
-    drop(fetch_queue);
     result.and(handed)
 }
 
