@@ -88,6 +88,7 @@ for i in $(seq "$runs"); do
     # queue of its own, read with librdkafka's batch call.
     batch_out=$("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n" --batch)
     batch=$(echo "$batch_out" | head -1 | sed -E 's/.*: ([0-9]+) msg\/s from the assignment.*/\1/')
+    read -r batch_rdk batch_poll <<< "$(echo "$batch_out" | sed -n 2p | sed -E 's/.*threads ([0-9]+), the others ([0-9]+)/\1 \2/')"
     broker_before=$(cpu_of "$broker_pid")
     bare_out=$( ("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n"; times) )
     bare_broker=$(echo "$(cpu_of "$broker_pid") - $broker_before" | bc -l)
@@ -104,8 +105,9 @@ for i in $(seq "$runs"); do
     printf '       CPU a message: bare %.2f us (consumer %.1f s, broker %.1f s), run %.2f us (daemon %.1f s, of which shard workers %.1f s; broker %.1f s)\n' \
         "$(per_msg "$bare_cpu" "$bare_broker")" "$bare_cpu" "$bare_broker" "$(per_msg "$run_cpu" "$run_broker")" "$run_cpu" \
         "$run_workers" "$run_broker"
-    printf '       by thread: bare polling thread %.1f s, librdkafka %.1f s; run consumer thread %.1f s, librdkafka %.1f s, shard workers %.1f s, the rest (start, HTTP, runtime) %.1f s\n' \
+    printf '       by thread: bare polling thread %.1f s, librdkafka %.1f s (batch read: %.1f s, %.1f s); run consumer thread %.1f s, librdkafka %.1f s, shard workers %.1f s, the rest (start, HTTP, runtime) %.1f s\n' \
         "$(echo "$bare_poll / $ticks" | bc -l)" "$(echo "$bare_rdk / $ticks" | bc -l)" \
+        "$(echo "$batch_poll / $ticks" | bc -l)" "$(echo "$batch_rdk / $ticks" | bc -l)" \
         "$run_consumer" "$run_rdk" "$run_workers" "$(echo "$run_cpu - $run_workers - $run_rdk - $run_consumer" | bc -l)"
     bares+=("$bare")
     batches+=("$batch")

@@ -29,6 +29,8 @@ kill -INT "$perf_pid"
 wait "$perf_pid" || true
 perf_pid=
 echo "by thread (share of all samples):"
-perf report -i "$data" --no-children --sort comm -g none 2> /dev/null | grep -v '^#' | grep -v '^$' | head -8
+# awk, not head, reads to the end: with pipefail, head's early exit would
+# fail the script (SIGPIPE).
+perf report -i "$data" --no-children --sort comm -g none 2> /dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 8'
 echo "by thread and function:"
-perf report -i "$data" --no-children --sort comm,sym -g none 2> /dev/null | grep -v '^#' | grep -v '^$' | head -40
+perf report -i "$data" --no-children --sort comm,sym -g none 2> /dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 40'
