@@ -10,7 +10,9 @@ target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
 work=$(mktemp -d)
 broker_pid=
-trap 'kill ${broker_pid:-} ${daemon_pid:-} ${perf_pid:-} 2> /dev/null; rm -rf "$work"' EXIT
+# The processes are waited for before their directory goes: a daemon
+# writes its last snapshot there as it stops.
+trap 'kill ${broker_pid:-} ${daemon_pid:-} ${perf_pid:-} 2> /dev/null; wait ${daemon_pid:-} ${perf_pid:-} ${broker_pid:-} 2> /dev/null; rm -rf "$work" || true' EXIT
 
 start_broker() { # STORAGE_NAME
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
