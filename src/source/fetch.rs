@@ -122,9 +122,13 @@ impl FetchQueue {
             let got = unsafe { rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), ms, buffer, 1) };
             usize::try_from(got).unwrap_or(0)
         };
-        // SAFETY: as above, writing after the `first` pointers already
-        // there, at most the room left.
-        let rest = unsafe { rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, buffer.add(first), room - first) };
+        let rest = if room > first {
+            // SAFETY: as above, writing after the `first` pointers already
+            // there, at most the room left.
+            unsafe { rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, buffer.add(first), room - first) }
+        } else {
+            0
+        };
         let got = first + usize::try_from(rest).unwrap_or(0);
         // SAFETY: librdkafka wrote `got` valid message pointers, each now
         // owned by `into`, which destroys them.
