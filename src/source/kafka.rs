@@ -787,11 +787,11 @@ pub fn run(
     let result = loop {
         // Waits for a message only when no batch is filling: one that is
         // is handed over as soon as nothing more is waiting.
-        let wait = if filling.any() { Duration::ZERO } else { Duration::from_millis(100) };
+        let wait = |filling: &Filling<'_>| if filling.any() { Duration::ZERO } else { Duration::from_millis(100) };
         // Events (rebalances, errors, commits), and messages only where no
         // fetch queue took their partition. With a fetch queue the wait is
         // on it, so an event waits up to 100 ms when no message comes.
-        let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { wait });
+        let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { wait(&filling) });
         let rebalances = shared.rebalances.load(Ordering::Relaxed);
         if rebalances != seen_rebalances {
             seen_rebalances = rebalances;
@@ -811,7 +811,7 @@ pub fn run(
             }
         }
         if let Some(queue) = &fetch_queue {
-            queue.consume(wait, &mut fetched);
+            queue.consume(wait(&filling), &mut fetched);
             came += fetched.len();
             if let Err(e) = fetched.iter().try_for_each(|m| match m {
                 Ok(m) => filling.accept(&m),
