@@ -15,7 +15,7 @@
 //!
 //!     cargo run --release --example bare_consumer -- BROKERS TOPIC N [--batch]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -23,23 +23,21 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
-use cohortflow::source::fetch::{FetchQueue, Fetched};
+use cohortflow::source::fetch::FetchQueue;
 
 /// Notes when partitions are first assigned, and forwards them to the
 /// fetch queue, if any.
 struct Timer {
     assigned: Mutex<Option<Instant>>,
-    fetch: Mutex<Option<Arc<FetchQueue>>>,
+    fetch: OnceLock<Weak<FetchQueue<Timer>>>,
 }
 
 impl ClientContext for Timer {}
 
 impl ConsumerContext for Timer {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(tpl), Ok(fetch)) = (rebalance, self.fetch.lock()) {
-            if let Some(queue) = fetch.as_ref() {
-                queue.take_partitions(consumer, tpl);
-            }
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Some(queue)) = (rebalance, self.fetch.get().and_then(Weak::upgrade)) {
+            queue.take_partitions(tpl);
         }
     }
 
@@ -58,21 +56,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: bare_consumer BROKERS TOPIC N [--batch]".into()),
     };
     let n: u64 = n.parse()?;
-    let consumer: BaseConsumer<Timer> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bare-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.queue.backoff.ms", "20")
-        .set("fetch.wait.max.ms", "100")
-        .create_with_context(Timer { assigned: Mutex::new(None), fetch: Mutex::new(None) })?;
+    let consumer: Arc<BaseConsumer<Timer>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("bare-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("fetch.queue.backoff.ms", "20")
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(Timer { assigned: Mutex::new(None), fetch: OnceLock::new() })?,
+    );
     let queue = if batch { Some(Arc::new(FetchQueue::new(&consumer).ok_or("no fetch queue")?)) } else { None };
-    if let Ok(mut fetch) = consumer.context().fetch.lock() {
-        fetch.clone_from(&queue);
+    if let Some(queue) = &queue {
+        let _ = consumer.context().fetch.set(Arc::downgrade(queue));
     }
     consumer.subscribe(&[topic])?;
-    let mut fetched = Fetched::with_capacity(512);
     let mut seen = 0u64;
     let mut bytes = 0u64;
     let mut first = None;
@@ -82,8 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(Ok(_)) = consumer.poll(Duration::ZERO) {
                 seen += 1;
             }
-            queue.consume(Duration::from_millis(100), &mut fetched);
-            for m in fetched.iter() {
+            for m in queue.consume(Duration::from_millis(100), 512).iter() {
                 match m {
                     Ok(m) => {
                         first.get_or_insert_with(Instant::now);
@@ -106,12 +104,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let end = Instant::now();
-    // The fetch queue goes before the consumer (see its documentation).
-    drop(fetched);
-    if let Ok(mut fetch) = consumer.context().fetch.lock() {
-        fetch.take();
-    }
-    drop(queue);
     let assigned = consumer.context().assigned.lock().ok().and_then(|a| *a).ok_or("never assigned")?;
     let rate = |from: Instant| seen as f64 / end.duration_since(from).as_secs_f64();
     println!(

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use cohortflow::source::fetch::{FetchQueue, Fetched};
+use cohortflow::source::fetch::FetchQueue;
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -544,17 +544,15 @@ fn huge_messages_are_rejected_and_dead_lettered() {
 /// Forwards each assigned partition to a fetch queue before it is
 /// assigned, as `run` does.
 struct Forwarding {
-    queue: Mutex<Option<Arc<FetchQueue>>>,
+    queue: OnceLock<Weak<FetchQueue<Forwarding>>>,
 }
 
 impl ClientContext for Forwarding {}
 
 impl ConsumerContext for Forwarding {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(tpl), Ok(queue)) = (rebalance, self.queue.lock()) {
-            if let Some(queue) = queue.as_ref() {
-                assert!(queue.take_partitions(consumer, tpl), "a partition not forwarded");
-            }
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Some(queue)) = (rebalance, self.queue.get().and_then(Weak::upgrade)) {
+            assert!(queue.take_partitions(tpl), "a partition not forwarded");
         }
     }
 }
@@ -591,18 +589,19 @@ fn the_fetch_queue_hands_over_every_message_in_order_many_a_call() {
     const N: i64 = 6000;
     produce_numbered(&producer, &topic, 0..N);
 
-    let consumer: BaseConsumer<Forwarding> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", format!("fetch-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create_with_context(Forwarding { queue: Mutex::new(None) })
-        .expect("consumer");
+    let consumer: Arc<BaseConsumer<Forwarding>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .set("group.id", format!("fetch-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create_with_context(Forwarding { queue: OnceLock::new() })
+            .expect("consumer"),
+    );
     let queue = Arc::new(FetchQueue::new(&consumer).expect("a fetch queue"));
-    *consumer.context().queue.lock().expect("lock") = Some(queue.clone());
+    assert!(consumer.context().queue.set(Arc::downgrade(&queue)).is_ok());
     consumer.subscribe(&[&topic]).expect("subscribe");
 
-    let mut fetched = Fetched::with_capacity(64);
     let mut next = [0i64; 3];
     let (mut seen, mut calls) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -611,7 +610,7 @@ fn the_fetch_queue_hands_over_every_message_in_order_many_a_call() {
         if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
             panic!("message {} came through the consumer's own queue", m.offset());
         }
-        queue.consume(Duration::from_millis(100), &mut fetched);
+        let fetched = queue.consume(Duration::from_millis(100), 64);
         assert!(fetched.len() <= 64, "more than the room given");
         calls += usize::from(!fetched.is_empty());
         for m in fetched.iter() {
@@ -630,25 +629,20 @@ fn the_fetch_queue_hands_over_every_message_in_order_many_a_call() {
     assert_eq!(next, [N / 3; 3]);
     assert!(calls * 4 < N as usize, "{calls} calls for {N} messages: not many a call");
 
-    // Dropped before the consumer while messages wait in it: the consumer
-    // still closes (the queue destroys them, which would otherwise hold
-    // the partitions).
+    // With messages waiting in the queue, the consumer's reference is
+    // dropped first, then the queue's: the queue destroys its messages
+    // (which would otherwise hold the partitions, and the consumer's close
+    // with them), then lets the consumer close.
     produce_numbered(&producer, &topic, N..N + 3000);
     let waiting = Instant::now() + Duration::from_secs(20);
-    loop {
-        queue.consume(Duration::from_millis(100), &mut fetched);
-        if !fetched.is_empty() {
-            break;
-        }
+    while queue.consume(Duration::from_millis(100), 1).is_empty() {
         assert!(Instant::now() < waiting, "the new messages never came");
     }
     std::thread::sleep(Duration::from_millis(500));
-    drop(fetched);
-    consumer.context().queue.lock().expect("lock").take();
-    drop(queue);
     let (closed, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(consumer);
+        drop(queue);
         let _ = closed.send(());
     });
     assert!(wait.recv_timeout(Duration::from_secs(30)).is_ok(), "the consumer did not close");

@@ -20,13 +20,18 @@
 //! rdkafka has no safe interface for these calls, so this is the one
 //! module of the project with `unsafe` code, each block with the contract
 //! it relies on. librdkafka's queues and messages are safe to use from any
-//! thread; a queue must be dropped before its consumer, and every message
-//! handed over is destroyed here.
+//! thread. A queue must go before its consumer, and so must the messages
+//! taken from it: the consumer's close would otherwise wait for ever on
+//! the partitions they hold (checked: it does). Here the queue keeps its
+//! consumer alive, and the messages borrow the queue, so no order of drops
+//! can get that wrong.
 
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
+use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -37,29 +42,31 @@ use rdkafka::types::RDKafkaRespErr;
 
 /// A queue of fetched messages, fed by the partitions forwarded to it.
 ///
-/// Drop it, and every [`Fetched`] holding its messages, before its
-/// consumer: it then stops taking messages and destroys those it holds,
-/// which would otherwise keep the consumer's partitions, and so its close,
-/// waiting for ever (the fetch queue's integration test checks this
-/// order; the other one hangs).
-pub struct FetchQueue {
+/// It keeps its consumer alive: when the last reference to the queue
+/// goes, the queue stops taking messages and destroys those it holds,
+/// then lets the consumer go. A context that needs the queue (to forward
+/// partitions in its rebalance callback) holds a [`Weak`](std::sync::Weak)
+/// reference, or the two would keep each other alive.
+pub struct FetchQueue<C: ConsumerContext + 'static> {
     queue: NonNull<rd::rd_kafka_queue_t>,
+    consumer: Arc<BaseConsumer<C>>,
 }
 
 // SAFETY: a librdkafka queue handle may be used from any thread: every
-// operation on it takes the queue's own lock.
-unsafe impl Send for FetchQueue {}
-// SAFETY: as above; no method needs exclusive access.
-unsafe impl Sync for FetchQueue {}
+// operation on it takes the queue's own lock. The consumer is Send.
+unsafe impl<C: ConsumerContext> Send for FetchQueue<C> {}
+// SAFETY: as above; no method needs exclusive access. The consumer is Sync.
+unsafe impl<C: ConsumerContext> Sync for FetchQueue<C> {}
 
-impl FetchQueue {
+impl<C: ConsumerContext> FetchQueue<C> {
     /// A new, empty queue of `consumer`'s client; `None` if librdkafka
     /// cannot make one.
-    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<FetchQueue> {
+    pub fn new(consumer: &Arc<BaseConsumer<C>>) -> Option<FetchQueue<C>> {
         // SAFETY: the client pointer is live while `consumer` is; the
-        // returned handle is owned here and destroyed in `drop`.
+        // returned handle is owned here and destroyed in `drop`, while
+        // the consumer is still held.
         let queue = unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) };
-        NonNull::new(queue).map(|queue| FetchQueue { queue })
+        NonNull::new(queue).map(|queue| FetchQueue { queue, consumer: consumer.clone() })
     }
 
     /// Forwards a partition's fetched messages to this queue from now on,
@@ -68,14 +75,14 @@ impl FetchQueue {
     /// of its messages goes to the consumer's queue first. False when the
     /// partition's queue cannot be had (a topic name holding a NUL byte):
     /// its messages then come through the consumer's poll.
-    pub fn take_partition<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> bool {
+    pub fn take_partition(&self, topic: &str, partition: i32) -> bool {
         let Ok(topic) = CString::new(topic) else {
             return false;
         };
-        // SAFETY: the client pointer is live while `consumer` is, and
+        let client = self.consumer.client().native_ptr();
+        // SAFETY: the client is live while the consumer is held, and
         // `topic` is a NUL-terminated string that outlives the call.
-        let source =
-            unsafe { rd::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition) };
+        let source = unsafe { rd::rd_kafka_queue_get_partition(client, topic.as_ptr(), partition) };
         if source.is_null() {
             return false;
         }
@@ -91,23 +98,19 @@ impl FetchQueue {
 
     /// [`FetchQueue::take_partition`] for each partition of a list (an
     /// assignment); false if any was not taken.
-    pub fn take_partitions<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        partitions: &TopicPartitionList,
-    ) -> bool {
+    pub fn take_partitions(&self, partitions: &TopicPartitionList) -> bool {
         let elements = partitions.elements();
         // Every one is tried, whatever came before.
-        let taken = elements.iter().filter(|e| self.take_partition(consumer, e.topic(), e.partition())).count();
+        let taken = elements.iter().filter(|e| self.take_partition(e.topic(), e.partition())).count();
         taken == elements.len()
     }
 
-    /// Replaces `into`'s messages with those waiting here, as many as it
-    /// holds; when none is waiting, waits up to `timeout` for the first
-    /// (and returns as soon as it comes, with whatever came with it).
-    pub fn consume(&self, timeout: Duration, into: &mut Fetched) {
-        into.clear();
-        let room = into.messages.capacity();
+    /// The messages waiting here, up to `room` (at least one); when none
+    /// is waiting, waits up to `timeout` for the first (and returns as
+    /// soon as it comes, with whatever came with it).
+    pub fn consume(&self, timeout: Duration, room: usize) -> Fetched<'_> {
+        let room = room.max(1);
+        let mut into = Fetched { messages: Vec::with_capacity(room), _queue: PhantomData };
         let buffer = into.messages.as_mut_ptr();
         // librdkafka's batch call, given a timeout, waits until the slice is
         // full or the time is up: one message is waited for, then the rest
@@ -133,31 +136,30 @@ impl FetchQueue {
         // SAFETY: librdkafka wrote `got` valid message pointers, each now
         // owned by `into`, which destroys them.
         unsafe { into.messages.set_len(got) };
+        into
     }
 }
 
-impl Drop for FetchQueue {
+impl<C: ConsumerContext> Drop for FetchQueue<C> {
     fn drop(&mut self) {
-        // SAFETY: the handle is owned here and used no more. As its owner
-        // this disables the queue and destroys the messages it holds; the
-        // partitions still forwarded to it keep what is left of it alive.
+        // SAFETY: the handle is owned here and used no more, and no message
+        // taken from it is left (they borrow the queue). As its owner this
+        // disables the queue and destroys the messages it holds, before
+        // the consumer (a field) goes; the partitions still forwarded to it
+        // keep what is left of it alive.
         unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) }
     }
 }
 
-/// Messages taken from a [`FetchQueue`], destroyed when replaced, cleared
-/// or dropped.
-pub struct Fetched {
+/// Messages taken from a [`FetchQueue`], destroyed when dropped.
+pub struct Fetched<'q> {
     /// Each pointer is a live message owned by this value.
     messages: Vec<*mut rd::rd_kafka_message_t>,
+    /// The queue (and so the consumer) outlives the messages.
+    _queue: PhantomData<&'q ()>,
 }
 
-impl Fetched {
-    /// Room for `n` messages a call (at least one).
-    pub fn with_capacity(n: usize) -> Fetched {
-        Fetched { messages: Vec::with_capacity(n.max(1)) }
-    }
-
+impl Fetched<'_> {
     /// How many messages are held.
     pub fn len(&self) -> usize {
         self.messages.len()
@@ -172,8 +174,8 @@ impl Fetched {
     /// offset order); `Err` for a partition's consumption error.
     pub fn iter(&self) -> impl Iterator<Item = Result<FetchedMessage<'_>, KafkaError>> {
         self.messages.iter().map(|&m| {
-            // SAFETY: every held pointer is a live message until `clear`,
-            // which needs `&mut self`, so not while this borrow lasts.
+            // SAFETY: every held pointer is a live message until `drop`,
+            // so while this borrow lasts.
             let m = unsafe { &*m };
             match m.err {
                 RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(FetchedMessage { m }),
@@ -182,20 +184,15 @@ impl Fetched {
             }
         })
     }
-
-    /// Destroys the messages held.
-    pub fn clear(&mut self) {
-        for m in self.messages.drain(..) {
-            // SAFETY: each pointer is a live message owned here, destroyed
-            // once: `drain` removes it.
-            unsafe { rd::rd_kafka_message_destroy(m) }
-        }
-    }
 }
 
-impl Drop for Fetched {
+impl Drop for Fetched<'_> {
     fn drop(&mut self) {
-        self.clear();
+        for &m in &self.messages {
+            // SAFETY: each pointer is a live message owned here, destroyed
+            // once, here.
+            unsafe { rd::rd_kafka_message_destroy(m) }
+        }
     }
 }
 

@@ -59,7 +59,7 @@ use crate::config::{Config, EngineConfig, KafkaConfig};
 use crate::engine::figures::Figures;
 use crate::engine::{Engine, merge};
 use crate::export::{PartitionStatus, Published, SourceStatus};
-use crate::source::fetch::{FetchQueue, Fetched, FetchedMessage};
+use crate::source::fetch::{FetchQueue, FetchedMessage};
 
 /// Errors that stop the source.
 #[derive(Debug, thiserror::Error)]
@@ -157,10 +157,9 @@ struct Shared {
     /// The snapshot round being written in the background, if any.
     writing: Mutex<Option<JoinHandle<Round>>>,
     /// Where assigned partitions' messages go (see [`crate::source::fetch`]).
-    /// `run` owns the queue and drops it before the consumer (whose close
-    /// would wait for ever on the messages the queue holds); the callback
-    /// only borrows it.
-    fetch: OnceLock<Weak<FetchQueue>>,
+    /// `run` owns the queue, which holds the consumer; this is a weak
+    /// reference, for the rebalance callback.
+    fetch: OnceLock<Weak<FetchQueue<Context>>>,
 }
 
 impl Shared {
@@ -168,7 +167,7 @@ impl Shared {
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fetch_queue(&self) -> Option<Arc<FetchQueue>> {
+    fn fetch_queue(&self) -> Option<Arc<FetchQueue<Context>>> {
         self.fetch.get().and_then(Weak::upgrade)
     }
 
@@ -432,7 +431,7 @@ impl ConsumerContext for Context {
                     shards.retain(|_, slot| !matches!(slot, Slot::Detached(_)));
                 }
                 if let Some(queue) = self.shared.fetch_queue() {
-                    if !queue.take_partitions(consumer, tpl) {
+                    if !queue.take_partitions(tpl) {
                         warn!("a partition's queue cannot be had: its messages are read one at a time");
                     }
                 }
@@ -753,9 +752,10 @@ pub fn run(
     });
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
-    let consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
+    let consumer: Arc<BaseConsumer<Context>> =
+        Arc::new(client.create_with_context(Context { shared: shared.clone() })?);
     // Before the subscription, so that every assigned partition is
-    // forwarded to it; declared after the consumer, so dropped before it.
+    // forwarded to it.
     let fetch_queue = FetchQueue::new(&consumer).map(Arc::new);
     match &fetch_queue {
         Some(queue) => {
@@ -780,7 +780,6 @@ pub fn run(
         last: 0,
         one_topic: kafka.topics.len() == 1,
     };
-    let mut fetched = Fetched::with_capacity(FETCH_MESSAGES);
     let mut seen_rebalances = shared.rebalances.load(Ordering::Relaxed);
     // Messages since the clock was last read.
     let mut unclocked = 0usize;
@@ -811,7 +810,7 @@ pub fn run(
             }
         }
         if let Some(queue) = &fetch_queue {
-            queue.consume(wait(&filling), &mut fetched);
+            let fetched = queue.consume(wait(&filling), FETCH_MESSAGES);
             came += fetched.len();
             if let Err(e) = fetched.iter().try_for_each(|m| match m {
                 Ok(m) => filling.accept(&m),
@@ -822,7 +821,6 @@ pub fn run(
             }) {
                 break Err(e);
             }
-            fetched.clear();
         }
         if came == 0 {
             if let Err(e) = filling.hand_over() {
