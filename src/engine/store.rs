@@ -173,8 +173,9 @@ impl<E: Entry> FunnelStore<E> {
             // The segment ends the arena, or garbage follows it (taken for
             // it here): it grows where it is.
             let end = at + 1 + len * w;
-            if end == self.arena.len() || self.take_garbage(end) {
-                if end == self.arena.len() {
+            let last = end == self.arena.len();
+            if last || self.take_garbage(end) {
+                if last {
                     self.arena.extend_from_slice(entry_words);
                 }
                 let words = &mut self.arena[at + 1..end + w];
