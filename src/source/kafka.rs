@@ -32,8 +32,9 @@
 //! ([`crate::source::fetch`]), polls the consumer's own queue for events
 //! between calls, and copies messages into batches per partition;
 //! `kafka.workers` threads apply them, a partition always on the same one.
-//! The rebalance callback runs inside the poll on the consumer thread. Locks are taken in one
-//! order: the background round, the shard map, then shards.
+//! The rebalance callback runs inside the poll on the consumer thread.
+//! Locks are taken in one order: the background round, the shard map,
+//! then shards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -784,13 +785,10 @@ pub fn run(
     // Messages since the clock was last read.
     let mut unclocked = 0usize;
     let result = loop {
-        // Waits for a message only when no batch is filling: one that is
-        // is handed over as soon as nothing more is waiting.
-        let wait = |filling: &Filling<'_>| if filling.any() { Duration::ZERO } else { Duration::from_millis(100) };
         // Events (rebalances, errors, commits), and messages only where no
         // fetch queue took their partition. With a fetch queue the wait is
         // on it, so an event waits up to 100 ms when no message comes.
-        let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { wait(&filling) });
+        let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { filling.wait() });
         let rebalances = shared.rebalances.load(Ordering::Relaxed);
         if rebalances != seen_rebalances {
             seen_rebalances = rebalances;
@@ -810,10 +808,12 @@ pub fn run(
             }
         }
         if let Some(queue) = &fetch_queue {
-            let fetched = queue.consume(wait(&filling), FETCH_MESSAGES);
-            came += fetched.len();
+            let fetched = queue.consume(filling.wait(), FETCH_MESSAGES);
             if let Err(e) = fetched.iter().try_for_each(|m| match m {
-                Ok(m) => filling.accept(&m),
+                Ok(m) => {
+                    came += 1;
+                    filling.accept(&m)
+                }
                 Err(e) => {
                     warn!(error = %e, "consume error");
                     Ok(())
@@ -943,9 +943,11 @@ struct Filling<'a> {
 }
 
 impl Filling<'_> {
-    /// Whether any batch holds a message.
-    fn any(&self) -> bool {
-        self.pending.iter().any(|p| !p.batch.messages.is_empty())
+    /// How long to wait for a message: not at all while a batch is
+    /// filling, which is handed over as soon as nothing more is waiting.
+    fn wait(&self) -> Duration {
+        let filling = self.pending.iter().any(|p| !p.batch.messages.is_empty());
+        if filling { Duration::ZERO } else { Duration::from_millis(100) }
     }
 
     /// Hands every batch that holds a message over.
