@@ -512,12 +512,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let offset_secs = match b.get(i..)? {
         [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let digits = [*h1, *h2, *m1, *m2];
-            if !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let oh = i32::from(h1 - b'0') * 10 + i32::from(h2 - b'0');
-            let om = i32::from(m1 - b'0') * 10 + i32::from(m2 - b'0');
+            let (oh, om) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
             if oh > 23 || om > 59 {
                 return None;
             }
