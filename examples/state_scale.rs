@@ -19,6 +19,8 @@ use cohortflow::engine::Engine;
 const DAY: i64 = 86_400_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the daemon does at start.
+    let threshold = cohortflow::allocator::fix_mmap_threshold();
     let mut args = std::env::args().skip(1);
     let users: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
     let config = args.next().unwrap_or_else(|| "config/bench.toml".into());
@@ -70,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per_user = (rss_after - rss_before) as f64 * 1024.0 / users as f64;
     println!(
         "users={} events={events} feed_seconds={fed_s:.2} rss_mib={:.0} state_rss_mib={:.0} \
-         bytes_per_user={per_user:.1} state_bytes_estimate_per_user={:.1}",
+         bytes_per_user={per_user:.1} state_bytes_estimate_per_user={:.1} mmap_threshold={threshold:?}",
         engine.tracked_users(),
         rss_after as f64 / 1024.0,
         (rss_after - rss_before) as f64 / 1024.0,

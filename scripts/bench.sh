@@ -7,9 +7,7 @@
 # Usage: scripts/bench.sh [EVENTS ...]      (default: 1000000 10000000)
 # Environment: RUNS (cohortflow runs per size, median; default 3),
 #              USERS (user counts for the state benchmark; default
-#              "1000000 10000000"), BENCH_DIR (dataset cache),
-#              GLIBC_TUNABLES (for the state benchmark; default: the
-#              container image's, see deploy/Dockerfile).
+#              "1000000 10000000"), BENCH_DIR (dataset cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,11 +62,10 @@ for events in "${sizes[@]}"; do
     [ "$differ" = 0 ] || { echo "figures differ from ClickHouse's" >&2; exit 1; }
 done
 
-# The allocator setting of the container image (deploy/Dockerfile); run
-# with GLIBC_TUNABLES= set to nothing for glibc's default.
-tunables=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=1048576}
+# The example fixes the allocator's mmap threshold as the daemon does
+# (src/allocator.rs) unless GLIBC_TUNABLES sets one.
 echo
-echo "state at scale ($config; examples/state_scale.rs; GLIBC_TUNABLES=$tunables):"
+echo "state at scale ($config; examples/state_scale.rs):"
 for users in $user_counts; do
-    GLIBC_TUNABLES=$tunables "$examples/state_scale" "$users" "$config"
+    "$examples/state_scale" "$users" "$config"
 done

@@ -23,7 +23,10 @@
 //!   time), the JSON API, and the HTTP server.
 //! - [`source`] feeds the engine: NDJSON files and stdin for `replay`, the
 //!   built-in traffic generator for `demo`.
+//! - [`allocator`] fixes the C allocator's mmap threshold at start, which
+//!   keeps the state's memory a user down.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use cohortflow::allocator;
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
 use cohortflow::export::{Published, http, metrics};
@@ -123,6 +124,8 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // Before any state grows (src/allocator.rs).
+    let threshold = allocator::fix_mmap_threshold();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => {
@@ -139,6 +142,7 @@ fn main() -> Result<()> {
         Command::Run { config } => {
             let config = Config::load(Some(&config)).with_context(|| format!("{} is not valid", config.display()))?;
             init_logging(&config);
+            info!(?threshold, "allocator's mmap threshold");
             run(config)
         }
         Command::Replay { config, listen, inputs } => {
