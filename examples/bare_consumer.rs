@@ -23,7 +23,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
-use cohortflow::source::fetch::FetchQueue;
+use cohortflow::source::fetch::{FetchQueue, FetchWaker};
 
 /// Notes when partitions are first assigned, and forwards them to the
 /// fetch queue, if any.
@@ -67,7 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .set("fetch.wait.max.ms", "100")
             .create_with_context(Timer { assigned: Mutex::new(None), fetch: OnceLock::new() })?,
     );
-    let queue = if batch { Some(Arc::new(FetchQueue::new(&consumer).ok_or("no fetch queue")?)) } else { None };
+    let queue = if batch {
+        Some(Arc::new(FetchQueue::new(&consumer, &FetchWaker::default()).ok_or("no fetch queue")?))
+    } else {
+        None
+    };
     if let Some(queue) = &queue {
         let _ = consumer.context().fetch.set(Arc::downgrade(queue));
     }

@@ -3,7 +3,7 @@
 //! the same events through `run` and `replay` give the same figures, also
 //! across `kill -9` crashes, two group members, a paused broker, dead
 //! letters and a corrupt snapshot; and the fetch queue `run` reads
-//! messages from.
+//! messages from, whose wait an event on the consumer's queue ends.
 //!
 //! The tests share two cores, so they take turns (one lock), and each has
 //! its own broker, topics and group.
@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use cohortflow::source::fetch::FetchQueue;
+use cohortflow::source::fetch::{FetchQueue, FetchWaker};
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -543,6 +543,69 @@ fn huge_messages_are_rejected_and_dead_lettered() {
 
 /// Forwards each assigned partition to a fetch queue before it is
 /// assigned, as `run` does.
+#[test]
+fn an_event_for_the_consumer_ends_the_wait_on_the_fetch_queue() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    let topic = format!("wake-{}", free_port());
+    broker.create_topic(&topic, 1);
+    let mut consumer: BaseConsumer<Forwarding> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("wake-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create_with_context(Forwarding { queue: OnceLock::new() })
+        .expect("consumer");
+    // As `run` wires it.
+    let waker = FetchWaker::default();
+    let wake = waker.clone();
+    consumer.set_nonempty_callback(move || wake.wake());
+    let consumer = Arc::new(consumer);
+    let queue = Arc::new(FetchQueue::new(&consumer, &waker).expect("a fetch queue"));
+    assert!(consumer.context().queue.set(Arc::downgrade(&queue)).is_ok());
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        assert!(Instant::now() < deadline, "never assigned");
+        let _ = consumer.poll(Duration::ZERO);
+        assert!(queue.consume(Duration::from_millis(100), 1).is_empty(), "the topic is empty");
+    }
+    while queue.events_waiting() {
+        assert!(Instant::now() < deadline, "events never served");
+        let _ = consumer.poll(Duration::ZERO);
+    }
+
+    // The topic is empty: a wait of a minute ends only when the
+    // unsubscription's rebalance comes to the consumer's queue.
+    let unsubscriber = {
+        let consumer = consumer.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            consumer.unsubscribe();
+        })
+    };
+    let waited = Instant::now();
+    assert!(queue.consume(Duration::from_secs(60), 16).is_empty());
+    assert!(waited.elapsed() < Duration::from_secs(30), "the wait was not ended: {:?}", waited.elapsed());
+    unsubscriber.join().expect("unsubscribed");
+    assert!(queue.events_waiting(), "the rebalance waits for the poll");
+    while queue.events_waiting() {
+        assert!(Instant::now() < deadline, "events never served");
+        let _ = consumer.poll(Duration::ZERO);
+    }
+
+    // Once the queue is gone, the waker (held by the consumer's callback)
+    // does nothing.
+    drop(queue);
+    waker.wake();
+    let (closed, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    assert!(wait.recv_timeout(Duration::from_secs(30)).is_ok(), "the consumer did not close");
+}
+
 struct Forwarding {
     queue: OnceLock<Weak<FetchQueue<Forwarding>>>,
 }
@@ -598,7 +661,7 @@ fn the_fetch_queue_hands_over_every_message_in_order_many_a_call() {
             .create_with_context(Forwarding { queue: OnceLock::new() })
             .expect("consumer"),
     );
-    let queue = Arc::new(FetchQueue::new(&consumer).expect("a fetch queue"));
+    let queue = Arc::new(FetchQueue::new(&consumer, &FetchWaker::default()).expect("a fetch queue"));
     assert!(consumer.context().queue.set(Arc::downgrade(&queue)).is_ok());
     consumer.subscribe(&[&topic]).expect("subscribe");
 

@@ -17,9 +17,14 @@
 //! errors and commits stay on the consumer's queue, served by rdkafka's
 //! poll.
 //!
-//! rdkafka has no safe interface for these calls, so this is the one
-//! module of the project with `unsafe` code, each block with the contract
-//! it relies on. librdkafka's queues and messages are safe to use from any
+//! The wait for messages is on the fetch queue, so an event arriving on
+//! the consumer's queue meanwhile would wait for it to end. A
+//! [`FetchWaker`], called from the consumer queue's non-empty callback,
+//! ends the wait at once.
+//!
+//! rdkafka has no safe interface for these calls, so this module has
+//! `unsafe` code (as `allocator` does, for `mallopt`), each block with the
+//! contract it relies on. librdkafka's queues and messages are safe to use from any
 //! thread. A queue must go before its consumer, and so must the messages
 //! taken from it: the consumer's close would otherwise wait for ever on
 //! the partitions they hold (checked: it does). Here the queue keeps its
@@ -31,7 +36,7 @@
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -49,7 +54,45 @@ use rdkafka::types::RDKafkaRespErr;
 /// reference, or the two would keep each other alive.
 pub struct FetchQueue<C: ConsumerContext + 'static> {
     queue: NonNull<rd::rd_kafka_queue_t>,
+    /// A reference to the consumer's own queue (the group's), if it has
+    /// one: where its events wait.
+    events: Option<NonNull<rd::rd_kafka_queue_t>>,
+    waker: FetchWaker,
     consumer: Arc<BaseConsumer<C>>,
+}
+
+/// Ends a [`FetchQueue`]'s wait for messages, from any thread (rdkafka's
+/// non-empty callback runs on librdkafka's), for as long as the queue
+/// lives; after, it does nothing. Made before its queue, so that the
+/// callback can hold it while the consumer can still be set up.
+#[derive(Clone, Default)]
+pub struct FetchWaker {
+    /// The queue's handle, while the queue lives: its drop takes it out,
+    /// under the lock, before destroying the queue.
+    queue: Arc<Mutex<Option<Handle>>>,
+}
+
+/// A queue handle that may cross threads.
+struct Handle(NonNull<rd::rd_kafka_queue_t>);
+
+// SAFETY: a librdkafka queue handle may be used from any thread: every
+// operation on it takes the queue's own lock.
+unsafe impl Send for Handle {}
+
+impl FetchWaker {
+    /// Ends the queue's current wait, or its next one if none is under
+    /// way: it returns what it holds, if anything, at once.
+    pub fn wake(&self) {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Handle(queue)) = &*queue {
+            // SAFETY: the handle is live while it is held here (see the
+            // field), and yielding only sets a flag and signals under the
+            // queue's lock. rdkafka calls this with the consumer's queue
+            // locked; nothing locks the two the other way round (the
+            // fetch queue is forwarded nowhere).
+            unsafe { rd::rd_kafka_queue_yield(queue.as_ptr()) }
+        }
+    }
 }
 
 // SAFETY: a librdkafka queue handle may be used from any thread: every
@@ -59,14 +102,26 @@ unsafe impl<C: ConsumerContext> Send for FetchQueue<C> {}
 unsafe impl<C: ConsumerContext> Sync for FetchQueue<C> {}
 
 impl<C: ConsumerContext> FetchQueue<C> {
-    /// A new, empty queue of `consumer`'s client; `None` if librdkafka
-    /// cannot make one.
-    pub fn new(consumer: &Arc<BaseConsumer<C>>) -> Option<FetchQueue<C>> {
+    /// A new, empty queue of `consumer`'s client, whose waits `waker`
+    /// ends while it lives; `None` if librdkafka cannot make one.
+    pub fn new(consumer: &Arc<BaseConsumer<C>>, waker: &FetchWaker) -> Option<FetchQueue<C>> {
         // SAFETY: the client pointer is live while `consumer` is; the
         // returned handle is owned here and destroyed in `drop`, while
         // the consumer is still held.
-        let queue = unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) };
-        NonNull::new(queue).map(|queue| FetchQueue { queue, consumer: consumer.clone() })
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) })?;
+        // SAFETY: as above; the reference returned (null without a group)
+        // is destroyed in `drop`.
+        let events = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) });
+        *waker.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some(Handle(queue));
+        Some(FetchQueue { queue, events, waker: waker.clone(), consumer: consumer.clone() })
+    }
+
+    /// Whether an event waits on the consumer's own queue (for its poll):
+    /// then the wait for messages had better not start.
+    pub fn events_waiting(&self) -> bool {
+        // SAFETY: the reference is live until `drop`; reading the length
+        // takes the queue's lock.
+        self.events.is_some_and(|events| unsafe { rd::rd_kafka_queue_length(events.as_ptr()) } > 0)
     }
 
     /// Forwards a partition's fetched messages to this queue from now on,
@@ -107,7 +162,8 @@ impl<C: ConsumerContext> FetchQueue<C> {
 
     /// The messages waiting here, up to `room` (at least one); when none
     /// is waiting, waits up to `timeout` for the first (and returns as
-    /// soon as it comes, with whatever came with it).
+    /// soon as it comes, with whatever came with it), or until the waker
+    /// is called (if it was called since the last wait, returns at once).
     pub fn consume(&self, timeout: Duration, room: usize) -> Fetched<'_> {
         let room = room.max(1);
         let mut into = Fetched { messages: Vec::with_capacity(room), _queue: PhantomData };
@@ -142,6 +198,12 @@ impl<C: ConsumerContext> FetchQueue<C> {
 
 impl<C: ConsumerContext> Drop for FetchQueue<C> {
     fn drop(&mut self) {
+        // The waker's use of the handle ends here, under its lock.
+        self.waker.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(events) = self.events {
+            // SAFETY: a reference owned here, used no more.
+            unsafe { rd::rd_kafka_queue_destroy(events.as_ptr()) }
+        }
         // SAFETY: the handle is owned here and used no more, and no message
         // taken from it is left (they borrow the queue). As its owner this
         // disables the queue and destroys the messages it holds, before

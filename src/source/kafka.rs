@@ -60,7 +60,7 @@ use crate::config::{Config, EngineConfig, KafkaConfig};
 use crate::engine::figures::Figures;
 use crate::engine::{Engine, merge};
 use crate::export::{PartitionStatus, Published, SourceStatus};
-use crate::source::fetch::{FetchQueue, FetchedMessage};
+use crate::source::fetch::{FetchQueue, FetchWaker, FetchedMessage};
 
 /// Errors that stop the source.
 #[derive(Debug, thiserror::Error)]
@@ -753,11 +753,16 @@ pub fn run(
     });
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
-    let consumer: Arc<BaseConsumer<Context>> =
-        Arc::new(client.create_with_context(Context { shared: shared.clone() })?);
+    let mut consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
+    // The wait for messages is on the fetch queue: an event coming to the
+    // consumer's queue ends it.
+    let waker = FetchWaker::default();
+    let wake = waker.clone();
+    consumer.set_nonempty_callback(move || wake.wake());
+    let consumer = Arc::new(consumer);
     // Before the subscription, so that every assigned partition is
     // forwarded to it.
-    let fetch_queue = FetchQueue::new(&consumer).map(Arc::new);
+    let fetch_queue = FetchQueue::new(&consumer, &waker).map(Arc::new);
     match &fetch_queue {
         Some(queue) => {
             let _ = shared.fetch.set(Arc::downgrade(queue));
@@ -787,7 +792,8 @@ pub fn run(
     let result = loop {
         // Events (rebalances, errors, commits), and messages only where no
         // fetch queue took their partition. With a fetch queue the wait is
-        // on it, so an event waits up to 100 ms when no message comes.
+        // on it, which an event coming to the consumer's queue ends
+        // (`waker`); none while one is waiting there already.
         let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { filling.wait() });
         let rebalances = shared.rebalances.load(Ordering::Relaxed);
         if rebalances != seen_rebalances {
@@ -808,7 +814,8 @@ pub fn run(
             }
         }
         if let Some(queue) = &fetch_queue {
-            let fetched = queue.consume(filling.wait(), FETCH_MESSAGES);
+            let wait = if queue.events_waiting() { Duration::ZERO } else { filling.wait() };
+            let fetched = queue.consume(wait, FETCH_MESSAGES);
             if let Err(e) = fetched.iter().try_for_each(|m| match m {
                 Ok(m) => {
                     came += 1;
