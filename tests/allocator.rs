@@ -20,12 +20,19 @@ fn a_freed_mapped_block_does_not_raise_the_mmap_threshold() {
         return;
     }
     assert_eq!(threshold, MmapThreshold::Fixed);
-    // By default, freeing a mapped block of 8 MiB raises the threshold to
-    // 8 MiB, and a block of 2 MiB then comes from the heap.
-    drop(black_box(vec![1u8; 8 * MMAP_THRESHOLD]));
+    // By default, freeing a mapped block raises the threshold to its size
+    // (below 32 MiB), and a block of twice the fixed threshold (16 MiB)
+    // then comes from the heap.
+    const FREED: usize = 24 << 20;
+    const { assert!(2 * MMAP_THRESHOLD < FREED) };
+    drop(black_box(vec![1u8; FREED]));
     let before = mapped();
     let block = black_box(vec![1u8; 2 * MMAP_THRESHOLD]);
-    assert_eq!(mapped(), before + 1, "a block of 2 MiB is not mapped on its own");
+    assert_eq!(mapped(), before + 1, "a block over the threshold is not mapped on its own");
     drop(block);
-    assert_eq!(mapped(), before, "a freed block of 2 MiB is not unmapped");
+    assert_eq!(mapped(), before, "a freed block over the threshold is not unmapped");
+    // And one below it comes from the heap, to be reused.
+    let small = black_box(vec![1u8; MMAP_THRESHOLD / 2]);
+    assert_eq!(mapped(), before, "a block below the threshold is mapped");
+    drop(small);
 }
