@@ -23,13 +23,13 @@
 //! ends the wait at once.
 //!
 //! rdkafka has no safe interface for these calls, so this module has
-//! `unsafe` code (as `allocator` does, for `mallopt`), each block with the
-//! contract it relies on. librdkafka's queues and messages are safe to use from any
-//! thread. A queue must go before its consumer, and so must the messages
-//! taken from it: the consumer's close would otherwise wait for ever on
-//! the partitions they hold (checked: it does). Here the queue keeps its
-//! consumer alive, and the messages borrow the queue, so no order of drops
-//! can get that wrong.
+//! `unsafe` code (as `allocator` does, for `mallopt`), each block with
+//! the contract it relies on. librdkafka's queues and messages are safe
+//! to use from any thread. A queue must go before its consumer, and so
+//! must the messages taken from it: the consumer's close would otherwise
+//! wait for ever on the partitions they hold (checked: it does). Here the
+//! queue keeps its consumer alive, and the messages borrow the queue, so
+//! no order of drops can get that wrong.
 
 #![allow(unsafe_code)]
 
@@ -198,8 +198,13 @@ impl<C: ConsumerContext> FetchQueue<C> {
 
 impl<C: ConsumerContext> Drop for FetchQueue<C> {
     fn drop(&mut self) {
-        // The waker's use of the handle ends here, under its lock.
-        self.waker.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        // The waker's use of the handle ends here, under its lock (if the
+        // waker was given to a later queue since, it wakes that one).
+        let mut waking = self.waker.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if waking.as_ref().is_some_and(|Handle(queue)| *queue == self.queue) {
+            *waking = None;
+        }
+        drop(waking);
         if let Some(events) = self.events {
             // SAFETY: a reference owned here, used no more.
             unsafe { rd::rd_kafka_queue_destroy(events.as_ptr()) }
