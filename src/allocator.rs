@@ -8,11 +8,12 @@
 //! maps every larger block on its own and unmaps it when freed.
 //!
 //! At 8 MiB: the columns of a large shard are mapped (61.7 bytes a user at
-//! 10 M users, as with 1 MiB), while librdkafka's fetch buffers, a few MiB
-//! at most, stay in the heap and are reused. At 1 MiB each of those was
-//! mapped and unmapped again, which cost the Kafka path some 15 % more CPU
-//! a message; below 10 M users a shard's columns are smaller, and their
-//! holes stay (a few MiB in all: 66.5 bytes a user at 1 M, 63.1 at 1 MiB).
+//! 10 M users, as with 1 MiB), while blocks of a few MiB (librdkafka's
+//! fetch buffers, it seems) stay in the heap and are reused. At 1 MiB the
+//! Kafka path took some 15 % more CPU a message, in librdkafka's threads
+//! and the shard workers. Below 10 M users a shard's columns are smaller,
+//! and their holes stay (a few MiB in all: 66.5 bytes a user at 1 M
+//! users, 63.1 at 1 MiB).
 //!
 //! The process sets it at start, as `mallopt` does, unless the environment
 //! already sets one (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…`), which
