@@ -9,9 +9,10 @@
 //!
 //! At 8 MiB: the columns of a large shard are mapped (61.7 bytes a user at
 //! 10 M users, as with 1 MiB), while blocks of a few MiB (librdkafka's
-//! fetch buffers, it seems) stay in the heap and are reused. At 1 MiB the
-//! Kafka path took some 15 % more CPU a message, in librdkafka's threads
-//! and the shard workers. Below 10 M users a shard's columns are smaller,
+//! receive buffers among them) stay in the heap and are reused. At 1 MiB
+//! the Kafka path took some 15 % more CPU a message, in librdkafka's
+//! threads and the shard workers; page faults on librdkafka's broker
+//! thread show in its profile. Below 10 M users a shard's columns are smaller,
 //! and their holes stay (a few MiB in all: 66.5 bytes a user at 1 M
 //! users, 63.1 at 1 MiB).
 //!
