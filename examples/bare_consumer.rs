@@ -23,7 +23,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
-use cohortflow::source::fetch::{FetchQueue, FetchWaker};
+use cohortflow::source::fetch::FetchQueue;
 
 /// Notes when partitions are first assigned, and forwards them to the
 /// fetch queue, if any.
@@ -56,21 +56,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: bare_consumer BROKERS TOPIC N [--batch]".into()),
     };
     let n: u64 = n.parse()?;
-    let consumer: Arc<BaseConsumer<Timer>> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("bare-{}", std::process::id()))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("fetch.queue.backoff.ms", "20")
-            .set("fetch.wait.max.ms", "100")
-            .create_with_context(Timer { assigned: Mutex::new(None), fetch: OnceLock::new() })?,
-    );
-    let queue = if batch {
-        Some(Arc::new(FetchQueue::new(&consumer, &FetchWaker::default()).ok_or("no fetch queue")?))
+    let consumer: BaseConsumer<Timer> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bare-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.queue.backoff.ms", "20")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(Timer { assigned: Mutex::new(None), fetch: OnceLock::new() })?;
+    let (consumer, queue) = if batch {
+        let (consumer, queue) = FetchQueue::new(consumer);
+        (consumer, Some(Arc::new(queue.ok_or("no fetch queue")?)))
     } else {
-        None
+        (Arc::new(consumer), None)
     };
     if let Some(queue) = &queue {
         let _ = consumer.context().fetch.set(Arc::downgrade(queue));

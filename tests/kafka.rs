@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use cohortflow::source::fetch::{FetchQueue, FetchWaker};
+use cohortflow::source::fetch::FetchQueue;
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -549,20 +549,7 @@ fn an_event_for_the_consumer_ends_the_wait_on_the_fetch_queue() {
     let broker = Broker::start();
     let topic = format!("wake-{}", free_port());
     broker.create_topic(&topic, 1);
-    let mut consumer: BaseConsumer<Forwarding> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", format!("wake-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create_with_context(Forwarding { queue: OnceLock::new() })
-        .expect("consumer");
-    // As `run` wires it.
-    let waker = FetchWaker::default();
-    let wake = waker.clone();
-    consumer.set_nonempty_callback(move || wake.wake());
-    let consumer = Arc::new(consumer);
-    let queue = Arc::new(FetchQueue::new(&consumer, &waker).expect("a fetch queue"));
-    assert!(consumer.context().queue.set(Arc::downgrade(&queue)).is_ok());
+    let (consumer, queue) = forwarding_consumer(&broker, "wake");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(60);
     while consumer.assignment().map_or(0, |a| a.count()) == 0 {
@@ -594,10 +581,15 @@ fn an_event_for_the_consumer_ends_the_wait_on_the_fetch_queue() {
         let _ = consumer.poll(Duration::ZERO);
     }
 
-    // Once the queue is gone, the waker (held by the consumer's callback)
-    // does nothing.
+    // Once the queue is gone, the consumer's callback (which held the
+    // queue to wake it) does nothing: a new assignment's event comes, is
+    // served, and the consumer closes.
     drop(queue);
-    waker.wake();
+    consumer.subscribe(&[&topic]).expect("subscribe again");
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        assert!(Instant::now() < deadline, "never assigned again");
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
     let (closed, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(consumer);
@@ -608,6 +600,22 @@ fn an_event_for_the_consumer_ends_the_wait_on_the_fetch_queue() {
 
 struct Forwarding {
     queue: OnceLock<Weak<FetchQueue<Forwarding>>>,
+}
+
+/// A consumer of a new group, reading from the start, with its fetch
+/// queue made as `run` makes it, assigned partitions forwarded to it.
+fn forwarding_consumer(broker: &Broker, group: &str) -> (Arc<BaseConsumer<Forwarding>>, Arc<FetchQueue<Forwarding>>) {
+    let consumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("{group}-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create_with_context(Forwarding { queue: OnceLock::new() })
+        .expect("consumer");
+    let (consumer, queue) = FetchQueue::new(consumer);
+    let queue = Arc::new(queue.expect("a fetch queue"));
+    assert!(consumer.context().queue.set(Arc::downgrade(&queue)).is_ok());
+    (consumer, queue)
 }
 
 impl ClientContext for Forwarding {}
@@ -652,17 +660,7 @@ fn the_fetch_queue_hands_over_every_message_in_order_many_a_call() {
     const N: i64 = 6000;
     produce_numbered(&producer, &topic, 0..N);
 
-    let consumer: Arc<BaseConsumer<Forwarding>> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &broker.addr)
-            .set("group.id", format!("fetch-{}", free_port()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create_with_context(Forwarding { queue: OnceLock::new() })
-            .expect("consumer"),
-    );
-    let queue = Arc::new(FetchQueue::new(&consumer, &FetchWaker::default()).expect("a fetch queue"));
-    assert!(consumer.context().queue.set(Arc::downgrade(&queue)).is_ok());
+    let (consumer, queue) = forwarding_consumer(&broker, "fetch");
     consumer.subscribe(&[&topic]).expect("subscribe");
 
     let mut next = [0i64; 3];

@@ -18,9 +18,9 @@
 //! poll.
 //!
 //! The wait for messages is on the fetch queue, so an event arriving on
-//! the consumer's queue meanwhile would wait for it to end. A
-//! [`FetchWaker`], called from the consumer queue's non-empty callback,
-//! ends the wait at once.
+//! the consumer's queue meanwhile would wait for it to end. The consumer
+//! queue's non-empty callback, set when the fetch queue is made, ends the
+//! wait at once.
 //!
 //! rdkafka has no safe interface for these calls, so this module has
 //! `unsafe` code (as `allocator` does, for `mallopt`), each block with
@@ -57,7 +57,7 @@ pub struct FetchQueue<C: ConsumerContext + 'static> {
     /// A reference to the consumer's own queue (the group's), if it has
     /// one: where its events wait.
     events: Option<NonNull<rd::rd_kafka_queue_t>>,
-    waker: FetchWaker,
+    waker: Waker,
     consumer: Arc<BaseConsumer<C>>,
 }
 
@@ -66,7 +66,7 @@ pub struct FetchQueue<C: ConsumerContext + 'static> {
 /// lives; after, it does nothing. Made before its queue, so that the
 /// callback can hold it while the consumer can still be set up.
 #[derive(Clone, Default)]
-pub struct FetchWaker {
+struct Waker {
     /// The queue's handle, while the queue lives: its drop takes it out,
     /// under the lock, before destroying the queue.
     queue: Arc<Mutex<Option<Handle>>>,
@@ -79,10 +79,10 @@ struct Handle(NonNull<rd::rd_kafka_queue_t>);
 // operation on it takes the queue's own lock.
 unsafe impl Send for Handle {}
 
-impl FetchWaker {
+impl Waker {
     /// Ends the queue's current wait, or its next one if none is under
     /// way: it returns what it holds, if anything, at once.
-    pub fn wake(&self) {
+    fn wake(&self) {
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(Handle(queue)) = &*queue {
             // SAFETY: the handle is live while it is held here (see the
@@ -102,18 +102,29 @@ unsafe impl<C: ConsumerContext> Send for FetchQueue<C> {}
 unsafe impl<C: ConsumerContext> Sync for FetchQueue<C> {}
 
 impl<C: ConsumerContext> FetchQueue<C> {
-    /// A new, empty queue of `consumer`'s client, whose waits `waker`
-    /// ends while it lives; `None` if librdkafka cannot make one.
-    pub fn new(consumer: &Arc<BaseConsumer<C>>, waker: &FetchWaker) -> Option<FetchQueue<C>> {
+    /// Takes `consumer` and makes a new, empty queue of its client: the
+    /// consumer, now shared (the queue holds it too), and the queue, or
+    /// `None` if librdkafka cannot make one. From now on an event coming
+    /// to the consumer's own queue ends a wait for messages at once (the
+    /// consumer's non-empty callback).
+    pub fn new(mut consumer: BaseConsumer<C>) -> (Arc<BaseConsumer<C>>, Option<FetchQueue<C>>) {
+        let waker = Waker::default();
+        let wake = waker.clone();
+        consumer.set_nonempty_callback(move || wake.wake());
+        let consumer = Arc::new(consumer);
+        let client = consumer.client().native_ptr();
         // SAFETY: the client pointer is live while `consumer` is; the
         // returned handle is owned here and destroyed in `drop`, while
         // the consumer is still held.
-        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) })?;
+        let Some(queue) = NonNull::new(unsafe { rd::rd_kafka_queue_new(client) }) else {
+            return (consumer, None);
+        };
         // SAFETY: as above; the reference returned (null without a group)
         // is destroyed in `drop`.
-        let events = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) });
+        let events = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(client) });
         *waker.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some(Handle(queue));
-        Some(FetchQueue { queue, events, waker: waker.clone(), consumer: consumer.clone() })
+        let queue = FetchQueue { queue, events, waker, consumer: consumer.clone() };
+        (consumer, Some(queue))
     }
 
     /// Whether an event waits on the consumer's own queue (for its poll):
@@ -198,13 +209,8 @@ impl<C: ConsumerContext> FetchQueue<C> {
 
 impl<C: ConsumerContext> Drop for FetchQueue<C> {
     fn drop(&mut self) {
-        // The waker's use of the handle ends here, under its lock (if the
-        // waker was given to a later queue since, it wakes that one).
-        let mut waking = self.waker.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if waking.as_ref().is_some_and(|Handle(queue)| *queue == self.queue) {
-            *waking = None;
-        }
-        drop(waking);
+        // The waker's use of the handle ends here, under its lock.
+        self.waker.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(events) = self.events {
             // SAFETY: a reference owned here, used no more.
             unsafe { rd::rd_kafka_queue_destroy(events.as_ptr()) }

@@ -60,7 +60,7 @@ use crate::config::{Config, EngineConfig, KafkaConfig};
 use crate::engine::figures::Figures;
 use crate::engine::{Engine, merge};
 use crate::export::{PartitionStatus, Published, SourceStatus};
-use crate::source::fetch::{FetchQueue, FetchWaker, FetchedMessage};
+use crate::source::fetch::{FetchQueue, FetchedMessage};
 
 /// Errors that stop the source.
 #[derive(Debug, thiserror::Error)]
@@ -753,16 +753,10 @@ pub fn run(
     });
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
-    let mut consumer: BaseConsumer<Context> = client.create_with_context(Context { shared: shared.clone() })?;
-    // The wait for messages is on the fetch queue: an event coming to the
-    // consumer's queue ends it.
-    let waker = FetchWaker::default();
-    let wake = waker.clone();
-    consumer.set_nonempty_callback(move || wake.wake());
-    let consumer = Arc::new(consumer);
-    // Before the subscription, so that every assigned partition is
-    // forwarded to it.
-    let fetch_queue = FetchQueue::new(&consumer, &waker).map(Arc::new);
+    // The fetch queue before the subscription, so that every assigned
+    // partition is forwarded to it.
+    let (consumer, fetch_queue) = FetchQueue::new(client.create_with_context(Context { shared: shared.clone() })?);
+    let fetch_queue = fetch_queue.map(Arc::new);
     match &fetch_queue {
         Some(queue) => {
             let _ = shared.fetch.set(Arc::downgrade(queue));
@@ -792,8 +786,8 @@ pub fn run(
     let result = loop {
         // Events (rebalances, errors, commits), and messages only where no
         // fetch queue took their partition. With a fetch queue the wait is
-        // on it, which an event coming to the consumer's queue ends
-        // (`waker`); none while one is waiting there already.
+        // on it, which an event coming to the consumer's queue ends; none
+        // while one is waiting there already.
         let polled = consumer.poll(if fetch_queue.is_some() { Duration::ZERO } else { filling.wait() });
         let rebalances = shared.rebalances.load(Ordering::Relaxed);
         if rebalances != seen_rebalances {
