@@ -808,7 +808,12 @@ pub fn run(
             }
         }
         if let Some(queue) = &fetch_queue {
-            let wait = if queue.events_waiting() { Duration::ZERO } else { filling.wait() };
+            // The consumer queue's length (a lock) is read only before a
+            // wait.
+            let wait = match filling.wait() {
+                wait if wait.is_zero() || queue.events_waiting() => Duration::ZERO,
+                wait => wait,
+            };
             let fetched = queue.consume(wait, FETCH_MESSAGES);
             if let Err(e) = fetched.iter().try_for_each(|m| match m {
                 Ok(m) => {
