@@ -15,7 +15,7 @@ fn a_freed_mapped_block_does_not_raise_the_mmap_threshold() {
         unsafe { libc::mallinfo2() }.hblks
     };
     let threshold = fix_mmap_threshold();
-    if std::env::var_os("GLIBC_TUNABLES").is_some_and(|t| t.to_string_lossy().contains("mmap_threshold")) {
+    if std::env::var_os("GLIBC_TUNABLES").is_some_and(|t| t.to_string_lossy().contains("glibc.malloc.mmap_threshold")) {
         assert_eq!(threshold, MmapThreshold::FromEnvironment);
         return;
     }
