@@ -541,8 +541,6 @@ fn huge_messages_are_rejected_and_dead_lettered() {
     }
 }
 
-/// Forwards each assigned partition to a fetch queue before it is
-/// assigned, as `run` does.
 #[test]
 fn an_event_for_the_consumer_ends_the_wait_on_the_fetch_queue() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
@@ -598,6 +596,8 @@ fn an_event_for_the_consumer_ends_the_wait_on_the_fetch_queue() {
     assert!(wait.recv_timeout(Duration::from_secs(30)).is_ok(), "the consumer did not close");
 }
 
+/// Forwards each assigned partition to a fetch queue before it is
+/// assigned, as `run` does.
 struct Forwarding {
     queue: OnceLock<Weak<FetchQueue<Forwarding>>>,
 }
