@@ -18,14 +18,13 @@
 //! moves the segment, one hit longer, to the end of the arena, and the
 //! old copy becomes garbage. Users come back in sessions, so the segment
 //! after an active user's is often one an active user has just left. In a
-//! [`CompactStore`] a segment moved by an appended hit also leaves
-//! [`SLACK_UNITS`] of garbage after it, which its next few hits take
-//! without a move: on the benchmark's events, 1 compaction for garbage
-//! instead of 15, and 28 % fewer instructions in the inserts
-//! (BENCHMARKS.md). Compaction still comes when garbage, slack
-//! included, passes an eighth of the arena.
-//! Compaction slides the live segments down in one pass over the arena,
-//! when garbage passes an eighth of the arena, and once a day when old
+//! [`CompactStore`] a segment moved by an appended hit also leaves 10
+//! units of garbage (`SLACK_UNITS`) after it, which its next few hits
+//! take without a move: on the benchmark's events, 1 compaction for
+//! garbage instead of 15, and 28 % fewer instructions in the inserts
+//! (BENCHMARKS.md). Compaction slides the live segments down in one pass
+//! over the arena, when garbage (slack included) passes an eighth of the
+//! arena, and once a day when old
 //! hits are dropped.
 
 use std::marker::PhantomData;
@@ -343,7 +342,7 @@ impl<E: Entry> Segments for FunnelStore<E> {
 
 /// The entries of the packed funnels for every user of a shard, in an
 /// arena of 16-bit units with no padding. A segment is a header unit (see
-/// [`Head`]; two more units hold the size of a segment of 8 191 units or
+/// `Head`; two more units hold the size of a segment of 8 191 units or
 /// more), then the user's hits, each written against the one before it:
 ///
 /// - the first in three units (its time in 42 bits above its steps in 6)
