@@ -24,7 +24,7 @@
 //! The holes a shard's smaller columns leave behind are given back by
 //! [`GrowthTrim`]: each time the shard's users pass a power of two (when
 //! its columns, grown by doubling, have just moved), `malloc_trim` returns
-//! the heap's free pages to the system. At 1 M users that is 63.5 bytes a
+//! the heap's free pages to the system. At 1 M users that is 63.4 bytes a
 //! user instead of 66.5 (BENCHMARKS.md).
 
 // `mallopt` and `malloc_trim` have no safe interface; this module's two
@@ -74,7 +74,8 @@ fn set_threshold() -> MmapThreshold {
 const TRIM_FROM_USERS: usize = 1 << 16;
 
 /// Gives the heap's free pages back each time a shard's user count passes a
-/// power of two. One per shard; the count is checked after each batch.
+/// power of two. One per shard, told the count after each batch (`run`) or
+/// line (`replay`).
 #[derive(Debug, Clone)]
 pub struct GrowthTrim {
     /// The count past which the next trim is due.
