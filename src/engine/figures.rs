@@ -133,6 +133,9 @@ pub struct Figures {
     pub max_event_ms: Option<i64>,
     /// Counters.
     pub counters: Counters,
+    /// Funnel events a full funnel store could not keep, since each
+    /// shard's engine was made or restored.
+    pub funnel_refused: u64,
     /// Users remembered.
     pub tracked_users: u64,
     /// Approximate bytes of engine state.
@@ -162,6 +165,7 @@ impl Figures {
                 *a += b;
             }
             out.counters.untracked += p.counters.untracked;
+            out.funnel_refused += p.funnel_refused;
             out.tracked_users += p.tracked_users;
             out.state_bytes += p.state_bytes;
             for (t, pt) in out.retention.iter_mut().zip(p.retention) {

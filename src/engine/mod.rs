@@ -152,6 +152,9 @@ pub struct Engine {
     /// The watermark day at the last maintenance pass.
     maintained_day: Day,
     counters: Counters,
+    /// Funnel events a full funnel store could not keep, since this engine
+    /// was made or restored (not in snapshots).
+    funnel_refused: u64,
     /// Longest funnel window, ms.
     max_window_ms: i64,
     /// Largest retention N.
@@ -303,6 +306,7 @@ impl Engine {
             max_ts: None,
             maintained_day: Day::MIN,
             counters: Counters::default(),
+            funnel_refused: 0,
             max_window_ms,
             max_retention_day,
             needs_tags,
@@ -456,8 +460,8 @@ impl Engine {
             let tag = if self.needs_tags { event_tag(ev) } else { 0 };
             for s in 0..self.stores.len() {
                 let mask = self.members[s].iter().fold(0, |m, &f| m | masks[f] << self.funnels[f].steps.shift);
-                if mask != 0 {
-                    self.funnel_event(s, uid, Hit { ts, mask, tag }, day, &masks);
+                if mask != 0 && !self.funnel_event(s, uid, Hit { ts, mask, tag }, day, &masks) {
+                    self.funnel_refused += 1;
                 }
             }
         }
@@ -607,7 +611,9 @@ impl Engine {
     /// Adds `hit` (its mask: the steps of every funnel of store `s` the
     /// event fills; `masks`: per funnel, its own steps) to the store, and
     /// moves the counters of each funnel whose levels it raises.
-    fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) {
+    /// False when the store is full: the event is then left out of the
+    /// funnels.
+    fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) -> bool {
         let funnels = Funnels { cal: &self.cal, defs: &self.cfg.funnels, states: &mut self.funnels, masks };
         let members = &self.members[s];
         match &mut self.stores[s] {
@@ -678,6 +684,7 @@ impl Engine {
             watermark_ms: watermark,
             max_event_ms: self.max_ts,
             counters: self.counters.clone(),
+            funnel_refused: self.funnel_refused,
             tracked_users: self.first_seen.len() as u64,
             state_bytes: self.state_bytes(),
             ..Figures::default()
@@ -788,12 +795,12 @@ impl Funnels<'_> {
         uid: u32,
         hit: Hit,
         day: Day,
-    ) {
+    ) -> bool {
         store.load(uid, hits);
         let entry = S::Entry::from_hit(hit);
         let Err(pos) = hits.binary_search(&entry) else {
             // A replay, or an event the store cannot tell from one it has.
-            return;
+            return true;
         };
         let masks = self.masks;
         let filled = |f: &&usize| masks[**f] != 0;
@@ -822,7 +829,10 @@ impl Funnels<'_> {
         // earlier hits then goes on with it instead of starting again.
         let latest = hits.last().is_none_or(|last| last.ts() < hit.ts);
         hits.insert(pos, entry);
-        store.insert(uid, hits, pos);
+        if !store.insert(uid, hits, pos) {
+            // The store is full: the counters stay as they were.
+            return false;
+        }
         for &f in members.iter().filter(filled) {
             let (def, steps) = (&self.defs[f], self.states[f].steps);
             let tally = &mut self.states[f].tally;
@@ -849,6 +859,7 @@ impl Funnels<'_> {
                 }
             }
         }
+        true
     }
 
     /// The entry days of funnel `def` an event at `ts` (on day `day`)
@@ -937,5 +948,55 @@ fn prop_equals(value: Option<&PropValue<'_>>, want: &FilterValue) -> bool {
         (Some(PropValue::Num(x)), FilterValue::Num(w)) => x == w,
         (Some(PropValue::Bool(b)), FilterValue::Bool(w)) => b == w,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A full funnel store refuses the events it cannot keep: they are
+    /// counted and left out of the funnels, and every other figure is as
+    /// an engine with room gives it.
+    #[test]
+    fn a_full_funnel_store_refuses_events_and_counts_them() {
+        let toml = r#"
+            timezone = "UTC"
+            [[retention]]
+            name = "all"
+            cohort_event = "*"
+            return_event = "*"
+            days = [1]
+            [[funnel]]
+            name = "checkout"
+            window = "1h"
+            steps = ["view", "order"]
+        "#;
+        let cfg = Arc::new(Config::from_toml_str(toml).expect("config").engine);
+        let mut full = Engine::new(cfg.clone());
+        for store in &mut full.stores {
+            store.limit_arena(0);
+        }
+        let mut open = Engine::new(cfg);
+        let t0 = 1_790_000_000_000;
+        let events = [
+            ("u1", "view", t0),
+            ("u1", "order", t0 + 60_000),
+            ("u2", "view", t0 + DAY_MS),
+            ("u1", "login", t0 + DAY_MS),
+        ];
+        for (user, name, ts) in events {
+            let line = format!(r#"{{"user_id":"{user}","event":"{name}","ts":{ts}}}"#);
+            for engine in [&mut full, &mut open] {
+                engine.apply(line.as_bytes(), None, t0 + 2 * DAY_MS).expect("valid");
+            }
+        }
+        let (a, b) = (full.figures(), open.figures());
+        assert_eq!((a.funnel_refused, b.funnel_refused), (3, 0));
+        assert_eq!(a.funnels[0].conversions_total, vec![0, 0]);
+        assert_eq!(b.funnels[0].conversions_total, vec![2, 1]);
+        assert_eq!((&a.counters, &a.retention, &a.activity), (&b.counters, &b.retention, &b.activity));
+        assert_eq!(a.tracked_users, 2);
     }
 }

@@ -53,7 +53,7 @@ impl<E> Default for FunnelStore<E> {
 
 /// What both stores keep besides their arena: where each user's segment
 /// starts, and the counts compaction goes by.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Offsets {
     /// Per user, where their segment starts in the arena, or [`NONE`].
     at: Vec<u32>,
@@ -61,6 +61,15 @@ pub struct Offsets {
     garbage: usize,
     /// Entries in live segments.
     entries: usize,
+    /// No segment starts at or past this many units: offsets are 32 bits,
+    /// [`NONE`] excepted (tests set less).
+    limit: usize,
+}
+
+impl Default for Offsets {
+    fn default() -> Self {
+        Offsets { at: Vec::new(), garbage: 0, entries: 0, limit: NONE as usize }
+    }
 }
 
 impl Offsets {
@@ -70,14 +79,10 @@ impl Offsets {
         (at != NONE).then_some(at as usize)
     }
 
-    /// The offset of a segment appended to an arena of `len` units.
-    fn end(len: usize) -> u32 {
-        match u32::try_from(len).ok().filter(|&o| o != NONE) {
-            Some(offset) => offset,
-            // Past 2^32 units of one store in one shard: like a failed
-            // allocation, there is no way on.
-            None => panic!("a funnel store's arena outgrew 2^32 units in one shard"),
-        }
+    /// The offset of a segment appended to an arena of `len` units;
+    /// `None` when the arena is full (some 2^32 units in one shard).
+    fn end(&self, len: usize) -> Option<u32> {
+        (len < self.limit).then_some(len as u32)
     }
 
     /// Whether garbage has passed `min` units and an eighth of the arena
@@ -101,7 +106,7 @@ impl Offsets {
         if total != entries.len() as u64 {
             return None;
         }
-        let mut o = Offsets { at: Vec::with_capacity(lens.len()), garbage: 0, entries: entries.len() };
+        let mut o = Offsets { at: Vec::with_capacity(lens.len()), entries: entries.len(), ..Offsets::default() };
         let mut from = 0;
         for (u, &len) in lens.iter().enumerate() {
             let user = &entries[from..from + len as usize];
@@ -157,16 +162,14 @@ impl<E: Entry> FunnelStore<E> {
     pub fn insert_hit(&mut self, uid: u32, hit: E) -> bool {
         match self.hits(uid).binary_search(&hit) {
             Ok(_) => false,
-            Err(pos) => {
-                self.insert_at(uid, pos, hit);
-                true
-            }
+            Err(pos) => self.insert_at(uid, pos, hit),
         }
     }
 
     /// Inserts `entry` at `pos` of the user's hits, where a binary search
-    /// of [`FunnelStore::hits`] that did not find it said it goes.
-    pub fn insert_at(&mut self, uid: u32, pos: usize, entry: E) {
+    /// of [`FunnelStore::hits`] that did not find it said it goes; false,
+    /// changing nothing, when the arena is full even after a compaction.
+    pub fn insert_at(&mut self, uid: u32, pos: usize, entry: E) -> bool {
         debug_assert!(self.hits(uid).binary_search(&entry) == Err(pos));
         let w = Self::WORDS;
         let u = uid as usize;
@@ -187,11 +190,18 @@ impl<E: Entry> FunnelStore<E> {
                 words.copy_within((pos * w)..(len * w), (pos + 1) * w);
                 words[pos * w..(pos + 1) * w].copy_from_slice(entry_words);
                 self.arena[at] = header(u, len + 1);
-                return;
+                return true;
             }
         }
         let (old, len) = span.unwrap_or((0, 0));
-        let offset = Offsets::end(self.arena.len());
+        let Some(offset) = self.o.end(self.arena.len()) else {
+            self.o.entries -= 1;
+            if self.o.garbage == 0 {
+                return false;
+            }
+            self.compact(i64::MIN);
+            return self.insert_at(uid, pos, entry);
+        };
         self.arena.reserve(1 + (len + 1) * w);
         self.arena.push(header(u, len + 1));
         if span.is_some() {
@@ -206,6 +216,7 @@ impl<E: Entry> FunnelStore<E> {
         if self.o.compaction_due(self.arena.len(), MIN_GARBAGE) {
             self.compact(i64::MIN);
         }
+        true
     }
 
     /// Takes the first entry's words of the garbage segment at `at`, if
@@ -269,8 +280,9 @@ pub trait Segments {
     fn load(&self, uid: u32, out: &mut Vec<Self::Entry>);
 
     /// Makes `hits` the user's, where they are the user's hits (as
-    /// [`Segments::load`] gave them) with `hits[pos]` inserted.
-    fn insert(&mut self, uid: u32, hits: &[Self::Entry], pos: usize);
+    /// [`Segments::load`] gave them) with `hits[pos]` inserted; false,
+    /// changing nothing, when the store is full even after a compaction.
+    fn insert(&mut self, uid: u32, hits: &[Self::Entry], pos: usize) -> bool;
 
     /// Hits per user (for snapshots).
     fn lens(&self) -> impl Iterator<Item = u32> + '_;
@@ -313,8 +325,8 @@ impl<E: Entry> Segments for FunnelStore<E> {
         out.extend_from_slice(self.hits(uid));
     }
 
-    fn insert(&mut self, uid: u32, hits: &[E], pos: usize) {
-        self.insert_at(uid, pos, hits[pos]);
+    fn insert(&mut self, uid: u32, hits: &[E], pos: usize) -> bool {
+        self.insert_at(uid, pos, hits[pos])
     }
 
     fn lens(&self) -> impl Iterator<Item = u32> + '_ {
@@ -647,16 +659,16 @@ impl CompactStore {
 
     /// Makes `hits` (sorted and distinct, steps never empty) the user's.
     #[cfg(test)]
-    fn save(&mut self, uid: u32, hits: &[Packed]) {
+    fn save(&mut self, uid: u32, hits: &[Packed]) -> bool {
         let old_len = self.head(uid).map_or(0, |(at, h)| entry_count(self.body(at, h), h));
-        self.replace(uid, hits, old_len);
+        self.replace(uid, hits, old_len)
     }
 
     /// Makes `hits` (sorted and distinct, steps never empty) the user's,
-    /// who had `old_len` of them.
-    fn replace(&mut self, uid: u32, hits: &[Packed], old_len: usize) {
+    /// who had `old_len` of them; false, changing nothing, when the arena
+    /// is full even after a compaction.
+    fn replace(&mut self, uid: u32, hits: &[Packed], old_len: usize) -> bool {
         let old = self.head(uid);
-        self.o.entries = self.o.entries + hits.len() - old_len;
         match old {
             Some((at, head)) if at + head.units() == self.arena.len() => {
                 // The segment ends the arena: rewrite it where it is.
@@ -668,21 +680,33 @@ impl CompactStore {
                 }
             }
             _ => {
+                let offset = match self.o.end(self.arena.len()) {
+                    Some(offset) => offset,
+                    None if hits.is_empty() => NONE,
+                    None if self.o.garbage == 0 => return false,
+                    None => {
+                        self.compact(i64::MIN);
+                        return self.replace(uid, hits, old_len);
+                    }
+                };
                 if let Some((at, head)) = old {
                     self.discard(at, head);
                 }
+                self.o.entries = self.o.entries + hits.len() - old_len;
                 if hits.is_empty() {
                     self.o.at[uid as usize] = NONE;
-                    return;
+                    return true;
                 }
-                let offset = Offsets::end(self.arena.len());
                 Self::write(&mut self.arena, hits);
                 self.o.at[uid as usize] = offset;
                 if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
                     self.compact(i64::MIN);
                 }
+                return true;
             }
         }
+        self.o.entries = self.o.entries + hits.len() - old_len;
+        true
     }
 
     /// Drops hits before `cutoff` (epoch ms), and the garbage, in one pass.
@@ -769,7 +793,7 @@ impl CompactStore {
 impl Segments for CompactStore {
     type Entry = Packed;
 
-    fn insert(&mut self, uid: u32, hits: &[Packed], pos: usize) {
+    fn insert(&mut self, uid: u32, hits: &[Packed], pos: usize) -> bool {
         // The user's hits before: all of `hits` but the new one.
         let Some((at, head)) = self.head(uid) else {
             return self.replace(uid, hits, hits.len() - 1);
@@ -788,7 +812,13 @@ impl Segments for CompactStore {
         let size = head.units();
         let moved = !(at + size == self.arena.len() || self.take_garbage(at + size, units));
         let at = if moved {
-            let offset = Offsets::end(self.arena.len());
+            let Some(offset) = self.o.end(self.arena.len()) else {
+                if self.o.garbage == 0 {
+                    return false;
+                }
+                self.compact(i64::MIN);
+                return self.insert(uid, hits, pos);
+            };
             self.arena.reserve(size + units + SLACK_UNITS);
             self.arena.extend_from_within(at..at + size);
             self.discard(at, head);
@@ -813,6 +843,7 @@ impl Segments for CompactStore {
         if self.o.compaction_due(self.arena.len(), MIN_GARBAGE_UNITS) {
             self.compact(i64::MIN);
         }
+        true
     }
 
     fn load(&self, uid: u32, out: &mut Vec<Packed>) {
@@ -912,6 +943,15 @@ pub enum Store {
 }
 
 impl Store {
+    /// Lowers the arena's limit (tests of a full store).
+    #[cfg(test)]
+    pub fn limit_arena(&mut self, units: usize) {
+        match self {
+            Store::Packed(s) => s.o.limit = units,
+            Store::Wide(s) => s.o.limit = units,
+        }
+    }
+
     /// An empty store, with tags or without.
     pub fn new(wide: bool) -> Self {
         if wide { Store::Wide(FunnelStore::default()) } else { Store::Packed(CompactStore::default()) }
@@ -1380,6 +1420,78 @@ mod tests {
         s.compact(i64::MIN);
         assert_eq!(s.o.garbage, 0);
         same_as(&s, &model);
+    }
+
+    /// The arena's length, in its units.
+    trait ArenaLen {
+        fn arena_len(&self) -> usize;
+    }
+
+    impl ArenaLen for CompactStore {
+        fn arena_len(&self) -> usize {
+            self.arena.len()
+        }
+    }
+
+    impl<E> ArenaLen for FunnelStore<E> {
+        fn arena_len(&self) -> usize {
+            self.arena.len()
+        }
+    }
+
+    /// A full arena refuses a hit that needs a new segment, changing
+    /// nothing; a compaction makes room when there is garbage.
+    fn full_arena_refuses_then_compacts<S: Segments + Default + ArenaLen>() {
+        let mut s = S::default();
+        for _ in 0..3 {
+            s.push_user();
+        }
+        let hit = |ts: i64| S::Entry::from_hit(Hit { ts: 1_790_000_000_000 + ts, mask: 1, tag: 0 });
+        let mut hits = Vec::new();
+        let mut add = |s: &mut S, u: u32, ts: i64| {
+            s.load(u, &mut hits);
+            let pos = hits.binary_search(&hit(ts)).expect_err("a new hit");
+            hits.insert(pos, hit(ts));
+            s.insert(u, &hits, pos)
+        };
+        let mut loaded = Vec::new();
+        let mut hits_of = |s: &S, u: u32| {
+            s.load(u, &mut loaded);
+            loaded.clone()
+        };
+        // Users 0 and 1 fill the arena: no new segment starts after them.
+        assert!(add(&mut s, 0, 0) && add(&mut s, 1, 0));
+        let full = s.arena_len();
+        s.offsets_mut().limit = full;
+        assert!(!add(&mut s, 2, 0), "a new user's segment past the limit");
+        assert_eq!((s.arena_len(), s.entries(), s.offsets().get(2)), (full, 2, None));
+        // The last segment grows where it is, at the arena's end.
+        assert!(add(&mut s, 1, 1000));
+        // 0's segment, not the last, would have to move: refused, kept.
+        assert!(!add(&mut s, 0, 1000));
+        assert_eq!((hits_of(&s, 0), s.entries()), (vec![hit(0)], 3));
+        // Room for 0's move leaves its old segment garbage; then 1's move
+        // needs a compaction first, which makes the room.
+        s.offsets_mut().limit = usize::MAX;
+        assert!(add(&mut s, 0, 1000));
+        assert!(s.offsets().garbage > 0);
+        let limit = s.arena_len();
+        s.offsets_mut().limit = limit;
+        assert!(add(&mut s, 1, 2000), "the compaction made room");
+        assert!(s.offsets().get(1).is_some_and(|at| at < limit));
+        assert_eq!(hits_of(&s, 0), vec![hit(0), hit(1000)]);
+        assert_eq!(hits_of(&s, 1), vec![hit(0), hit(1000), hit(2000)]);
+        assert_eq!(s.entries(), 5);
+    }
+
+    #[test]
+    fn a_full_compact_store_refuses_then_compacts() {
+        full_arena_refuses_then_compacts::<CompactStore>();
+    }
+
+    #[test]
+    fn a_full_wide_store_refuses_then_compacts() {
+        full_arena_refuses_then_compacts::<FunnelStore<Hit>>();
     }
 
     proptest::proptest! {

@@ -114,6 +114,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    (
+        "funnel_events_refused_total",
+        "Funnel events left out of the funnels because a shard's funnel store was full (2^32 units), since the shard was started.",
+        MetricType::COUNTER,
+        &[],
+    ),
     ("watermark_timestamp_seconds", "Newest accepted event time minus the allowed lateness.", MetricType::GAUGE, &[]),
     ("max_event_timestamp_seconds", "Newest accepted event time.", MetricType::GAUGE, &[]),
     ("tracked_users", "Users remembered by the engine.", MetricType::GAUGE, &[]),
@@ -359,7 +365,9 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     }
     let mut untracked = Family::new("events_untracked_total");
     untracked.value(&[], f.counters.untracked as f64);
-    out.extend([ingested, rejected, untracked].map(|f| f.mf));
+    let mut refused = Family::new("funnel_events_refused_total");
+    refused.value(&[], f.funnel_refused as f64);
+    out.extend([ingested, rejected, untracked, refused].map(|f| f.mf));
 
     if let Some(w) = f.watermark_ms {
         let mut g = Family::new("watermark_timestamp_seconds");
