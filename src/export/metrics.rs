@@ -116,7 +116,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "funnel_events_refused_total",
-        "Funnel events left out of the funnels because a shard's funnel store was full (2^32 units), since the shard was started.",
+        "Funnel events left out of the funnels because a shard's funnel store was full (2^32 units), counted since each shard started (not kept in snapshots).",
         MetricType::COUNTER,
         &[],
     ),
