@@ -293,7 +293,7 @@ mod tests {
             assert_eq!(restored.next_offset, 1234);
             let mut b = restored.engine;
             // Capacities differ after a restore; everything else may not.
-            let figures = |e: &Engine| Figures { state_bytes: 0, ..e.figures() };
+            let figures = |e: &Engine| Figures { state_bytes: 0, funnel_store_fill: 0.0, ..e.figures() };
             assert_eq!(figures(&a), figures(&b));
             assert!(figures(&a).retention.iter().all(|t| !t.cohorts.is_empty()));
             // And it goes on identically, a new user's sign-up and an old

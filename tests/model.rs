@@ -309,6 +309,7 @@ fn comparable(mut f: Figures) -> Figures {
     f.max_event_ms = None;
     f.tracked_users = 0;
     f.state_bytes = 0;
+    f.funnel_store_fill = 0.0;
     for t in &mut f.funnels {
         t.time_to_convert.clear();
         t.histograms.clear();

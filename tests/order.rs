@@ -32,6 +32,7 @@ fn run(cfg: &Config, lines: &[Vec<u8>]) -> Figures {
 fn without_counters(mut f: Figures) -> Figures {
     f.counters = Default::default();
     f.state_bytes = 0;
+    f.funnel_store_fill = 0.0;
     for t in &mut f.funnels {
         t.time_to_convert.clear();
         t.histograms.clear();
@@ -117,8 +118,8 @@ fn shards_keyed_by_user_merge_to_the_single_engine_figures() {
         .collect();
     let mut merged = cohortflow::engine::merge(parts, &cfg.engine);
     let mut single = single;
-    merged.state_bytes = 0;
-    single.state_bytes = 0;
+    (merged.state_bytes, merged.funnel_store_fill) = (0, 0.0);
+    (single.state_bytes, single.funnel_store_fill) = (0, 0.0);
     assert_eq!(merged.counters, single.counters);
     assert!(!merged.funnels[0].entries.is_empty());
     assert_eq!(merged, single);

@@ -685,6 +685,7 @@ impl Engine {
             max_event_ms: self.max_ts,
             counters: self.counters.clone(),
             funnel_refused: self.funnel_refused,
+            funnel_store_fill: self.stores.iter().map(Store::fill).fold(0.0, f64::max),
             tracked_users: self.first_seen.len() as u64,
             state_bytes: self.state_bytes(),
             ..Figures::default()
@@ -994,6 +995,8 @@ mod tests {
         }
         let (a, b) = (full.figures(), open.figures());
         assert_eq!((a.funnel_refused, b.funnel_refused), (3, 0));
+        assert_eq!(a.funnel_store_fill, 1.0);
+        assert!(b.funnel_store_fill > 0.0 && b.funnel_store_fill < 1e-6, "{}", b.funnel_store_fill);
         assert_eq!(a.funnels[0].conversions_total, vec![0, 0]);
         assert_eq!(b.funnels[0].conversions_total, vec![2, 1]);
         assert_eq!((&a.counters, &a.retention, &a.activity), (&b.counters, &b.retention, &b.activity));

@@ -989,6 +989,16 @@ impl Store {
         }
     }
 
+    /// How full the arena is: its units over those its offsets can reach
+    /// (past 1, hits that need room are refused).
+    pub fn fill(&self) -> f64 {
+        let (len, o) = match self {
+            Store::Packed(s) => (s.arena.len(), &s.o),
+            Store::Wide(s) => (s.arena.len(), &s.o),
+        };
+        if o.limit == 0 { 1.0 } else { len as f64 / o.limit as f64 }
+    }
+
     /// See [`FunnelStore::prune`].
     pub fn prune(&mut self, cutoff: i64) {
         match self {

@@ -120,6 +120,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    (
+        "funnel_store_fill_ratio",
+        "The fullest funnel store of any shard: its arena's units over the 2^32 it can address (at 1, funnel events are refused).",
+        MetricType::GAUGE,
+        &[],
+    ),
     ("watermark_timestamp_seconds", "Newest accepted event time minus the allowed lateness.", MetricType::GAUGE, &[]),
     ("max_event_timestamp_seconds", "Newest accepted event time.", MetricType::GAUGE, &[]),
     ("tracked_users", "Users remembered by the engine.", MetricType::GAUGE, &[]),
@@ -367,7 +373,9 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     untracked.value(&[], f.counters.untracked as f64);
     let mut refused = Family::new("funnel_events_refused_total");
     refused.value(&[], f.funnel_refused as f64);
-    out.extend([ingested, rejected, untracked, refused].map(|f| f.mf));
+    let mut fill = Family::new("funnel_store_fill_ratio");
+    fill.value(&[], f.funnel_store_fill);
+    out.extend([ingested, rejected, untracked, refused, fill].map(|f| f.mf));
 
     if let Some(w) = f.watermark_ms {
         let mut g = Family::new("watermark_timestamp_seconds");
