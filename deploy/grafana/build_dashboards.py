@@ -147,10 +147,16 @@ operations = dashboard(
         panel(8, "Memory", "timeseries",
               [target('process_resident_memory_bytes{job="cohortflow"}', "RSS {{instance}}"),
                target("sum by (instance) (cohortflow_state_bytes)", "state {{instance}}", ref="B")], 12, 24, unit="bytes"),
+        panel(10, "Funnel store fill (fullest store)", "timeseries",
+              [target("max by (instance) (cohortflow_funnel_store_fill_ratio)", "{{instance}}")], 0, 32,
+              unit="percentunit", description="At 100 % funnel events are refused."),
+        panel(11, "Funnel events refused per second", "timeseries",
+              [target("sum by (instance) (rate(cohortflow_funnel_events_refused_total[5m]))", "{{instance}}")],
+              12, 32, unit="ops"),
         panel(9, "Up and ready", "stat",
               [target('up{job="cohortflow"}', "up {{instance}}"),
                target("cohortflow_ready", "ready {{instance}}", ref="B"),
-               target("cohortflow_kafka_up", "kafka {{instance}}", ref="C")], 0, 32, w=24, h=4),
+               target("cohortflow_kafka_up", "kafka {{instance}}", ref="C")], 0, 40, w=24, h=4),
     ],
 )
 
