@@ -40,8 +40,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = engine.apply(line.as_bytes(), None, now);
         events += 1;
     };
-    // As `run` and `replay` do after each batch or line.
-    let mut trim = cohortflow::allocator::GrowthTrim::default();
     let fed = Instant::now();
     // Users arrive in time order, as they would on a topic.
     for u in 0..users {
@@ -68,7 +66,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
-        trim.observe(engine.tracked_users());
     }
     let fed_s = fed.elapsed().as_secs_f64();
     let rss_after = rss_kib("VmRSS")?;

@@ -13,19 +13,20 @@
 //! receive buffers among them) stay in the heap and are reused. At 1 MiB
 //! the Kafka path took some 15 % more CPU a message, in librdkafka's
 //! threads and the shard workers; page faults on librdkafka's broker
-//! thread show in its profile. Below 10 M users a shard's columns are smaller,
-//! and their holes stay (a few MiB in all: 66.5 bytes a user at 1 M
-//! users, 63.1 at 1 MiB).
+//! thread show in its profile. Below 10 M users a shard's columns are
+//! smaller than 8 MiB and come from the heap, leaving holes as they grow
+//! (66.5 bytes a user at 1 M users, 63.1 at 1 MiB), which the trim below
+//! gives back.
 //!
 //! The process sets it at start, as `mallopt` does, unless the environment
 //! already sets one (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…`), which
 //! is then left to rule. Other C libraries are left as they are.
 //!
 //! The holes a shard's smaller columns leave behind are given back by
-//! [`GrowthTrim`]: each time the shard's users pass a power of two (when
-//! its columns, grown by doubling, have just moved), `malloc_trim` returns
-//! the heap's free pages to the system. At 1 M users that is 63.4 bytes a
-//! user instead of 66.5 (BENCHMARKS.md).
+//! [`GrowthTrim`], which each engine holds: each time its users pass a
+//! power of two (when its columns, grown by doubling, have just moved),
+//! `malloc_trim` returns the heap's free pages to the system. At 1 M users
+//! that is 63.4 bytes a user instead of 66.5 (BENCHMARKS.md).
 
 // `mallopt` and `malloc_trim` have no safe interface; this module's two
 // `unsafe` blocks call them (Cargo.toml denies unsafe code elsewhere).
@@ -74,8 +75,8 @@ fn set_threshold() -> MmapThreshold {
 const TRIM_FROM_USERS: usize = 1 << 16;
 
 /// Gives the heap's free pages back each time a shard's user count passes a
-/// power of two. One per shard, told the count after each batch (`run`) or
-/// line (`replay`).
+/// power of two. Each engine holds one and tells it its count when it adds
+/// a user.
 #[derive(Debug, Clone)]
 pub struct GrowthTrim {
     /// The count past which the next trim is due.

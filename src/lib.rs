@@ -23,8 +23,9 @@
 //!   time), the JSON API, and the HTTP server.
 //! - [`source`] feeds the engine: NDJSON files and stdin for `replay`, the
 //!   built-in traffic generator for `demo`.
-//! - [`allocator`] fixes the C allocator's mmap threshold at start, which
-//!   keeps the state's memory a user down.
+//! - [`allocator`] fixes the C allocator's mmap threshold at start and
+//!   gives the heap's free pages back as the state grows, which keeps the
+//!   state's memory a user down.
 
 pub mod allocator;
 pub mod checkpoint;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::allocator::GrowthTrim;
 use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
@@ -155,6 +156,8 @@ pub struct Engine {
     /// Funnel events a full funnel store could not keep, since this engine
     /// was made or restored (not in snapshots).
     funnel_refused: u64,
+    /// Gives the heap's free pages back as the per-user columns grow.
+    trim: GrowthTrim,
     /// Longest funnel window, ms.
     max_window_ms: i64,
     /// Largest retention N.
@@ -307,6 +310,7 @@ impl Engine {
             maintained_day: Day::MIN,
             counters: Counters::default(),
             funnel_refused: 0,
+            trim: GrowthTrim::default(),
             max_window_ms,
             max_retention_day,
             needs_tags,
@@ -492,6 +496,8 @@ impl Engine {
         for store in &mut self.stores {
             store.push_user();
         }
+        // Every column has its new user: those that grew have just moved.
+        self.trim.observe(self.first_seen.len());
         Some(i)
     }
 

@@ -3,7 +3,6 @@
 
 use std::io::{self, BufRead};
 
-use crate::allocator::GrowthTrim;
 use crate::engine::Engine;
 use crate::event::{MAX_MESSAGE_BYTES, Reject};
 
@@ -88,7 +87,6 @@ pub fn replay_into<R: BufRead>(
     mut progress: impl FnMut(u64),
 ) -> io::Result<u64> {
     let mut reader = LineReader::new(input);
-    let mut trim = GrowthTrim::default();
     let mut n = 0u64;
     while let Some(line) = reader.next_line()? {
         match line {
@@ -98,7 +96,6 @@ pub fn replay_into<R: BufRead>(
             }
             Line::TooLarge => engine.count_rejected(Reject::TooLarge),
         }
-        trim.observe(engine.tracked_users());
         n += 1;
         if n % every == 0 {
             progress(n);

@@ -55,7 +55,6 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn};
 
-use crate::allocator::GrowthTrim;
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{Config, EngineConfig, KafkaConfig};
 use crate::engine::figures::Figures;
@@ -101,8 +100,6 @@ struct Shard {
     /// their way to this shard are dropped. A partition assigned again
     /// gets a new shard.
     live: bool,
-    /// Gives the heap's free pages back as the engine's columns grow.
-    trim: GrowthTrim,
 }
 
 /// A shard as the map, the workers and the publisher share it.
@@ -111,7 +108,7 @@ type ShardRef = Arc<Mutex<Shard>>;
 impl Shard {
     /// A live, unchanged shard holding `engine`, to be read from `next_offset`.
     fn start(engine: Engine, next_offset: Option<i64>) -> ShardRef {
-        Arc::new(Mutex::new(Shard { engine, next_offset, dirty: false, live: true, trim: GrowthTrim::default() }))
+        Arc::new(Mutex::new(Shard { engine, next_offset, dirty: false, live: true }))
     }
 }
 
@@ -700,8 +697,6 @@ fn work(shared: &Shared, jobs: Receiver<Job>, give_back: SyncSender<Batch>) {
                     }
                 }
             }
-            let users = shard.engine.tracked_users();
-            shard.trim.observe(users);
         }
         let _ = give_back.try_send(batch);
     }
