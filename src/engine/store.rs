@@ -1492,6 +1492,15 @@ mod tests {
         assert_eq!(hits_of(&s, 0), vec![hit(0), hit(1000)]);
         assert_eq!(hits_of(&s, 1), vec![hit(0), hit(1000), hit(2000)]);
         assert_eq!(s.entries(), 5);
+        // A new user's first segment, with the arena full again and 1's
+        // move left garbage: a compaction makes room for it too.
+        assert!(s.offsets().garbage > 0);
+        let limit = s.arena_len();
+        s.offsets_mut().limit = limit;
+        assert!(add(&mut s, 2, 0), "the compaction made room for a new segment");
+        assert!(s.offsets().get(2).is_some_and(|at| at < limit));
+        assert_eq!((hits_of(&s, 2), s.entries()), (vec![hit(0)], 6));
+        assert_eq!(hits_of(&s, 1), vec![hit(0), hit(1000), hit(2000)]);
     }
 
     #[test]
