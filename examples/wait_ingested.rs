@@ -6,7 +6,7 @@
 //! One process with one kept-alive connection polls, so that the poller
 //! costs the machine little: a `curl` and an `awk` started every 20 ms
 //! (the script's poller before) took about a third of a core, 11 ms of CPU
-//! a scrape (measured once, see BENCHMARKS.md), from the run being
+//! a scrape (measured once, see BENCHMARKS-HISTORY.md), from the run being
 //! measured. It polls every POLL_MS only near the end: before, it sleeps
 //! through half the time the rate so far says is left (at most 0.5 s).
 //!

@@ -5,7 +5,7 @@
 //! which it seldom gives back. By default the threshold rises (up to
 //! 32 MiB) each time a mapped block is freed, so the per-user columns,
 //! which grow by doubling, leave their outgrown blocks in the heap as holes:
-//! some 8 bytes a user at 10 M users (BENCHMARKS.md). A fixed threshold
+//! some 8 bytes a user at 10 M users (BENCHMARKS-HISTORY.md). A fixed threshold
 //! maps every larger block on its own and unmaps it when freed.
 //!
 //! At 8 MiB: the columns of a large shard are mapped (61.7 bytes a user at
@@ -26,7 +26,7 @@
 //! [`GrowthTrim`], which each engine holds: each time its users pass a
 //! power of two (when its columns, grown by doubling, have just moved),
 //! `malloc_trim` returns the heap's free pages to the system. At 1 M users
-//! that is 63.4 bytes a user instead of 66.5 (BENCHMARKS.md).
+//! that is 63.4 bytes a user instead of 66.5 (BENCHMARKS-HISTORY.md).
 
 // `mallopt` and `malloc_trim` have no safe interface; this module's two
 // `unsafe` blocks call them (Cargo.toml denies unsafe code elsewhere).

@@ -6,7 +6,7 @@
 //! each call reads the clock three times (once in rdkafka, twice in
 //! librdkafka's poll accounting), takes the queue's lock and allocates a
 //! reference count for the message's event: a quarter of the Kafka path's
-//! consumer thread went to the clock alone (BENCHMARKS.md).
+//! consumer thread went to the clock alone (BENCHMARKS-HISTORY.md).
 //! `rd_kafka_consume_batch_queue` hands over every message waiting, up to
 //! a slice, at one call's cost. It cannot read the consumer's own queue,
 //! though: a rebalance waiting there would be served by librdkafka itself
