@@ -70,6 +70,10 @@ struct RawConfig {
     /// The most users remembered; beyond it new users are not tracked.
     #[serde(default = "default_max_users")]
     max_users: u64,
+    /// The most funnel events kept per user; past it, a user's funnel
+    /// events are left out of the funnels.
+    #[serde(default = "default_max_funnel_events_per_user")]
+    max_funnel_events_per_user: u64,
     /// Use the Kafka message timestamp when an event has no `ts` field.
     #[serde(default)]
     use_message_timestamp: bool,
@@ -119,6 +123,9 @@ fn default_shutdown_timeout() -> String {
 }
 fn default_max_users() -> u64 {
     50_000_000
+}
+fn default_max_funnel_events_per_user() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +333,10 @@ pub struct EngineConfig {
     pub export_days: u32,
     /// Cap on remembered users.
     pub max_users: u64,
+    /// Cap on the funnel events one user keeps in a funnel store: each of
+    /// a user's funnel events costs a pass over the ones kept, so without
+    /// it one synthetic user's cost grows with the square of their rate.
+    pub max_funnel_events_per_user: u32,
     /// Retention definitions.
     pub retention: Vec<RetentionDef>,
     /// Funnel definitions.
@@ -529,6 +540,10 @@ impl RawConfig {
             // A shard's funnel stores index users in 31 bits.
             return Err(invalid("max_users", format!("must be between 1 and {most_users} (2^31)")));
         }
+        let max_funnel_events_per_user = u32::try_from(self.max_funnel_events_per_user)
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| invalid("max_funnel_events_per_user", format!("must be between 1 and {}", u32::MAX)))?;
         let listen: SocketAddr = self.http.listen.parse().map_err(|e| {
             invalid("http.listen", format!("`{}` is not an address such as 127.0.0.1:9464: {e}", self.http.listen))
         })?;
@@ -743,6 +758,7 @@ impl RawConfig {
                 max_future_skew_ms,
                 export_days: self.export_days,
                 max_users: self.max_users,
+                max_funnel_events_per_user,
                 retention,
                 funnels,
             },
@@ -803,6 +819,9 @@ mod tests {
         assert!(err("max_users = 0").contains("`max_users`"));
         let e = err("max_users = 2147483649");
         assert!(e.contains("`max_users`") && e.contains("2147483648"), "{e}");
+        assert!(err("max_funnel_events_per_user = 0").contains("`max_funnel_events_per_user`"));
+        let e = err("max_funnel_events_per_user = 4294967296");
+        assert!(e.contains("`max_funnel_events_per_user`") && e.contains("4294967295"), "{e}");
         assert!(err("allowed_lateness = \"soon\"").contains("`allowed_lateness`"));
         let e = err("[[retention]]\nname = \"r\"\ndays = [1, 40]");
         assert!(e.contains("`retention[0].days`"), "{e}");
@@ -828,5 +847,6 @@ mod tests {
         assert_eq!(c.engine.retention.len(), 1);
         assert_eq!(c.engine.retention[0].days, vec![1, 3, 7, 14, 30]);
         assert!(c.engine.funnels.is_empty());
+        assert_eq!(c.engine.max_funnel_events_per_user, 10_000);
     }
 }

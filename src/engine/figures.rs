@@ -136,6 +136,9 @@ pub struct Figures {
     /// Funnel events a full funnel store could not keep, since each
     /// shard's engine was made or restored.
     pub funnel_refused: u64,
+    /// Funnel events of users who already kept `max_funnel_events_per_user`
+    /// in a store, since each shard's engine was made or restored.
+    pub funnel_capped: u64,
     /// The fullest funnel store: its arena's units over those it can
     /// address (refusals start at 1).
     pub funnel_store_fill: f64,
@@ -169,6 +172,7 @@ impl Figures {
             }
             out.counters.untracked += p.counters.untracked;
             out.funnel_refused += p.funnel_refused;
+            out.funnel_capped += p.funnel_capped;
             out.funnel_store_fill = out.funnel_store_fill.max(p.funnel_store_fill);
             out.tracked_users += p.tracked_users;
             out.state_bytes += p.state_bytes;

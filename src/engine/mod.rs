@@ -156,6 +156,9 @@ pub struct Engine {
     /// Funnel events a full funnel store could not keep, since this engine
     /// was made or restored (not in snapshots).
     funnel_refused: u64,
+    /// Funnel events of users who already held `max_funnel_events_per_user`,
+    /// since this engine was made or restored (not in snapshots).
+    funnel_capped: u64,
     /// Gives the heap's free pages back as the per-user columns grow.
     trim: GrowthTrim,
     /// Longest funnel window, ms.
@@ -310,6 +313,7 @@ impl Engine {
             maintained_day: Day::MIN,
             counters: Counters::default(),
             funnel_refused: 0,
+            funnel_capped: 0,
             trim: GrowthTrim::default(),
             max_window_ms,
             max_retention_day,
@@ -464,8 +468,13 @@ impl Engine {
             let tag = if self.needs_tags { event_tag(ev) } else { 0 };
             for s in 0..self.stores.len() {
                 let mask = self.members[s].iter().fold(0, |m, &f| m | masks[f] << self.funnels[f].steps.shift);
-                if mask != 0 && !self.funnel_event(s, uid, Hit { ts, mask, tag }, day, &masks) {
-                    self.funnel_refused += 1;
+                if mask == 0 {
+                    continue;
+                }
+                match self.funnel_event(s, uid, Hit { ts, mask, tag }, day, &masks) {
+                    Recorded::Kept => {}
+                    Recorded::StoreFull => self.funnel_refused += 1,
+                    Recorded::UserFull => self.funnel_capped += 1,
                 }
             }
         }
@@ -616,11 +625,17 @@ impl Engine {
 
     /// Adds `hit` (its mask: the steps of every funnel of store `s` the
     /// event fills; `masks`: per funnel, its own steps) to the store, and
-    /// moves the counters of each funnel whose levels it raises.
-    /// False when the store is full: the event is then left out of the
-    /// funnels.
-    fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) -> bool {
-        let funnels = Funnels { cal: &self.cal, defs: &self.cfg.funnels, states: &mut self.funnels, masks };
+    /// moves the counters of each funnel whose levels it raises, unless
+    /// the store or the user's share of it is full: the event is then left
+    /// out of the funnels.
+    fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) -> Recorded {
+        let funnels = Funnels {
+            cal: &self.cal,
+            defs: &self.cfg.funnels,
+            states: &mut self.funnels,
+            masks,
+            user_cap: self.cfg.max_funnel_events_per_user as usize,
+        };
         let members = &self.members[s];
         match &mut self.stores[s] {
             Store::Packed(store) => funnels.record(store, &mut self.scratch_packed, members, uid, hit, day),
@@ -691,6 +706,7 @@ impl Engine {
             max_event_ms: self.max_ts,
             counters: self.counters.clone(),
             funnel_refused: self.funnel_refused,
+            funnel_capped: self.funnel_capped,
             funnel_store_fill: self.stores.iter().map(Store::fill).fold(0.0, f64::max),
             tracked_users: self.first_seen.len() as u64,
             state_bytes: self.state_bytes(),
@@ -788,12 +804,32 @@ struct Funnels<'a> {
     states: &'a mut [FunnelState],
     /// Per funnel: the steps the event fills (bit k: step k+1).
     masks: &'a [u32],
+    /// The most hits a user keeps in the store.
+    user_cap: usize,
+}
+
+/// What became of a funnel event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// In the store (or there already: a replay), and counted.
+    Kept,
+    /// Left out: the store has no room for it.
+    StoreFull,
+    /// Left out: its user already keeps `max_funnel_events_per_user` in the
+    /// store. Each of a user's funnel events costs a pass over the user's
+    /// kept ones (some 2.8 ns each), so without a cap a user's cost grows
+    /// with the square of their rate: one synthetic user sending 20 funnel
+    /// events a second would hold 57 M hits after 33 days and take three
+    /// cores. The cap bounds what one event costs, and one user's share of
+    /// the store.
+    UserFull,
 }
 
 impl Funnels<'_> {
     /// Adds `hit` of user `uid` (on business day `day`) to `store`, which
     /// the funnels `members` share, and moves the counters of every entry
-    /// day whose level it raises.
+    /// day whose level it raises; or leaves it out, changing nothing, when
+    /// the store or the user's share of it is full.
     fn record<S: Segments>(
         self,
         store: &mut S,
@@ -802,13 +838,16 @@ impl Funnels<'_> {
         uid: u32,
         hit: Hit,
         day: Day,
-    ) -> bool {
+    ) -> Recorded {
         store.load(uid, hits);
         let entry = S::Entry::from_hit(hit);
         let Err(pos) = hits.binary_search(&entry) else {
             // A replay, or an event the store cannot tell from one it has.
-            return true;
+            return Recorded::Kept;
         };
+        if hits.len() >= self.user_cap {
+            return Recorded::UserFull;
+        }
         let masks = self.masks;
         let filled = |f: &&usize| masks[**f] != 0;
         // Entry days whose chains this event can join, and their levels
@@ -838,7 +877,7 @@ impl Funnels<'_> {
         hits.insert(pos, entry);
         if !store.insert(uid, hits, pos) {
             // The store is full: the counters stay as they were.
-            return false;
+            return Recorded::StoreFull;
         }
         for &f in members.iter().filter(filled) {
             let (def, steps) = (&self.defs[f], self.states[f].steps);
@@ -866,7 +905,7 @@ impl Funnels<'_> {
                 }
             }
         }
-        true
+        Recorded::Kept
     }
 
     /// The entry days of funnel `def` an event at `ts` (on day `day`)
@@ -1007,5 +1046,72 @@ mod tests {
         assert_eq!(b.funnels[0].conversions_total, vec![2, 1]);
         assert_eq!((&a.counters, &a.retention, &a.activity), (&b.counters, &b.retention, &b.activity));
         assert_eq!(a.tracked_users, 2);
+    }
+    /// Past `max_funnel_events_per_user`, a user's funnel events are left
+    /// out of the funnels and counted, while a replay of one kept stays
+    /// harmless; other users' funnels and every other figure are as
+    /// without the cap; and once the user's old hits leave the history,
+    /// the user's events are kept again.
+    #[test]
+    fn a_user_past_the_cap_has_funnel_events_left_out_and_counted() {
+        let toml = |cap: &str| {
+            format!(
+                r#"
+                timezone = "UTC"
+                history_days = 3
+                {cap}
+                [[retention]]
+                name = "all"
+                cohort_event = "*"
+                return_event = "*"
+                days = [1]
+                [[funnel]]
+                name = "checkout"
+                window = "1h"
+                steps = ["view", "order"]
+                "#
+            )
+        };
+        let engine = |text: String| Engine::new(Arc::new(Config::from_toml_str(&text).expect("config").engine));
+        // Capped at 3, and at the default.
+        let mut engines = [engine(toml("max_funnel_events_per_user = 3")), engine(toml(""))];
+        let t0 = 1_790_000_000_000;
+        let feed = |engines: &mut [Engine; 2], events: &[(&str, &str, i64)]| {
+            for &(user, name, ts) in events {
+                let line = format!(r#"{{"user_id":"{user}","event":"{name}","ts":{ts}}}"#);
+                for engine in engines.iter_mut() {
+                    engine.apply(line.as_bytes(), None, t0 + 30 * DAY_MS).expect("valid");
+                }
+            }
+        };
+        feed(
+            &mut engines,
+            &[
+                ("bot", "view", t0),
+                ("bot", "view", t0 + 1_000),
+                ("u2", "view", t0 + 1_500),
+                ("bot", "view", t0 + 2_000),
+                // The cap is reached: these two are left out.
+                ("bot", "view", t0 + 3_000),
+                ("bot", "order", t0 + 4_000),
+                // A replay of a kept one, and another user's order.
+                ("bot", "view", t0 + 1_000),
+                ("u2", "order", t0 + 5_000),
+            ],
+        );
+        let [a, b] = engines.each_ref().map(Engine::figures);
+        assert_eq!((a.funnel_capped, b.funnel_capped, a.funnel_refused), (2, 0, 0));
+        assert_eq!(a.funnels[0].conversions_total, vec![2, 1]);
+        assert_eq!(b.funnels[0].conversions_total, vec![2, 2]);
+        assert_eq!((&a.counters, &a.retention, &a.activity), (&b.counters, &b.retention, &b.activity));
+
+        // Five days on, the bot's first hits are out of the history, and
+        // its funnel events are kept again.
+        let later = t0 + 5 * DAY_MS;
+        feed(&mut engines, &[("bot", "view", later), ("bot", "order", later + 1_000)]);
+        let [a, b] = engines.each_ref().map(Engine::figures);
+        assert_eq!(a.funnel_capped, 2);
+        assert_eq!(a.funnels[0].conversions_total, vec![3, 2]);
+        assert_eq!(b.funnels[0].conversions_total, vec![3, 3]);
     }
 }

@@ -121,6 +121,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "funnel_events_capped_total",
+        "Funnel events left out of the funnels because their user already kept max_funnel_events_per_user of the history window, counted since each shard started (not kept in snapshots).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "funnel_store_fill_ratio",
         "The fullest funnel store of any shard: its arena's units over the 2^32 it can address (at 1, funnel events are refused).",
         MetricType::GAUGE,
@@ -373,9 +379,11 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     untracked.value(&[], f.counters.untracked as f64);
     let mut refused = Family::new("funnel_events_refused_total");
     refused.value(&[], f.funnel_refused as f64);
+    let mut capped = Family::new("funnel_events_capped_total");
+    capped.value(&[], f.funnel_capped as f64);
     let mut fill = Family::new("funnel_store_fill_ratio");
     fill.value(&[], f.funnel_store_fill);
-    out.extend([ingested, rejected, untracked, refused, fill].map(|f| f.mf));
+    out.extend([ingested, rejected, untracked, refused, capped, fill].map(|f| f.mf));
 
     if let Some(w) = f.watermark_ms {
         let mut g = Family::new("watermark_timestamp_seconds");
