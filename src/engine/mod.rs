@@ -21,7 +21,7 @@ pub mod ids;
 pub mod state;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
@@ -159,6 +159,12 @@ pub struct Engine {
     /// Funnel events of users who already held `max_funnel_events_per_user`,
     /// since this engine was made or restored (not in snapshots).
     funnel_capped: u64,
+    /// Per store, the users found at the cap since its last prune: until
+    /// the next one they cannot drop below it, so their funnel events are
+    /// left out without loading their hits (10 000 of them, some 250 000
+    /// instructions, each time). At most the store's hits over the cap
+    /// users.
+    capped: Vec<HashSet<u32, foldhash::fast::FixedState>>,
     /// Gives the heap's free pages back as the per-user columns grow.
     trim: GrowthTrim,
     /// Longest funnel window, ms.
@@ -296,6 +302,7 @@ impl Engine {
             .collect();
         let max_retention_day = cfg.retention.iter().flat_map(|r| r.days.iter().copied()).max().unwrap_or(0) as i32;
         let active = DaySets::for_history(cfg.history_days);
+        let store_count = stores.len();
         Engine {
             cal: Calendar::new(cfg.timezone.clone()),
             cfg,
@@ -314,6 +321,7 @@ impl Engine {
             counters: Counters::default(),
             funnel_refused: 0,
             funnel_capped: 0,
+            capped: vec![HashSet::default(); store_count],
             trim: GrowthTrim::default(),
             max_window_ms,
             max_retention_day,
@@ -629,6 +637,9 @@ impl Engine {
     /// the store or the user's share of it is full: the event is then left
     /// out of the funnels.
     fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) -> Recorded {
+        if !self.capped[s].is_empty() && self.capped[s].contains(&uid) {
+            return Recorded::UserFull;
+        }
         let funnels = Funnels {
             cal: &self.cal,
             defs: &self.cfg.funnels,
@@ -637,10 +648,14 @@ impl Engine {
             user_cap: self.cfg.max_funnel_events_per_user as usize,
         };
         let members = &self.members[s];
-        match &mut self.stores[s] {
+        let recorded = match &mut self.stores[s] {
             Store::Packed(store) => funnels.record(store, &mut self.scratch_packed, members, uid, hit, day),
             Store::Wide(store) => funnels.record(store, &mut self.scratch_wide, members, uid, hit, day),
+        };
+        if recorded == Recorded::UserFull {
+            self.capped[s].insert(uid);
         }
+        recorded
     }
 
     /// Called when the watermark enters a new day: drops day rows and
@@ -670,6 +685,8 @@ impl Engine {
             let window = self.members[s].iter().map(|&f| self.cfg.funnels[f].window_ms).max().unwrap_or(0);
             let reach = self.cal.day_of((horizon - window).max(0));
             store.prune(self.cal.bounds(reach).0);
+            // Old hits gone, users at the cap may have room again.
+            self.capped[s].clear();
         }
     }
 
@@ -816,7 +833,7 @@ enum Recorded {
     /// Left out: the store has no room for it.
     StoreFull,
     /// Left out: its user already keeps `max_funnel_events_per_user` in the
-    /// store. Each of a user's funnel events costs a pass over the user's
+    /// store (a replay of one of them too: it would change nothing). Each of a user's funnel events costs a pass over the user's
     /// kept ones (about 3 ns each), so without a cap a user's cost grows
     /// with the square of their rate: one synthetic user sending 20 funnel
     /// events a second would hold 57 M hits after 33 days and take three
@@ -840,14 +857,16 @@ impl Funnels<'_> {
         day: Day,
     ) -> Recorded {
         store.load(uid, hits);
+        // Before the replay check, so that a user at the cap stays so,
+        // replays included, without a load (`Engine::capped`).
+        if hits.len() >= self.user_cap {
+            return Recorded::UserFull;
+        }
         let entry = S::Entry::from_hit(hit);
         let Err(pos) = hits.binary_search(&entry) else {
             // A replay, or an event the store cannot tell from one it has.
             return Recorded::Kept;
         };
-        if hits.len() >= self.user_cap {
-            return Recorded::UserFull;
-        }
         let masks = self.masks;
         let filled = |f: &&usize| masks[**f] != 0;
         // Entry days whose chains this event can join, and their levels
@@ -1048,8 +1067,8 @@ mod tests {
         assert_eq!(a.tracked_users, 2);
     }
     /// Past `max_funnel_events_per_user`, a user's funnel events are left
-    /// out of the funnels and counted, while a replay of one kept stays
-    /// harmless; other users' funnels and every other figure are as
+    /// out of the funnels and counted (a replay of one kept too, changing
+    /// nothing); other users' funnels and every other figure are as
     /// without the cap; and once the user's old hits leave the history,
     /// the user's events are kept again.
     #[test]
@@ -1091,16 +1110,17 @@ mod tests {
                 ("bot", "view", t0 + 1_000),
                 ("u2", "view", t0 + 1_500),
                 ("bot", "view", t0 + 2_000),
-                // The cap is reached: these two are left out.
+                // The cap is reached: these two are left out, and a replay
+                // of a kept one is counted with them.
                 ("bot", "view", t0 + 3_000),
                 ("bot", "order", t0 + 4_000),
-                // A replay of a kept one, and another user's order.
                 ("bot", "view", t0 + 1_000),
+                // Another user's order.
                 ("u2", "order", t0 + 5_000),
             ],
         );
         let [a, b] = engines.each_ref().map(Engine::figures);
-        assert_eq!((a.funnel_capped, b.funnel_capped, a.funnel_refused), (2, 0, 0));
+        assert_eq!((a.funnel_capped, b.funnel_capped, a.funnel_refused), (3, 0, 0));
         assert_eq!(a.funnels[0].conversions_total, vec![2, 1]);
         assert_eq!(b.funnels[0].conversions_total, vec![2, 2]);
         assert_eq!((&a.counters, &a.retention, &a.activity), (&b.counters, &b.retention, &b.activity));
@@ -1110,7 +1130,7 @@ mod tests {
         let later = t0 + 5 * DAY_MS;
         feed(&mut engines, &[("bot", "view", later), ("bot", "order", later + 1_000)]);
         let [a, b] = engines.each_ref().map(Engine::figures);
-        assert_eq!(a.funnel_capped, 2);
+        assert_eq!(a.funnel_capped, 3);
         assert_eq!(a.funnels[0].conversions_total, vec![3, 2]);
         assert_eq!(b.funnels[0].conversions_total, vec![3, 3]);
     }
