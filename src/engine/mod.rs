@@ -161,7 +161,7 @@ pub struct Engine {
     funnel_capped: u64,
     /// Per store, the users found at the cap since its last prune: until
     /// the next one they cannot drop below it, so their funnel events are
-    /// left out without loading their hits (10 000 of them, some 250 000
+    /// left out without loading their hits (10 000 of them, some 240 000
     /// instructions, each time). At most the store's hits over the cap
     /// users.
     capped: Vec<HashSet<u32, foldhash::fast::FixedState>>,
