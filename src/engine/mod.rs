@@ -162,8 +162,8 @@ pub struct Engine {
     /// Per store, the users found at the cap since its last prune: until
     /// the next one they cannot drop below it, so their funnel events are
     /// left out without loading their hits (10 000 of them, some 240 000
-    /// instructions, each time). At most the store's hits over the cap
-    /// users.
+    /// instructions, each time). Bounded: no more users than the store's
+    /// hits over the cap.
     capped: Vec<HashSet<u32, foldhash::fast::FixedState>>,
     /// Gives the heap's free pages back as the per-user columns grow.
     trim: GrowthTrim,
@@ -833,12 +833,12 @@ enum Recorded {
     /// Left out: the store has no room for it.
     StoreFull,
     /// Left out: its user already keeps `max_funnel_events_per_user` in the
-    /// store (a replay of one of them too: it would change nothing). Each of a user's funnel events costs a pass over the user's
-    /// kept ones (about 3 ns each), so without a cap a user's cost grows
-    /// with the square of their rate: one synthetic user sending 20 funnel
-    /// events a second would hold 57 M hits after 33 days and take three
-    /// cores. The cap bounds what one event costs, and one user's share of
-    /// the store.
+    /// store (a replay of one of them too: it would change nothing). Each
+    /// of a user's funnel events costs a pass over the user's kept ones
+    /// (about 3 ns each), so without a cap a user's cost grows with the
+    /// square of their rate: one synthetic user sending 20 funnel events a
+    /// second would hold 57 M hits after 33 days and take three cores. The
+    /// cap bounds what one event costs, and one user's share of the store.
     UserFull,
 }
 
@@ -1066,6 +1066,7 @@ mod tests {
         assert_eq!((&a.counters, &a.retention, &a.activity), (&b.counters, &b.retention, &b.activity));
         assert_eq!(a.tracked_users, 2);
     }
+
     /// Past `max_funnel_events_per_user`, a user's funnel events are left
     /// out of the funnels and counted (a replay of one kept too, changing
     /// nothing); other users' funnels and every other figure are as
