@@ -1021,13 +1021,13 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// A full funnel store refuses the events it cannot keep: they are
-    /// counted and left out of the funnels, and every other figure is as
-    /// an engine with room gives it.
-    #[test]
-    fn a_full_funnel_store_refuses_events_and_counts_them() {
-        let toml = r#"
+    /// One retention definition and a view → order funnel, with `extra`
+    /// top-level keys.
+    fn view_order_config(extra: &str) -> Arc<EngineConfig> {
+        let toml = format!(
+            r#"
             timezone = "UTC"
+            {extra}
             [[retention]]
             name = "all"
             cohort_event = "*"
@@ -1037,8 +1037,17 @@ mod tests {
             name = "checkout"
             window = "1h"
             steps = ["view", "order"]
-        "#;
-        let cfg = Arc::new(Config::from_toml_str(toml).expect("config").engine);
+            "#
+        );
+        Arc::new(Config::from_toml_str(&toml).expect("config").engine)
+    }
+
+    /// A full funnel store refuses the events it cannot keep: they are
+    /// counted and left out of the funnels, and every other figure is as
+    /// an engine with room gives it.
+    #[test]
+    fn a_full_funnel_store_refuses_events_and_counts_them() {
+        let cfg = view_order_config("");
         let mut full = Engine::new(cfg.clone());
         for store in &mut full.stores {
             store.limit_arena(0);
@@ -1074,27 +1083,11 @@ mod tests {
     /// the user's events are kept again.
     #[test]
     fn a_user_past_the_cap_has_funnel_events_left_out_and_counted() {
-        let toml = |cap: &str| {
-            format!(
-                r#"
-                timezone = "UTC"
-                history_days = 3
-                {cap}
-                [[retention]]
-                name = "all"
-                cohort_event = "*"
-                return_event = "*"
-                days = [1]
-                [[funnel]]
-                name = "checkout"
-                window = "1h"
-                steps = ["view", "order"]
-                "#
-            )
-        };
-        let engine = |text: String| Engine::new(Arc::new(Config::from_toml_str(&text).expect("config").engine));
         // Capped at 3, and at the default.
-        let mut engines = [engine(toml("max_funnel_events_per_user = 3")), engine(toml(""))];
+        let mut engines = [
+            Engine::new(view_order_config("history_days = 3\nmax_funnel_events_per_user = 3")),
+            Engine::new(view_order_config("history_days = 3")),
+        ];
         let t0 = 1_790_000_000_000;
         let feed = |engines: &mut [Engine; 2], events: &[(&str, &str, i64)]| {
             for &(user, name, ts) in events {
