@@ -383,13 +383,18 @@ fn level_from<E: Entry>(hits: &[E], first: usize, window: i64, steps: Steps, mod
 }
 
 /// How many consecutive steps from `from` on can be filled by distinct
-/// events of one timestamp group: a bipartite matching, grown one step at a
-/// time (Kuhn's augmenting paths). Groups are tiny: distinct masks at one ms.
+/// events of one timestamp group.
 fn distinct_run<E: Entry>(group: &[E], from: usize, steps: Steps) -> usize {
-    if let [one] = group {
+    match group {
         // The usual group, and no matching to do: one event, one step.
-        return usize::from(from < steps.count && steps.of(one.mask()) & (1 << from) != 0);
+        [one] => usize::from(from < steps.count && steps.of(one.mask()) & (1 << from) != 0),
+        _ => matched_run(group, from, steps),
     }
+}
+
+/// [`distinct_run`] by a bipartite matching, grown one step at a time
+/// (Kuhn's augmenting paths). Groups are tiny: distinct masks at one ms.
+fn matched_run<E: Entry>(group: &[E], from: usize, steps: Steps) -> usize {
     let mut owner: Vec<Option<usize>> = vec![None; group.len()];
     let mut run = 0;
     while from + run < steps.count {
@@ -474,7 +479,8 @@ mod tests {
     }
 
     /// The chain from `hits[0]` walking every group of its window, as
-    /// `level_from` did before it jumped: the reference for the jumps.
+    /// `level_from` did before it jumped, and matching every group (no
+    /// shortcut for one event): the reference for the jumps.
     fn walked_from(hits: &[Hit], window: i64, steps: Steps, mode: FunnelMode) -> Chain {
         let start = hits[0].ts();
         let mut chain = Chain::none();
@@ -498,7 +504,7 @@ mod tests {
                         chain.level
                     }
                 }
-                _ => chain.level + distinct_run(group, chain.level, steps),
+                _ => chain.level + matched_run(group, chain.level, steps),
             };
             for k in before..chain.level {
                 chain.reached[k] = ts - start;
