@@ -637,25 +637,19 @@ impl Engine {
     /// the store or the user's share of it is full: the event is then left
     /// out of the funnels.
     fn funnel_event(&mut self, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) -> Recorded {
-        if !self.capped[s].is_empty() && self.capped[s].contains(&uid) {
-            return Recorded::UserFull;
-        }
         let funnels = Funnels {
             cal: &self.cal,
             defs: &self.cfg.funnels,
             states: &mut self.funnels,
             masks,
             user_cap: self.cfg.max_funnel_events_per_user as usize,
+            capped: &mut self.capped[s],
         };
         let members = &self.members[s];
-        let recorded = match &mut self.stores[s] {
+        match &mut self.stores[s] {
             Store::Packed(store) => funnels.record(store, &mut self.scratch_packed, members, uid, hit, day),
             Store::Wide(store) => funnels.record(store, &mut self.scratch_wide, members, uid, hit, day),
-        };
-        if recorded == Recorded::UserFull {
-            self.capped[s].insert(uid);
         }
-        recorded
     }
 
     /// Called when the watermark enters a new day: drops day rows and
@@ -823,6 +817,8 @@ struct Funnels<'a> {
     masks: &'a [u32],
     /// The most hits a user keeps in the store.
     user_cap: usize,
+    /// The store's users found at the cap (see [`Engine::capped`]).
+    capped: &'a mut HashSet<u32, foldhash::fast::FixedState>,
 }
 
 /// What became of a funnel event.
@@ -856,10 +852,15 @@ impl Funnels<'_> {
         hit: Hit,
         day: Day,
     ) -> Recorded {
+        // Until the store's next prune, a user found at the cap stays there.
+        if !self.capped.is_empty() && self.capped.contains(&uid) {
+            return Recorded::UserFull;
+        }
         store.load(uid, hits);
-        // Before the replay check, so that a user at the cap stays so,
-        // replays included, without a load (`Engine::capped`).
+        // Before the replay check, so that a replay counts alike whether
+        // the user's hits were loaded or not.
         if hits.len() >= self.user_cap {
+            self.capped.insert(uid);
             return Recorded::UserFull;
         }
         let entry = S::Entry::from_hit(hit);
