@@ -104,20 +104,17 @@ impl GrowthTrim {
 
 /// Returns the heap's free pages to the system: whole free pages anywhere
 /// in the heap, not only at its top. Says whether any memory was returned.
-pub fn trim() -> bool {
-    trim_heap()
-}
-
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() -> bool {
+pub fn trim() -> bool {
     // SAFETY: `malloc_trim` takes one integer (the padding to keep) and
     // only releases free memory the allocator owns, under its own locks;
     // no memory is passed.
     unsafe { libc::malloc_trim(0) == 1 }
 }
 
+/// Other C libraries: nothing to give back this way.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() -> bool {
+pub fn trim() -> bool {
     false
 }
 
