@@ -27,46 +27,6 @@ fill_topic events "$messages"
 echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
-start_daemon() { # CONFIG LOG; sets daemon_pid and addr
-    "$bin" run --config "$1" 2> "$2" &
-    daemon_pid=$!
-    listen_addr "$2"
-}
-
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
-# CPU time (user + system, all threads) a live process has used, seconds.
-ticks=$(getconf CLK_TCK)
-cpu_of() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-# The same for the threads of a live process whose name starts with PREFIX
-# (the name, in parentheses, is the second field).
-threads_cpu() { # PID PREFIX
-    cat /proc/"$1"/task/*/stat 2> /dev/null | awk -v t="$ticks" -v p="$2" '{
-        name = $0; sub(/^[0-9]+ \(/, "", name); sub(/\) [A-Za-z] .*/, "", name)
-        rest = $0; sub(/.*\) /, "", rest); split(rest, f, " ")
-        if (index(name, p) == 1) s += (f[12] + f[13]) / t
-    } END { print s + 0 }'
-}
-
-time_run() { # GROUP STATE_DIR [WORKERS]; prints msg/s, then the CPU seconds of the daemon, the broker, the daemon's shard workers, librdkafka's threads and the consumer thread
-    local broker_before secs cpu workers_cpu rdk_cpu consumer_cpu
-    broker_before=$(cpu_of "$broker_pid")
-    start_daemon "$(run_config "$1" events "$2" "${3:-}")" "$work/$1.log"
-    # Timed from the first assignment (/readyz turns 200 when the group is
-    # joined and the partitions restored) to the last message, like the
-    # bare consumer, by one light poller (a curl and an awk every 20 ms
-    # took a third of a core from the run).
-    secs=$("$target/examples/wait_ingested" "$addr" "$n" 50)
-    cpu=$(cpu_of "$daemon_pid")
-    workers_cpu=$(threads_cpu "$daemon_pid" shard-worker)
-    rdk_cpu=$(threads_cpu "$daemon_pid" rdk:)
-    consumer_cpu=$(threads_cpu "$daemon_pid" kafka-consumer)
-    printf '%s / %s\n%s\n%s - %s\n%s\n%s\n%s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" "$workers_cpu" \
-        "$rdk_cpu" "$consumer_cpu" | bc -l | paste -sd' '
-    kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
-    daemon_pid=
-}
-
 # Bash's `times` gives a subshell's children's CPU time as "XmY.YYYs".
 seconds() { echo "$1" | sed -E 's/([0-9]+)m([0-9.]+)s/\1 * 60 + \2/' | bc -l; }
 

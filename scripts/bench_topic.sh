@@ -1,10 +1,11 @@
-# Sourced by bench_kafka.sh and profile_kafka.sh: a nisshi broker on a free
+# Sourced by bench_kafka.sh, bench_kafka_ceiling.sh and profile_kafka.sh: a nisshi broker on a free
 # port of 127.0.0.1, the benchmark's topic, 4 partitions of generated
 # events (users who come back over months: 2 000 sign-ups a day, 25 000
 # events a day), and a `cohortflow run` config reading it. Needs
 # $broker; sets $target, $bin, $work (removed at exit, when the broker and
 # any $daemon_pid or $perf_pid are stopped), and through its functions
-# $port, $broker_pid and $n (the messages in the topic).
+# $port, $broker_pid and $n (the messages in the topic). Its last part
+# starts and times a daemon (`time_run`) and reads processes' CPU time.
 
 target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
@@ -49,4 +50,44 @@ listen_addr() { # LOG; sets addr, the daemon's HTTP address, once the log names 
         addr=$(grep -o 'http://[0-9.:]*' "$1" | head -1 | sed 's|http://||') && [ -n "$addr" ] && break
         sleep 0.1
     done
+}
+
+start_daemon() { # CONFIG LOG [BIN]; sets daemon_pid and addr
+    "${3:-$bin}" run --config "$1" 2> "$2" &
+    daemon_pid=$!
+    listen_addr "$2"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# CPU time (user + system, all threads) a live process has used, seconds.
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+# The same for the threads of a live process whose name starts with PREFIX
+# (the name, in parentheses, is the second field).
+threads_cpu() { # PID PREFIX
+    cat /proc/"$1"/task/*/stat 2> /dev/null | awk -v t="$ticks" -v p="$2" '{
+        name = $0; sub(/^[0-9]+ \(/, "", name); sub(/\) [A-Za-z] .*/, "", name)
+        rest = $0; sub(/.*\) /, "", rest); split(rest, f, " ")
+        if (index(name, p) == 1) s += (f[12] + f[13]) / t
+    } END { print s + 0 }'
+}
+
+time_run() { # GROUP STATE_DIR [WORKERS] [BIN]; prints msg/s, then the CPU seconds of the daemon, the broker, the daemon's shard workers, librdkafka's threads and the consumer thread
+    local broker_before secs cpu workers_cpu rdk_cpu consumer_cpu
+    broker_before=$(cpu_of "$broker_pid")
+    start_daemon "$(run_config "$1" events "$2" "${3:-}")" "$work/$1.log" "${4:-$bin}"
+    # Timed from the first assignment (/readyz turns 200 when the group is
+    # joined and the partitions restored) to the last message, like the
+    # bare consumer, by one light poller (a curl and an awk every 20 ms
+    # took a third of a core from the run).
+    secs=$("$target/examples/wait_ingested" "$addr" "$n" 50)
+    cpu=$(cpu_of "$daemon_pid")
+    workers_cpu=$(threads_cpu "$daemon_pid" shard-worker)
+    rdk_cpu=$(threads_cpu "$daemon_pid" rdk:)
+    consumer_cpu=$(threads_cpu "$daemon_pid" kafka-consumer)
+    printf '%s / %s\n%s\n%s - %s\n%s\n%s\n%s\n' "$n" "$secs" "$cpu" "$(cpu_of "$broker_pid")" "$broker_before" "$workers_cpu" \
+        "$rdk_cpu" "$consumer_cpu" | bc -l | paste -sd' '
+    kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true
+    daemon_pid=
 }
