@@ -21,6 +21,9 @@ runs=${RUNS:-5}
 broker=${COHORTFLOW_TEST_BROKER:-$HOME/.cache/kbroker/bin/nisshi}
 [ -x "$broker" ] || { echo "no broker at $broker: run scripts/test.sh first" >&2; exit 1; }
 
+# `run` is built from the working tree and the variants from HEAD.
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock ||
+    { echo "src/ has changes not committed: commit them, so that every build is of HEAD" >&2; exit 1; }
 cargo build --release --locked -q --bin cohortflow --example bare_consumer --example wait_ingested
 daemon_pid=
 . scripts/bench_topic.sh
@@ -53,7 +56,6 @@ fill_topic events "$messages"
 echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD)"
 
-names=(batch discard decode run)
 declare -A rates workers
 for i in $(seq "$runs"); do
     out=$("$target/examples/bare_consumer" "127.0.0.1:$port" events "$n" --batch)

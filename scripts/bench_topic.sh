@@ -1,7 +1,8 @@
-# Sourced by bench_kafka.sh, bench_kafka_ceiling.sh and profile_kafka.sh: a nisshi broker on a free
-# port of 127.0.0.1, the benchmark's topic, 4 partitions of generated
-# events (users who come back over months: 2 000 sign-ups a day, 25 000
-# events a day), and a `cohortflow run` config reading it. Needs
+# Sourced by bench_kafka.sh, bench_kafka_ceiling.sh and profile_kafka.sh:
+# a nisshi broker on a free port of 127.0.0.1, the benchmark's topic, 4
+# partitions of generated events (users who come back over months: 2 000
+# sign-ups a day, 25 000 events a day), and a `cohortflow run` config
+# reading it. Needs
 # $broker; sets $target, $bin, $work (removed at exit, when the broker and
 # any $daemon_pid or $perf_pid are stopped), and through its functions
 # $port, $broker_pid and $n (the messages in the topic). Its last part
