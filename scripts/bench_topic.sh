@@ -2,11 +2,11 @@
 # a nisshi broker on a free port of 127.0.0.1, the benchmark's topic, 4
 # partitions of generated events (users who come back over months: 2 000
 # sign-ups a day, 25 000 events a day), and a `cohortflow run` config
-# reading it. Needs
-# $broker; sets $target, $bin, $work (removed at exit, when the broker and
-# any $daemon_pid or $perf_pid are stopped), and through its functions
-# $port, $broker_pid and $n (the messages in the topic). Its last part
-# starts and times a daemon (`time_run`) and reads processes' CPU time.
+# reading it. Needs $broker; sets $target, $bin, $work (removed at exit,
+# when the broker and any $daemon_pid or $perf_pid are stopped), and
+# through its functions $port, $broker_pid and $n (the messages in the
+# topic). Its last part starts and times a daemon (`time_run`) and reads
+# processes' CPU time.
 
 target=${CARGO_TARGET_DIR:-target}/release
 bin=$target/cohortflow
