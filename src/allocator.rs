@@ -5,8 +5,8 @@
 //! which it seldom gives back. By default the threshold rises (up to
 //! 32 MiB) each time a mapped block is freed, so the per-user columns,
 //! which grow by doubling, leave their outgrown blocks in the heap as holes:
-//! some 8 bytes a user at 10 M users (BENCHMARKS-HISTORY.md). A fixed threshold
-//! maps every larger block on its own and unmaps it when freed.
+//! some 8 bytes a user at 10 M users (BENCHMARKS-HISTORY.md). A fixed
+//! threshold maps every larger block on its own and unmaps it when freed.
 //!
 //! At 8 MiB: the columns of a large shard are mapped (61.7 bytes a user at
 //! 10 M users, as with 1 MiB), while blocks of a few MiB (librdkafka's

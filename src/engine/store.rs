@@ -22,10 +22,9 @@
 //! units of garbage (`SLACK_UNITS`) after it, which its next few hits
 //! take without a move: on the benchmark's events, 1 compaction for
 //! garbage instead of 15, and 28 % fewer instructions in the inserts
-//! (BENCHMARKS-HISTORY.md). Compaction slides the live segments down in one pass
-//! over the arena, when garbage (slack included) passes an eighth of the
-//! arena, and once a day when old
-//! hits are dropped.
+//! (BENCHMARKS-HISTORY.md). Compaction slides the live segments down in
+//! one pass over the arena, when garbage (slack included) passes an eighth
+//! of the arena, and once a day when old hits are dropped.
 
 use std::marker::PhantomData;
 

@@ -25,11 +25,11 @@
 //! rdkafka has no safe interface for these calls, so this module has
 //! `unsafe` code (as `allocator` does, for `mallopt` and `malloc_trim`),
 //! each block with the contract it relies on. librdkafka's queues and
-//! messages are safe to use from any thread. A queue must go before its consumer, and so
-//! must the messages taken from it: the consumer's close would otherwise
-//! wait for ever on the partitions they hold (checked: it does). Here the
-//! queue keeps its consumer alive, and the messages borrow the queue, so
-//! no order of drops can get that wrong.
+//! messages are safe to use from any thread. A queue must go before its
+//! consumer, and so must the messages taken from it: the consumer's close
+//! would otherwise wait for ever on the partitions they hold (checked: it
+//! does). Here the queue keeps its consumer alive, and the messages borrow
+//! the queue, so no order of drops can get that wrong.
 
 #![allow(unsafe_code)]
 
