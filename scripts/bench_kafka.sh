@@ -24,8 +24,7 @@ daemon_pid=
 . scripts/bench_topic.sh
 start_broker bench
 fill_topic events "$messages"
-echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+describe_run
 
 # Bash's `times` gives a subshell's children's CPU time as "XmY.YYYs".
 seconds() { echo "$1" | sed -E 's/([0-9]+)m([0-9.]+)s/\1 * 60 + \2/' | bc -l; }

@@ -53,8 +53,7 @@ done
 
 start_broker ceiling
 fill_topic events "$messages"
-echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD)"
+describe_run
 
 declare -A rates workers
 for i in $(seq "$runs"); do

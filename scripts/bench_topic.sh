@@ -55,6 +55,12 @@ run_config() { # GROUP TOPIC STATE_DIR [WORKERS]
     echo "$work/$1.toml"
 }
 
+# The topic, the definitions, the machine and the commit, for the record.
+describe_run() {
+    echo "topic: $n messages, 4 partitions, nisshi on 127.0.0.1; definitions: config/bench.toml"
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+}
+
 listen_addr() { # LOG; sets addr, the daemon's HTTP address, once the log names it
     addr=
     for _ in $(seq 100); do
