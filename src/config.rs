@@ -13,6 +13,7 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 
 use crate::event::FieldNames;
+use crate::export::http::Limits as HttpLimits;
 
 /// Prefix of the environment variables that override config keys:
 /// `COHORTFLOW_HISTORY_DAYS=40`, `COHORTFLOW_HTTP__LISTEN=0.0.0.0:9464`.
@@ -22,6 +23,10 @@ pub const ENV_PREFIX: &str = "COHORTFLOW_";
 pub const MAX_STEPS: usize = 32;
 /// The most shard worker threads `kafka.workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
+/// The most `[[retention]]` definitions: the engine classifies each event
+/// name once into a 64-bit mask of the definitions it is a cohort or a
+/// return event of, one bit a definition.
+pub const MAX_RETENTION: usize = 64;
 
 /// A configuration error; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -163,13 +168,29 @@ impl Default for RawFields {
 struct RawHttp {
     #[serde(default = "default_listen")]
     listen: String,
+    /// Connections open at once; the last eighth is kept for probes.
+    #[serde(default = "default_max_connections")]
+    max_connections: u64,
+    /// How long a client may take to send a request's headers.
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout: String,
+}
+fn default_max_connections() -> u64 {
+    HttpLimits::default().max_connections as u64
+}
+fn default_header_read_timeout() -> String {
+    "10s".into()
 }
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { listen: default_listen() }
+        RawHttp {
+            listen: default_listen(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+        }
     }
 }
 
@@ -280,6 +301,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Where `/metrics` and the JSON API are served.
     pub listen: SocketAddr,
+    /// What one client can hold of the HTTP listener.
+    pub http_limits: HttpLimits,
     /// Where snapshots are written.
     pub state_dir: PathBuf,
     /// How often snapshots are taken.
@@ -547,6 +570,18 @@ impl RawConfig {
         let listen: SocketAddr = self.http.listen.parse().map_err(|e| {
             invalid("http.listen", format!("`{}` is not an address such as 127.0.0.1:9464: {e}", self.http.listen))
         })?;
+        let most = HttpLimits::MOST_CONNECTIONS as u64;
+        if !(2..=most).contains(&self.http.max_connections) {
+            return Err(invalid("http.max_connections", format!("must be between 2 and {most}")));
+        }
+        let header_read_timeout_ms = duration_ms("http.header_read_timeout", &self.http.header_read_timeout)?;
+        if !(100..=600_000).contains(&header_read_timeout_ms) {
+            return Err(invalid("http.header_read_timeout", "must be between 100ms and 10m"));
+        }
+        let http_limits = HttpLimits {
+            max_connections: self.http.max_connections as usize,
+            header_read_timeout: std::time::Duration::from_millis(header_read_timeout_ms as u64),
+        };
         let log_json = match self.log.format.as_str() {
             "human" => false,
             "json" => true,
@@ -589,6 +624,12 @@ impl RawConfig {
         } else {
             self.retention
         };
+        if raw_retention.len() > MAX_RETENTION {
+            return Err(invalid(
+                "retention",
+                format!("{} definitions; at most {MAX_RETENTION} are supported", raw_retention.len()),
+            ));
+        }
         for (i, r) in raw_retention.into_iter().enumerate() {
             let key = |k: &str| format!("retention[{i}].{k}");
             if r.name.is_empty() {
@@ -621,11 +662,18 @@ impl RawConfig {
             if days.is_empty() || days.len() != r.days.len() || days[0] == 0 {
                 return Err(invalid(key("days"), "must be a non-empty list of distinct days ≥ 1"));
             }
+            // A return on day N must still be in the history when the
+            // cohort day leaves it: N + 2 days at most. Computed wide, so
+            // that no day can wrap round (a day of 2^32 − 1 once did).
             let max = days[days.len() - 1];
-            if max + 2 > self.history_days {
+            if u64::from(max) + 2 > u64::from(self.history_days) {
                 return Err(invalid(
                     key("days"),
-                    format!("day {max} needs history_days ≥ {} (history_days is {})", max + 2, self.history_days),
+                    format!(
+                        "day {max} needs history_days ≥ {} (history_days is {}, at most 90)",
+                        u64::from(max) + 2,
+                        self.history_days
+                    ),
                 ));
             }
             retention.push(RetentionDef {
@@ -763,6 +811,7 @@ impl RawConfig {
                 funnels,
             },
             listen,
+            http_limits,
             state_dir: self.state_dir,
             snapshot_interval_ms,
             shutdown_timeout_ms,
@@ -839,6 +888,19 @@ mod tests {
         assert!(e.contains("`kafka.topics`"), "{e}");
         let e = err("[kafka]\ntopics = [\"t\"]\nworkers = 0");
         assert!(e.contains("`kafka.workers`"), "{e}");
+    }
+
+    #[test]
+    fn bounds_are_checked_without_wrapping() {
+        // max + 2 once wrapped round to 1 and passed.
+        let e = err("[[retention]]\nname = \"r\"\ndays = [1, 4294967295]");
+        assert!(e.contains("`retention[0].days`") && e.contains("4294967297"), "{e}");
+        let e = err("history_days = 4294967295");
+        assert!(e.contains("`history_days`"), "{e}");
+        let many = |n: usize| (0..n).map(|i| format!("[[retention]]\nname = \"r{i}\"\n")).collect::<String>();
+        assert!(Config::from_toml_str(&many(MAX_RETENTION)).is_ok());
+        let e = err(&many(MAX_RETENTION + 1));
+        assert!(e.contains("`retention`") && e.contains("at most 64"), "{e}");
     }
 
     #[test]

@@ -33,4 +33,5 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod export;
+pub mod ratelimit;
 pub mod source;

@@ -30,17 +30,51 @@ struct Cli {
     command: Command,
 }
 
+/// The most sign-ups a simulated day the generator makes: its users are
+/// kept in memory, as are the engine's.
+const MOST_USERS_PER_DAY: f64 = 1_000_000.0;
+/// The fastest the demo's simulated time runs: a simulated day a second.
+const MOST_SPEED: f64 = 86_400.0;
+/// Events are from 1970 up to but not including 2100 (epoch ms).
+const LAST_EVENT_MS: i64 = 4_102_444_800_000;
+
+/// A positive number of sign-ups a day, at most [`MOST_USERS_PER_DAY`].
+fn users_per_day(text: &str) -> Result<f64, String> {
+    positive_at_most(text, MOST_USERS_PER_DAY)
+}
+
+/// A positive speed-up of simulated time, at most [`MOST_SPEED`].
+fn speed(text: &str) -> Result<f64, String> {
+    positive_at_most(text, MOST_SPEED)
+}
+
+fn positive_at_most(text: &str, most: f64) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= most => Ok(x),
+        _ => Err(format!("must be a number more than 0 and at most {most}")),
+    }
+}
+
+/// A rate of messages a second, 0 meaning as fast as possible.
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err("must be a finite number of at least 0".into()),
+    }
+}
+
 /// What the traffic generator simulates (`loadgen`, `generate`).
 #[derive(Args)]
 struct TrafficArgs {
-    /// Simulated days of generated traffic.
-    #[arg(long, default_value_t = 30)]
+    /// Simulated days of generated traffic (at most 3 650).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     days: u32,
-    /// Sign-ups per simulated day.
-    #[arg(long, default_value_t = 2000.0)]
+    /// Sign-ups per simulated day (at most 1 000 000).
+    #[arg(long, default_value_t = 2000.0, value_parser = users_per_day)]
     users_per_day: f64,
-    /// First simulated instant, epoch ms (default: `days` days before today, UTC).
-    #[arg(long)]
+    /// First simulated instant, epoch ms (default: `days` days before today,
+    /// UTC); the traffic must end before 2100.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..LAST_EVENT_MS))]
     start_ms: Option<i64>,
     /// Random seed of the generator.
     #[arg(long, default_value_t = 1)]
@@ -57,14 +91,16 @@ enum Command {
         /// Where /metrics and the JSON API are served.
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: SocketAddr,
-        /// Simulated seconds per real second once the backfill is done.
-        #[arg(long, default_value_t = 600.0)]
+        /// Simulated seconds per real second once the backfill is done (at
+        /// most 86 400: a simulated day a second).
+        #[arg(long, default_value_t = 600.0, value_parser = speed)]
         speed: f64,
-        /// Days of history generated at start, as fast as possible.
-        #[arg(long, default_value_t = 35)]
+        /// Days of history generated at start, as fast as possible (at most
+        /// the demo's history, 35 days: older events would be too late).
+        #[arg(long, default_value_t = 35, value_parser = clap::value_parser!(u32).range(0..=35))]
         backfill_days: u32,
-        /// Sign-ups per simulated day.
-        #[arg(long, default_value_t = 2000.0)]
+        /// Sign-ups per simulated day (at most 1 000 000).
+        #[arg(long, default_value_t = 2000.0, value_parser = users_per_day)]
         users_per_day: f64,
         /// Random seed of the generator.
         #[arg(long, default_value_t = 1)]
@@ -97,7 +133,7 @@ enum Command {
         #[arg(long, default_value = "events")]
         topic: String,
         /// Messages per second; 0 = as fast as possible.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = rate)]
         rate: f64,
         /// Stop after this many messages (default: all of the input, or for
         /// generated traffic, `--days` of it).
@@ -154,7 +190,7 @@ fn main() -> Result<()> {
             tracing_subscriber::fmt().with_writer(io::stderr).with_ansi(io::stderr().is_terminal()).init();
             let mut producer = loadgen::Loadgen::new(&brokers, &topic, &options, rate)?;
             if files.is_empty() {
-                let (generator, end) = traffic.generator();
+                let (generator, end) = traffic.generator()?;
                 producer.generated(generator, end, count)?;
             } else {
                 for f in &files {
@@ -193,17 +229,31 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// Binds `listen` and serves the HTTP endpoints over `published` until `stop`.
-async fn start_http(
-    listen: SocketAddr,
+/// Binds the HTTP listener; `what` names the setting it came from.
+fn bind(listen: SocketAddr, what: &str) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("{what}: cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// How long the HTTP server lets requests in flight finish once stopped.
+const HTTP_DRAIN: Duration = Duration::from_secs(1);
+
+/// Serves the HTTP endpoints over `published` on `listener` until `stop`,
+/// then for at most `drain`.
+fn start_http(
+    listener: std::net::TcpListener,
     published: &Arc<Published>,
-    max_users: u64,
+    config: &Config,
     stop: CancellationToken,
+    drain: Duration,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<io::Result<()>>)> {
-    let registry = metrics::registry(published.clone(), max_users)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let registry = metrics::registry(published.clone(), config.engine.max_users)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    Ok((addr, tokio::spawn(http::serve(listener, http::router(registry, published.clone()), stop))))
+    let router = http::router(registry, published.clone());
+    let server = http::serve(listener, router, config.http_limits, published.clone(), stop, drain);
+    Ok((addr, tokio::spawn(server)))
 }
 
 fn now_ms() -> i64 {
@@ -219,14 +269,20 @@ fn run(config: Config) -> Result<()> {
         let shutdown = shutdown_on_signal();
         let published = Published::new();
         let http_stop = CancellationToken::new();
-        let (addr, server) = start_http(config.listen, &published, config.engine.max_users, http_stop.clone()).await?;
+        // The deadline holds whatever HTTP clients do: the consumer gets
+        // the shutdown timeout but the HTTP server's drain time, which
+        // comes after it.
+        let grace = Duration::from_millis(config.shutdown_timeout_ms as u64);
+        let drain = HTTP_DRAIN.min(grace / 10);
+        let grace = grace - drain;
+        let listener = bind(config.listen, "config key `http.listen`")?;
+        let (addr, server) = start_http(listener, &published, &config, http_stop.clone(), drain)?;
         info!("serving http://{addr}/metrics");
 
         let timing = kafka::Timing {
             snapshot_interval: Duration::from_millis(config.snapshot_interval_ms as u64),
             publish_interval: Duration::from_millis(200),
         };
-        let grace = Duration::from_millis(config.shutdown_timeout_ms as u64);
         let stop = shutdown.clone();
         // A thread of its own, named, so that its CPU can be told apart
         // (the benchmark reads it); it reports its end through `source`.
@@ -245,6 +301,7 @@ fn run(config: Config) -> Result<()> {
                     Ok(r) => r,
                     Err(_) => {
                         http_stop.cancel();
+                        let _ = server.await;
                         bail!("shutdown did not finish within shutdown_timeout; the last durable snapshot stands");
                     }
                 }
@@ -260,6 +317,16 @@ fn run(config: Config) -> Result<()> {
 }
 
 fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> Result<()> {
+    // Before the input is read: a taken port is told at once, not at the
+    // end of a long backfill; and so is an output that would lose the
+    // figures.
+    let listener = listen.map(|addr| bind(addr, "--listen")).transpose()?;
+    if stdout_is_closed() {
+        bail!(
+            "standard output is closed, so the figures would be lost; redirect it to a file \
+             (or to /dev/null explicitly, with --listen)"
+        );
+    }
     let mut engine = Engine::new(Arc::new(config.engine.clone()));
     let inputs = if inputs.is_empty() { vec![PathBuf::from("-")] } else { inputs };
     let started = Instant::now();
@@ -297,14 +364,18 @@ fn replay(config: Config, listen: Option<SocketAddr>, inputs: Vec<PathBuf>) -> R
     published.publish(engine.figures());
     published.set_ready(true);
     let registry = metrics::registry(published.clone(), config.engine.max_users)?;
-    io::stdout().write_all(metrics::render(&registry).as_bytes())?;
-    io::stdout().flush()?;
-    if let Some(addr) = listen {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(metrics::render(&registry).as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write the figures to standard output")?;
+    drop(stdout);
+    if let Some(listener) = listener {
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
             let shutdown = shutdown_on_signal();
-            let (addr, server) = start_http(addr, &published, config.engine.max_users, shutdown).await?;
-            info!(%addr, "serving the final figures until interrupted");
+            let (addr, server) = start_http(listener, &published, &config, shutdown, HTTP_DRAIN)?;
+            info!("serving the final figures on http://{addr}/metrics until interrupted");
             server.await??;
             Ok::<_, anyhow::Error>(())
         })?;
@@ -351,18 +422,22 @@ fn default_start(days: u32) -> i64 {
 impl TrafficArgs {
     /// The generator these arguments describe, and the simulated instant it
     /// stops at (epoch ms).
-    fn generator(&self) -> (Generator, i64) {
+    fn generator(&self) -> Result<(Generator, i64)> {
         let start = self.start_ms.unwrap_or_else(|| default_start(self.days));
+        let end = start + i64::from(self.days) * DAY_MS;
+        if end > LAST_EVENT_MS {
+            bail!("--start-ms {start} with --days {}: the traffic would reach past 2100-01-01", self.days);
+        }
         let mut generator = Generator::new(self.seed, start, self.users_per_day);
         if self.clean {
             generator = generator.clean();
         }
-        (generator, start + i64::from(self.days) * DAY_MS)
+        Ok((generator, end))
     }
 }
 
 fn generate(traffic: &TrafficArgs) -> Result<()> {
-    let (mut generator, end) = traffic.generator();
+    let (mut generator, end) = traffic.generator()?;
     let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
     let mut lines = Vec::new();
     while generator.clock_ms() < end {
@@ -378,14 +453,12 @@ fn generate(traffic: &TrafficArgs) -> Result<()> {
 }
 
 fn demo(config: Config, speed: f64, backfill_days: u32, users_per_day: f64, seed: u64) -> Result<()> {
-    if !(speed.is_finite() && speed > 0.0) {
-        bail!("--speed must be a positive number");
-    }
+    let listener = bind(config.listen, "--listen")?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal();
         let published = Published::new();
-        let (addr, server) = start_http(config.listen, &published, config.engine.max_users, shutdown.clone()).await?;
+        let (addr, server) = start_http(listener, &published, &config, shutdown.clone(), HTTP_DRAIN)?;
         info!("demo serving http://{addr}/metrics, http://{addr}/api/v1/retention, http://{addr}/api/v1/funnels");
 
         let engine_cfg = Arc::new(config.engine.clone());
@@ -442,4 +515,24 @@ fn run_demo_generator(
         published.publish(engine.figures());
     }
     Ok(())
+}
+
+/// Whether standard output was closed when the process started. The Rust
+/// runtime then opens /dev/null read-write in its place, so writes succeed
+/// and nothing would say the figures went nowhere; a shell's explicit
+/// `>/dev/null` opens it write-only, and is left alone.
+fn stdout_is_closed() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let null = std::fs::read_link("/proc/self/fd/1").is_ok_and(|p| p == Path::new("/dev/null"));
+        let read_write = std::fs::read_to_string("/proc/self/fdinfo/1").is_ok_and(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .is_some_and(|flags| flags & 0o3 == 0o2)
+        });
+        null && read_write
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
 }

@@ -1,20 +1,72 @@
-//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz` and the JSON API
-//! (`/api/v1/retention`, `/api/v1/funnels`, `/api/v1/activity`).
+//! The HTTP endpoints (`/metrics`, `/healthz`, `/readyz` and the JSON API:
+//! `/api/v1/retention`, `/api/v1/funnels`, `/api/v1/activity`) and the
+//! listener that serves them whatever its clients do.
+//!
+//! The listener is the only part of cohortflow a stranger can reach, so it
+//! bounds what a client can hold: a request's headers must arrive within
+//! [`Limits::header_read_timeout`], and at most [`Limits::max_connections`]
+//! are open at once. The last eighth of those slots is kept for the probes
+//! and scrapes that come while the rest are taken: a connection in one of
+//! them must send its request within a second and is closed after the
+//! answer. Past the cap a connection is closed as soon as it is accepted,
+//! so that neither file descriptors nor the listen backlog run out and
+//! `/healthz` keeps answering. On shutdown the server stops accepting,
+//! lets requests in flight finish for at most the drain time it is given,
+//! then drops every connection left.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Published;
 use super::metrics::render;
+use crate::ratelimit::LogLimiter;
+
+/// How long a connection in a slot kept for probes may take to send its
+/// request headers: probes and scrapes send theirs at once.
+const PROBE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What one client can hold of the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, the slots kept for probes included.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, on a new
+    /// connection or a kept-alive one.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 256, header_read_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl Limits {
+    /// The most connections accepted at once.
+    pub const MOST_CONNECTIONS: usize = 65_536;
+
+    /// The slots kept for probes: an eighth, at least one.
+    pub fn reserved(&self) -> usize {
+        (self.max_connections / 8).max(1)
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
@@ -62,7 +114,89 @@ async fn activity(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "watermark_ms": f.watermark_ms, "activity": f.activity }))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+/// Serves `router` on `listener` within `limits` until `shutdown` is
+/// cancelled; then lets requests in flight finish for at most `drain` and
+/// drops every connection still open. Connection counts go to
+/// `published`'s HTTP statistics.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    published: Arc<Published>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let reserved = limits.reserved();
+    let general = Arc::new(Semaphore::new(limits.max_connections.saturating_sub(reserved)));
+    let probes = Arc::new(Semaphore::new(reserved));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let stats = &published.http;
+    let accept_errors = LogLimiter::new(Duration::from_secs(10));
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: the connections
+                    // already open still get served meanwhile.
+                    if let Some(held_back) = accept_errors.check("accept") {
+                        tracing::warn!(error = %e, held_back, "cannot accept an HTTP connection");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let (permit, timeout, keep_alive) = if let Ok(p) = general.clone().try_acquire_owned() {
+            (p, limits.header_read_timeout, true)
+        } else if let Ok(p) = probes.clone().try_acquire_owned() {
+            (p, PROBE_HEADER_TIMEOUT.min(limits.header_read_timeout), false)
+        } else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(keep_alive);
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let conn = graceful.watch(conn);
+        let open = OpenConnection::new(published.clone(), permit);
+        connections.spawn(async move {
+            // A client that goes away or times out is no error of ours.
+            let _ = conn.await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::debug!(left = connections.len(), "HTTP connections dropped at the drain deadline");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One open connection: counted while it lives, its slot given back when
+/// it ends, however it ends (an abort at the drain deadline included).
+struct OpenConnection {
+    published: Arc<Published>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(published: Arc<Published>, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        published.http.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { published, _slot: slot }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.published.http.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -167,6 +167,13 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    ("http_connections", "HTTP connections open now.", MetricType::GAUGE, &[]),
+    (
+        "http_connections_refused_total",
+        "HTTP connections closed as soon as accepted because http.max_connections were open.",
+        MetricType::COUNTER,
+        &[],
+    ),
 ];
 
 /// Reads the latest figures at scrape time.
@@ -454,6 +461,11 @@ impl Collector for FiguresCollector {
         let mut ready = Family::new("ready");
         ready.value(&[], f64::from(u8::from(self.published.is_ready())));
         out.push(ready.mf);
+        let mut open = Family::new("http_connections");
+        open.value(&[], self.published.http.open.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        let mut refused = Family::new("http_connections_refused_total");
+        refused.value(&[], self.published.http.refused.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        out.extend([open, refused].map(|f| f.mf));
         if let Some(source) = self.published.source().as_ref() {
             out.extend(source_families(source));
             if let Some(max) = self.published.figures().max_event_ms {

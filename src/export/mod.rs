@@ -9,7 +9,7 @@ pub mod http;
 pub mod metrics;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -49,9 +49,20 @@ pub struct SourceStatus {
     pub snapshot_failures: u64,
 }
 
+/// The HTTP listener's connection counts.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections closed at once because the listener was full.
+    pub refused: AtomicU64,
+}
+
 /// What the exporters read: the latest figures and readiness.
 #[derive(Debug, Default)]
 pub struct Published {
+    /// The HTTP listener's connection counts.
+    pub http: HttpStats,
     figures: ArcSwap<Figures>,
     /// The Kafka source's status; `None` for replay and demo.
     source: ArcSwap<Option<SourceStatus>>,
