@@ -23,6 +23,8 @@ pub const ENV_PREFIX: &str = "COHORTFLOW_";
 pub const MAX_STEPS: usize = 32;
 /// The most shard worker threads `kafka.workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
+/// The longest `max_user_id_bytes` may allow.
+pub const MAX_USER_ID_BYTES: u64 = 65_536;
 /// The most `[[retention]]` definitions: the engine classifies each event
 /// name once into a 64-bit mask of the definitions it is a cohort or a
 /// return event of, one bit a definition.
@@ -79,6 +81,9 @@ struct RawConfig {
     /// events are left out of the funnels.
     #[serde(default = "default_max_funnel_events_per_user")]
     max_funnel_events_per_user: u64,
+    /// The longest user id accepted, in bytes; longer ones are rejected.
+    #[serde(default = "default_max_user_id_bytes")]
+    max_user_id_bytes: u64,
     /// Use the Kafka message timestamp when an event has no `ts` field.
     #[serde(default)]
     use_message_timestamp: bool,
@@ -128,6 +133,9 @@ fn default_shutdown_timeout() -> String {
 }
 fn default_max_users() -> u64 {
     50_000_000
+}
+fn default_max_user_id_bytes() -> u64 {
+    crate::event::DEFAULT_MAX_USER_ID_BYTES as u64
 }
 fn default_max_funnel_events_per_user() -> u64 {
     10_000
@@ -589,7 +597,13 @@ impl RawConfig {
                 return Err(invalid("log.format", format!("`{other}` is not one of \"human\", \"json\"")));
             }
         };
+        // Ids are kept for every tracked user: their bound is what makes
+        // max_users a bound on memory.
+        if !(1..=MAX_USER_ID_BYTES).contains(&self.max_user_id_bytes) {
+            return Err(invalid("max_user_id_bytes", format!("must be between 1 and {MAX_USER_ID_BYTES}")));
+        }
         let fields = FieldNames {
+            max_user_id_bytes: self.max_user_id_bytes as usize,
             user_id: self.fields.user_id,
             event: self.fields.event,
             ts: self.fields.ts,

@@ -101,10 +101,17 @@ impl fmt::Display for Reject {
     }
 }
 
-/// The configured names of the event's fields (many producers say `uid`,
-/// `name`, `time`).
+/// The longest user id accepted by default, in bytes: ids are kept for
+/// every tracked user, so their length bounds what `max_users` costs.
+pub const DEFAULT_MAX_USER_ID_BYTES: usize = 256;
+
+/// The configured shape of events: the names of their fields (many
+/// producers say `uid`, `name`, `time`) and the longest user id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldNames {
+    /// The longest user id accepted, in UTF-8 bytes as decoded; longer
+    /// ones are `bad_user_id`.
+    pub max_user_id_bytes: usize,
     /// Name of the user id field.
     pub user_id: String,
     /// Name of the event name field.
@@ -117,7 +124,13 @@ pub struct FieldNames {
 
 impl Default for FieldNames {
     fn default() -> Self {
-        FieldNames { user_id: "user_id".into(), event: "event".into(), ts: "ts".into(), props: "props".into() }
+        FieldNames {
+            max_user_id_bytes: DEFAULT_MAX_USER_ID_BYTES,
+            user_id: "user_id".into(),
+            event: "event".into(),
+            ts: "ts".into(),
+            props: "props".into(),
+        }
     }
 }
 
@@ -176,7 +189,8 @@ impl<'a> Event<'a> {
     }
 
     /// The values of several properties in one pass over `props` (the
-    /// first occurrence of a repeated key wins), read like [`Event::prop`].
+    /// last occurrence of a repeated key wins, as for a repeated `props`
+    /// and in most JSON readers), read like [`Event::prop`].
     pub fn props<S: AsRef<str>>(&self, keys: &[S]) -> Vec<Option<PropValue<'a>>> {
         let mut found = vec![None; keys.len()];
         self.find_props(keys, &mut found);
@@ -210,7 +224,7 @@ impl<'de, S: AsRef<str>> Visitor<'de> for PropsVisitor<'_, 'de, S> {
         while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
             let slot = self.keys.iter().position(|k| k.as_ref().as_bytes() == key.0.as_ref());
             match slot {
-                Some(i) if self.found[i].is_none() => self.found[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) => self.found[i] = Some(map.next_value::<&'de RawValue>()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -259,6 +273,10 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(Reject::TooLarge);
     }
+    // A byte order mark before the document is no part of it (RFC 8259
+    // lets a reader ignore it): the first line of a file saved by some
+    // editors starts with one.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = simdutf8::basic::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
     let first = text.bytes().find(|b| !b.is_ascii_whitespace());
     if first != Some(b'{') {
@@ -277,7 +295,11 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
         return Err(Reject::DuplicateKey);
     }
 
-    let user_id = fields.user_id.and_then(|t| user_id_of(t, strings)).ok_or(Reject::BadUserId)?;
+    let user_id = fields
+        .user_id
+        .and_then(|t| user_id_of(t, strings))
+        .filter(|id| id.len() <= names.max_user_id_bytes)
+        .ok_or(Reject::BadUserId)?;
     let name = fields.event.and_then(|t| json_string(t, strings)).filter(|s| !s.is_empty()).ok_or(Reject::BadEvent)?;
     let ts_ms = match fields.ts {
         Some(raw) => timestamp_of(raw, strings).ok_or(Reject::BadTimestamp)?,
@@ -564,6 +586,37 @@ mod tests {
     }
 
     #[test]
+    fn user_ids_are_bounded_in_bytes_as_decoded() {
+        let event = |id: &str| format!(r#"{{"user_id":"{id}","event":"e","ts":0}}"#);
+        let at_bound = "é".repeat(DEFAULT_MAX_USER_ID_BYTES / 2);
+        assert_eq!(dec(&event(&at_bound)).map(|e| e.user_id.len()), Ok(DEFAULT_MAX_USER_ID_BYTES));
+        assert_eq!(dec(&event(&format!("{at_bound}x"))).map(|_| ()), Err(Reject::BadUserId));
+        // Escapes count as what they decode to: 128 × "\u00e9" is 256 bytes.
+        assert!(dec(&event(&"\\u00e9".repeat(128))).is_ok());
+        assert_eq!(dec(&event(&"\\u00e9".repeat(129))).map(|_| ()), Err(Reject::BadUserId));
+        let digits = "7".repeat(DEFAULT_MAX_USER_ID_BYTES + 1);
+        assert_eq!(dec(&format!(r#"{{"user_id":{digits},"event":"e","ts":0}}"#)).map(|_| ()), Err(Reject::BadUserId));
+        let names = FieldNames { max_user_id_bytes: 3, ..FieldNames::default() };
+        assert!(decode(event("abc").as_bytes(), &names, None).is_ok());
+        assert_eq!(decode(event("abcd").as_bytes(), &names, None).map(|_| ()), Err(Reject::BadUserId));
+    }
+
+    #[test]
+    fn a_repeated_key_reads_the_last_value_inside_props_and_of_props() {
+        for text in [
+            r#"{"user_id":"u","event":"e","ts":0,"props":{"c":"first","c":"last"}}"#,
+            r#"{"user_id":"u","event":"e","ts":0,"props":{"c":"first"},"props":{"c":"last"}}"#,
+            // The same through serde_json (an escape leaves the fast scan).
+            r#"{"user_id":"\u0075","event":"e","ts":0,"props":{"c":"first","c":"last"}}"#,
+            r#"{"user_id":"\u0075","event":"e","ts":0,"props":{"c":"first"},"props":{"c":"last"}}"#,
+        ] {
+            let e = dec(text).expect("accepted");
+            assert_eq!(e.prop("c"), Some(PropValue::Str("last".into())), "{text}");
+            assert_eq!(e.props(&["c"]), vec![Some(PropValue::Str("last".into()))], "{text}");
+        }
+    }
+
+    #[test]
     fn accepts_the_spec_example() {
         let e = dec(r#"{"user_id":"u123","event":"view","ts":"2026-11-20T08:15:00.123Z","props":{"platform":"ios","channel":"organic","amount":12.5}}"#)
             .expect("valid");
@@ -691,7 +744,13 @@ mod tests {
 
     #[test]
     fn configured_field_names_and_fallback_time() {
-        let names = FieldNames { user_id: "uid".into(), event: "name".into(), ts: "time".into(), props: "p".into() };
+        let names = FieldNames {
+            user_id: "uid".into(),
+            event: "name".into(),
+            ts: "time".into(),
+            props: "p".into(),
+            ..FieldNames::default()
+        };
         let e = decode(br#"{"uid":"u","name":"n","user_id":[],"p":{"k":"v"}}"#, &names, Some(5)).expect("valid");
         assert_eq!((e.user_id.as_ref(), e.name.as_ref(), e.ts_ms), ("u", "n", 5));
         assert_eq!(e.prop("k"), Some(PropValue::Str("v".into())));

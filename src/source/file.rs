@@ -15,8 +15,11 @@ pub enum Line<'a> {
     TooLarge,
 }
 
-/// Splits a reader into lines, buffering at most one message. Lines that
-/// hold only white space are skipped: they are not records.
+/// Splits a reader into lines, buffering at most one message. A line ends
+/// at a line feed or a carriage return, so that files with CR-only line
+/// endings read as lines too (a raw CR can be in no valid record: JSON
+/// strings escape it). Lines that hold only white space are skipped: they
+/// are not records, and the LF of a CRLF makes one.
 #[derive(Debug)]
 pub struct LineReader<R> {
     inner: R,
@@ -45,7 +48,7 @@ impl<R: BufRead> LineReader<R> {
                     break;
                 }
                 seen_any = true;
-                let (part, done) = match memchr::memchr(b'\n', chunk) {
+                let (part, done) = match memchr::memchr2(b'\n', b'\r', chunk) {
                     Some(i) => (&chunk[..i], Some(i + 1)),
                     None => (chunk, None),
                 };
@@ -115,10 +118,30 @@ mod tests {
         input.extend(b"\nc");
         let mut r = LineReader::new(io::BufReader::with_capacity(7, &input[..]));
         assert_eq!(r.next_line().expect("io"), Some(Line::Message(b"a")));
-        assert_eq!(r.next_line().expect("io"), Some(Line::Message(b"b\r")));
+        assert_eq!(r.next_line().expect("io"), Some(Line::Message(b"b")));
         assert_eq!(r.next_line().expect("io"), Some(Line::TooLarge));
         assert_eq!(r.next_line().expect("io"), Some(Line::Message(b"c")));
         assert_eq!(r.next_line().expect("io"), None);
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line() {
+        let input = b"a\rb\r\rc\r\nd";
+        let mut r = LineReader::new(io::BufReader::with_capacity(3, &input[..]));
+        for want in [&b"a"[..], b"b", b"c", b"d"] {
+            assert_eq!(r.next_line().expect("io"), Some(Line::Message(want)));
+        }
+        assert_eq!(r.next_line().expect("io"), None);
+    }
+
+    #[test]
+    fn a_byte_order_mark_loses_no_record() {
+        let cfg = crate::config::Config::from_toml_str("").expect("config").engine;
+        let mut engine = Engine::new(std::sync::Arc::new(cfg));
+        let input =
+            "\u{feff}{\"user_id\":\"u\",\"event\":\"e\",\"ts\":0}\n{\"user_id\":\"v\",\"event\":\"e\",\"ts\":1}\n";
+        assert_eq!(replay_into(&mut engine, input.as_bytes(), 10_000, 1 << 20, |_| {}).expect("io"), 2);
+        assert_eq!(engine.counters().ingested, 2);
     }
 
     #[test]
