@@ -89,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let path = checkpoint::path_for(&dir, "bench", 0);
     let t = Instant::now();
-    let bytes = checkpoint::write(&path, &engine, 42)?;
+    let bytes = checkpoint::write(&path, "bench", &engine, 42)?;
     let write = t.elapsed().as_secs_f64();
     drop(engine);
     // The best of three: the machine's noise only ever adds time.
@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..3 {
         drop(restored.take());
         let t = Instant::now();
-        restored = Some(checkpoint::read(&path, &cfg)?.ok_or("snapshot missing")?);
+        restored = Some(checkpoint::read(&path, "bench", &cfg)?.ok_or("snapshot missing")?);
         read = read.min(t.elapsed().as_secs_f64());
     }
     let restored = restored.ok_or("no restore")?;

@@ -60,6 +60,15 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process holds the directory's lock.
+    #[error(
+        "{path} is locked by another cohortflow process of the same consumer group: \
+         two processes must not share a group's state_dir"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// Written by another format version or under another configuration.
     #[error("{path}: incompatible snapshot: {reason}")]
     Incompatible {
@@ -77,6 +86,7 @@ impl CheckpointError {
             CheckpointError::Io { .. } => "io",
             CheckpointError::Corrupt { .. } => "corrupt",
             CheckpointError::Incompatible { .. } => "incompatible",
+            CheckpointError::Locked { .. } => "locked",
         }
     }
 }
@@ -90,11 +100,13 @@ pub struct Restored {
     pub next_offset: i64,
 }
 
-/// A fingerprint of everything in the configuration that gives the state
-/// its meaning: definitions, time zone and time rules. A snapshot taken
-/// under another one is refused rather than misread.
-pub fn fingerprint(cfg: &EngineConfig) -> u64 {
-    let mut text = format!("tz={};late={};hist={};", cfg.timezone_name, cfg.allowed_lateness_ms, cfg.history_days);
+/// A fingerprint of everything that gives the state its meaning: the
+/// consumer group whose partitions it holds, the definitions, the time
+/// zone and time rules. A snapshot taken under another one is refused
+/// rather than misread.
+pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
+    let mut text =
+        format!("group={group:?};tz={};late={};hist={};", cfg.timezone_name, cfg.allowed_lateness_ms, cfg.history_days);
     for r in &cfg.retention {
         text.push_str(&format!(
             "r:{}|{}|{}|{:?}|{};",
@@ -117,10 +129,60 @@ pub fn fingerprint(cfg: &EngineConfig) -> u64 {
     std::hash::Hasher::finish(&h)
 }
 
-/// The snapshot file of one partition under `dir`.
+/// The snapshot file of one partition under `dir` (a group's directory).
 pub fn path_for(dir: &Path, topic: &str, partition: i32) -> PathBuf {
     // Topic names are [a-zA-Z0-9._-]: safe as file names.
     dir.join(format!("{topic}-{partition}.snapshot"))
+}
+
+/// The directory of consumer group `group`'s snapshots under `state_dir`:
+/// deployments of other groups that share a `state_dir` never see each
+/// other's files. `group-` and the group id, or, for an id that is no
+/// safe file name, its safe characters and a hash of the whole.
+pub fn group_dir(state_dir: &Path, group: &str) -> PathBuf {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if !group.is_empty() && group.len() <= 100 && group.chars().all(safe) {
+        return state_dir.join(format!("group-{group}"));
+    }
+    let kept: String = group.chars().filter(|&c| safe(c)).take(64).collect();
+    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    group.hash(&mut h);
+    state_dir.join(format!("group-{kept}-{:016x}", std::hash::Hasher::finish(&h)))
+}
+
+/// The advisory lock on a group's snapshot directory, held while it lives
+/// (the operating system lets it go when the process ends, however it
+/// ends): a second process of the same group on the same directory would
+/// overwrite the first one's snapshots.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Creates `dir` if needed and takes its lock, or says who holds it.
+pub fn lock(dir: &Path) -> Result<DirLock, CheckpointError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked { path }),
+        Err(fs::TryLockError::Error(source)) => Err(CheckpointError::Io { path, source }),
+    }
+}
+
+/// Whether snapshots can be written under `dir`: it is a directory, or
+/// can be made one, and a file can be created in it. Nothing is left
+/// behind but the directories made.
+pub fn check_writable(dir: &Path) -> Result<(), String> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!("{} exists and is not a directory", dir.display()));
+    }
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".write-check-{}", std::process::id()));
+    fs::write(&probe, b"").map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
@@ -130,22 +192,22 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
 /// Writes `engine` and `next_offset` to `path` atomically and durably,
 /// streaming the state into the file (the checksum and length are filled
 /// into the header last). Returns the bytes written.
-pub fn write(path: &Path, engine: &Engine, next_offset: i64) -> Result<u64, CheckpointError> {
+pub fn write(path: &Path, group: &str, engine: &Engine, next_offset: i64) -> Result<u64, CheckpointError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = path.with_extension("snapshot.tmp");
-    let written = write_file(&tmp, engine, next_offset).map_err(io_err(&tmp))?;
+    let written = write_file(&tmp, group, engine, next_offset).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     // The rename is durable only once the directory is.
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
     Ok(written)
 }
 
-fn write_file(tmp: &Path, engine: &Engine, next_offset: i64) -> io::Result<u64> {
+fn write_file(tmp: &Path, group: &str, engine: &Engine, next_offset: i64) -> io::Result<u64> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&fingerprint(engine.config()).to_le_bytes());
+    header.extend_from_slice(&fingerprint(engine.config(), group).to_le_bytes());
     header.extend_from_slice(&next_offset.to_le_bytes());
     // Payload length and checksum: known once the payload is written.
     header.extend_from_slice(&[0; 12]);
@@ -189,7 +251,7 @@ impl<W: Write> Write for CrcWriter<W> {
 /// Reads the snapshot at `path`: `Ok(None)` when there is none. The
 /// payload is read once, straight into the engine's columns, and its
 /// checksum computed on the way.
-pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, CheckpointError> {
+pub fn read(path: &Path, group: &str, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, CheckpointError> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -215,10 +277,12 @@ pub fn read(path: &Path, cfg: &Arc<EngineConfig>) -> Result<Option<Restored>, Ch
             reason: format!("format version {version}, this build reads {FORMAT_VERSION}"),
         });
     }
-    if u64_at(FINGERPRINT_AT) != fingerprint(cfg) {
+    if u64_at(FINGERPRINT_AT) != fingerprint(cfg, group) {
         return Err(CheckpointError::Incompatible {
             path: path.to_owned(),
-            reason: "taken under another configuration (definitions, time zone, lateness or history)".into(),
+            reason: "taken for another consumer group or under another configuration \
+                     (definitions, time zone, lateness or history)"
+                .into(),
         });
     }
     let next_offset = u64_at(OFFSET_AT) as i64;
@@ -288,8 +352,8 @@ mod tests {
             let dir = tempfile::tempdir().expect("tmp");
             let path = path_for(dir.path(), "events", 3);
             let mut a = engine_of(config);
-            write(&path, &a, 1234).expect("write");
-            let restored = read(&path, a.config()).expect("read").expect("present");
+            write(&path, "g", &a, 1234).expect("write");
+            let restored = read(&path, "g", a.config()).expect("read").expect("present");
             assert_eq!(restored.next_offset, 1234);
             let mut b = restored.engine;
             // Capacities differ after a restore; everything else may not.
@@ -318,26 +382,60 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = path_for(dir.path(), "events", 0);
         let a = engine();
-        assert!(read(&path, a.config()).expect("no file is fine").is_none());
-        write(&path, &a, 1).expect("write");
+        assert!(read(&path, "g", a.config()).expect("no file is fine").is_none());
+        write(&path, "g", &a, 1).expect("write");
         let good = fs::read(&path).expect("read");
 
         let mut flipped = good.clone();
         let last = flipped.len() - 10;
         flipped[last] ^= 0x40;
         fs::write(&path, &flipped).expect("write");
-        let e = read(&path, a.config()).expect_err("refused");
+        let e = read(&path, "g", a.config()).expect_err("refused");
         assert_eq!(e.kind(), "corrupt");
         assert!(e.to_string().contains("checksum"), "{e}");
 
         fs::write(&path, &good[..good.len() / 2]).expect("write");
-        assert_eq!(read(&path, a.config()).expect_err("refused").kind(), "corrupt");
+        assert_eq!(read(&path, "g", a.config()).expect_err("refused").kind(), "corrupt");
         fs::write(&path, b"hello").expect("write");
-        assert_eq!(read(&path, a.config()).expect_err("refused").kind(), "corrupt");
+        assert_eq!(read(&path, "g", a.config()).expect_err("refused").kind(), "corrupt");
 
         fs::write(&path, &good).expect("write");
         let other = Arc::new(Config::from_toml_str("timezone = \"Asia/Shanghai\"").expect("config").engine);
-        let e = read(&path, &other).expect_err("refused");
+        let e = read(&path, "g", &other).expect_err("refused");
         assert_eq!(e.kind(), "incompatible");
+        let e = read(&path, "another group", a.config()).expect_err("refused");
+        assert_eq!(e.kind(), "incompatible");
+        assert!(e.to_string().contains("consumer group"), "{e}");
+    }
+
+    #[test]
+    fn groups_have_directories_of_their_own() {
+        let root = Path::new("/state");
+        assert_eq!(group_dir(root, "cohortflow"), Path::new("/state/group-cohortflow"));
+        let odd = group_dir(root, "a/../b c");
+        let name = odd.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(odd.parent() == Some(root) && name.starts_with("group-a..bc-"), "{}", odd.display());
+        assert_ne!(group_dir(root, "a/b"), group_dir(root, "a b"));
+        assert_ne!(group_dir(root, ""), root);
+    }
+
+    #[test]
+    fn a_locked_directory_is_refused_until_its_lock_is_gone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let held = lock(dir.path()).expect("first lock");
+        let e = lock(dir.path()).expect_err("second lock");
+        assert_eq!(e.kind(), "locked");
+        drop(held);
+        lock(dir.path()).expect("free again");
+    }
+
+    #[test]
+    fn a_state_dir_that_cannot_be_written_is_said_so() {
+        let dir = tempfile::tempdir().expect("tmp");
+        check_writable(&dir.path().join("a/b")).expect("made");
+        let file = dir.path().join("file");
+        fs::write(&file, b"").expect("write");
+        assert!(check_writable(&file).expect_err("a file").contains("not a directory"));
+        assert!(check_writable(&file.join("below")).is_err());
     }
 }

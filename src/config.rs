@@ -323,6 +323,9 @@ pub struct Config {
     pub log_level: String,
     /// The Kafka source, when configured.
     pub kafka: Option<KafkaConfig>,
+    /// `COHORTFLOW_*` variables that name no config key and were left
+    /// out, to be logged once.
+    pub ignored_env: Vec<String>,
 }
 
 /// Kafka settings (used by `run`).
@@ -504,6 +507,20 @@ pub struct FunnelDef {
 impl Config {
     /// Reads `path` (if any) with environment overrides and validates it.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars = Env::prefixed(ENV_PREFIX).iter().map(|(key, value)| (key.into_string(), value)).collect();
+        Self::load_with(path, vars)
+    }
+
+    /// Reads `path` (if any) with the overrides `vars` (names without the
+    /// prefix, values as set) and validates it.
+    ///
+    /// A variable that names no key is left out, and said in
+    /// [`Config::ignored_env`]: platforms set variables of their own under
+    /// the same prefix (Kubernetes gives every pod `COHORTFLOW_PORT` and
+    /// `COHORTFLOW_SERVICE_HOST` when a Service is named cohortflow). A
+    /// string key takes the variable's text as it is (`12345`, `007`); any
+    /// other key takes it read as TOML reads a value.
+    pub fn load_with(path: Option<&Path>, vars: Vec<(String, String)>) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
@@ -511,7 +528,27 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        let mut ignored = Vec::new();
+        for (name, text) in vars {
+            let var = EnvVar::new(&name, &text);
+            // The variable alone: whether it names a key, and of what type.
+            match Figment::from(&var).extract::<RawConfig>() {
+                Err(e) if e.clone().into_iter().any(|e| matches!(e.kind, figment::error::Kind::UnknownField(..))) => {
+                    ignored.push(var.name);
+                }
+                Err(e)
+                    if e.clone().into_iter().any(|e| {
+                        matches!(&e.kind, figment::error::Kind::InvalidType(_, expected) if expected.contains("string"))
+                    }) =>
+                {
+                    figment = figment.merge(var.into_text(&text));
+                }
+                _ => figment = figment.merge(var),
+            }
+        }
+        let mut config = Self::from_figment(figment)?;
+        config.ignored_env = ignored;
+        Ok(config)
     }
 
     /// Parses TOML text without environment overrides (tests, `check-config` of a string).
@@ -526,6 +563,42 @@ impl Config {
             ConfigError::Load(text)
         })?;
         raw.validate()
+    }
+}
+
+/// One `COHORTFLOW_*` variable as a source of config values.
+struct EnvVar {
+    /// The variable's name, as users set it.
+    name: String,
+    /// The dotted key it sets (`__` separates the levels).
+    key: String,
+    value: figment::value::Value,
+}
+
+impl EnvVar {
+    fn new(name: &str, text: &str) -> Self {
+        let key = name.to_ascii_lowercase().replace("__", ".");
+        // Infallible: a text that reads as nothing else is a string.
+        let value = text.parse().unwrap_or_else(|_| figment::value::Value::from(text.to_owned()));
+        EnvVar { name: format!("{ENV_PREFIX}{}", name.to_ascii_uppercase()), key, value }
+    }
+
+    /// The same variable, its value taken as text.
+    fn into_text(self, text: &str) -> Self {
+        EnvVar { value: figment::value::Value::from(text.to_owned()), ..self }
+    }
+}
+
+impl figment::Provider for EnvVar {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        match figment::util::nest(&self.key, self.value.clone()) {
+            figment::value::Value::Dict(_, dict) => Ok(figment::Profile::Default.collect(dict)),
+            _ => Err(figment::Error::from(format!("{} names no config key", self.name))),
+        }
     }
 }
 
@@ -601,6 +674,15 @@ impl RawConfig {
         // max_users a bound on memory.
         if !(1..=MAX_USER_ID_BYTES).contains(&self.max_user_id_bytes) {
             return Err(invalid("max_user_id_bytes", format!("must be between 1 and {MAX_USER_ID_BYTES}")));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "`{}` is not a level such as \"info\" or a filter such as \"info,cohortflow=debug\": {e}",
+                    self.log.level
+                ),
+            ));
         }
         let fields = FieldNames {
             max_user_id_bytes: self.max_user_id_bytes as usize,
@@ -742,6 +824,10 @@ impl RawConfig {
                     let v = match value {
                         toml::Value::String(s) => FilterValue::Str(s),
                         toml::Value::Integer(n) => FilterValue::Num(n as f64),
+                        // A NaN equals nothing: a step that could never match.
+                        toml::Value::Float(x) if !x.is_finite() => {
+                            return Err(invalid(format!("{skey}.where.{prop}"), "must be a finite number"));
+                        }
                         toml::Value::Float(x) => FilterValue::Num(x),
                         toml::Value::Boolean(b) => FilterValue::Bool(b),
                         _ => {
@@ -832,6 +918,7 @@ impl RawConfig {
             log_json,
             log_level: self.log.level,
             kafka,
+            ignored_env: Vec::new(),
         })
     }
 }
@@ -902,6 +989,20 @@ mod tests {
         assert!(e.contains("`kafka.topics`"), "{e}");
         let e = err("[kafka]\ntopics = [\"t\"]\nworkers = 0");
         assert!(e.contains("`kafka.workers`"), "{e}");
+        let e = err("[log]\nlevel = \"!!!\"");
+        assert!(e.contains("`log.level`"), "{e}");
+        for x in ["nan", "inf", "-inf"] {
+            let e = err(&format!(
+                "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{{ event = \"a\", where = {{ x = {x} }} }}]"
+            ));
+            assert!(e.contains("`funnel[0].steps[0].where.x`"), "{e}");
+        }
+        let e = err("[http]\nmax_connections = 1");
+        assert!(e.contains("`http.max_connections`"), "{e}");
+        let e = err("[http]\nheader_read_timeout = \"0s\"");
+        assert!(e.contains("`http.header_read_timeout`"), "{e}");
+        let e = err("max_user_id_bytes = 0");
+        assert!(e.contains("`max_user_id_bytes`"), "{e}");
     }
 
     #[test]
@@ -915,6 +1016,51 @@ mod tests {
         assert!(Config::from_toml_str(&many(MAX_RETENTION)).is_ok());
         let e = err(&many(MAX_RETENTION + 1));
         assert!(e.contains("`retention`") && e.contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn variables_that_name_no_key_are_left_out_and_string_keys_take_text() {
+        let vars = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let file = tempfile::NamedTempFile::new().expect("temp");
+        std::fs::write(file.path(), "[kafka]\ntopics = [\"events\"]\n").expect("write");
+        let c = Config::load_with(
+            Some(file.path()),
+            vars(&[
+                ("PORT", "tcp://10.0.0.1:9464"),
+                ("SERVICE_HOST", "10.0.0.1"),
+                ("PORT_9464_TCP_PROTO", "tcp"),
+                ("HTTP__NO_SUCH_KEY", "1"),
+                ("KAFKA__GROUP_ID", "12345"),
+                ("KAFKA__INSTANCE_ID", "007"),
+                ("TIMEZONE", "Asia/Shanghai"),
+                ("HISTORY_DAYS", "40"),
+            ]),
+        )
+        .expect("valid");
+        let kafka = c.kafka.as_ref().expect("kafka");
+        assert_eq!(kafka.group_id, "12345");
+        assert_eq!(kafka.options.get("group.instance.id").map(String::as_str), Some("007"));
+        assert_eq!(c.engine.timezone_name, "Asia/Shanghai");
+        assert_eq!(c.engine.history_days, 40);
+        let mut ignored = c.ignored_env.clone();
+        ignored.sort();
+        assert_eq!(
+            ignored,
+            [
+                "COHORTFLOW_HTTP__NO_SUCH_KEY",
+                "COHORTFLOW_PORT",
+                "COHORTFLOW_PORT_9464_TCP_PROTO",
+                "COHORTFLOW_SERVICE_HOST"
+            ]
+        );
+        // A key that exists still takes only values of its type.
+        let e = Config::load_with(None, vars(&[("HISTORY_DAYS", "many")])).expect_err("refused").to_string();
+        assert!(e.contains("history_days"), "{e}");
+        let e = Config::load_with(None, vars(&[("HISTORY_DAYS", "4294967295")])).expect_err("refused").to_string();
+        assert!(e.contains("`history_days`"), "{e}");
+        // And an unknown key in the file is refused as before.
+        std::fs::write(file.path(), "colour = 1\n").expect("write");
+        assert!(Config::load_with(Some(file.path()), Vec::new()).is_err());
     }
 
     #[test]

@@ -166,6 +166,13 @@ fn main() -> Result<()> {
     match cli.command {
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file)).with_context(|| format!("{} is not valid", file.display()))?;
+            for variable in &config.ignored_env {
+                eprintln!("warning: environment variable {variable} names no config key; ignored");
+            }
+            // Only `run` writes snapshots.
+            if config.kafka.is_some() {
+                check_state_dir(&config).with_context(|| format!("{} is not valid", file.display()))?;
+            }
             println!(
                 "{}: ok ({} retention definitions, {} funnels, time zone {})",
                 file.display(),
@@ -227,6 +234,9 @@ fn init_logging(config: &Config) {
     } else {
         builder.init();
     }
+    for variable in &config.ignored_env {
+        tracing::warn!(variable, "environment variable names no config key; ignored");
+    }
 }
 
 /// Binds the HTTP listener; `what` names the setting it came from.
@@ -260,10 +270,17 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Whether `run` can write its snapshots under `state_dir`.
+fn check_state_dir(config: &Config) -> Result<()> {
+    cohortflow::checkpoint::check_writable(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("config key `state_dir`: {e}"))
+}
+
 fn run(config: Config) -> Result<()> {
     if config.kafka.is_none() {
         bail!("config key `kafka`: `run` needs a [kafka] section (brokers, topics, group_id)");
     }
+    check_state_dir(&config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal();

@@ -97,3 +97,109 @@ fn replay_from_stdin_prints_the_figures() {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
 }
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn variables_that_name_no_key_are_ignored_and_string_keys_take_numbers() {
+    let file = config_file("[kafka]\ntopics = [\"events\"]\n");
+    let path = file.path().to_str().expect("path");
+    // What Kubernetes sets in every pod of a namespace with a Service
+    // named cohortflow.
+    let env = [
+        ("COHORTFLOW_PORT", "tcp://10.0.0.1:9464"),
+        ("COHORTFLOW_SERVICE_HOST", "10.0.0.1"),
+        ("COHORTFLOW_KAFKA__GROUP_ID", "12345"),
+    ];
+    let out = cohortflow(&["check-config", path], &env, b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("COHORTFLOW_PORT ").count(), 1, "{err}");
+    assert_eq!(err.matches("COHORTFLOW_SERVICE_HOST ").count(), 1, "{err}");
+    assert!(!err.contains("GROUP_ID"), "{err}");
+}
+
+#[test]
+fn check_config_refuses_what_run_would_trip_on() {
+    let check = |text: &str| {
+        let file = config_file(text);
+        let out = cohortflow(&["check-config", file.path().to_str().expect("path")], &[], b"");
+        (out.status.success(), stderr(&out))
+    };
+    let (ok, err) = check("[log]\nlevel = \"!!!\"\n");
+    assert!(!ok && err.contains("log.level"), "{err}");
+    let (ok, err) =
+        check("[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{ event = \"a\", where = { x = nan } }]\n");
+    assert!(!ok && err.contains("funnel[0].steps[0].where.x"), "{err}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").expect("write");
+    let (ok, err) = check(&format!("state_dir = \"{}\"\n[kafka]\ntopics = [\"t\"]\n", blocker.display()));
+    assert!(!ok && err.contains("state_dir") && err.contains("not a directory"), "{err}");
+    let (ok, err) = check(&format!("state_dir = \"{}/below\"\n[kafka]\ntopics = [\"t\"]\n", blocker.display()));
+    assert!(!ok && err.contains("state_dir"), "{err}");
+    let (ok, err) = check(&format!("state_dir = \"{}/fine\"\n[kafka]\ntopics = [\"t\"]\n", dir.path().display()));
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn generator_flags_are_bounded_and_named() {
+    for (args, flag) in [
+        (&["demo", "--speed", "1e12"][..], "--speed"),
+        (&["demo", "--speed", "0"], "--speed"),
+        (&["demo", "--users-per-day", "1e9"], "--users-per-day"),
+        (&["demo", "--backfill-days", "100000"], "--backfill-days"),
+        (&["generate", "--start-ms", "9223372036854775807"], "--start-ms"),
+        (&["generate", "--start-ms", "4102444000000", "--days", "2"], "--start-ms"),
+        (&["generate", "--users-per-day", "nan"], "--users-per-day"),
+        (&["generate", "--days", "0"], "--days"),
+        (&["loadgen", "--rate=-1"], "--rate"),
+    ] {
+        let out = cohortflow(args, &[], b"");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr(&out).contains(flag), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn replay_fails_when_the_figures_cannot_be_written() {
+    let input = b"{\"user_id\":\"u\",\"event\":\"e\",\"ts\":1790000000000}\n";
+    // Standard output closed, as `>&-` leaves it.
+    let mut child = Command::new("sh")
+        .args(["-c", "exec \"$0\" replay - >&-", env!("CARGO_BIN_EXE_cohortflow")])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(input).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("standard output is closed"), "{}", stderr(&out));
+    // A full disk is an error too; /dev/null is fine.
+    for (target, ok) in [("/dev/full", false), ("/dev/null", true)] {
+        let status = Command::new("sh")
+            .args(["-c", &format!("exec \"$0\" replay - < /dev/null > {target}"), env!("CARGO_BIN_EXE_cohortflow")])
+            .stderr(Stdio::null())
+            .status()
+            .expect("spawn");
+        assert_eq!(status.success(), ok, "{target}");
+    }
+}
+
+#[test]
+fn replay_counts_the_first_record_after_a_byte_order_mark_and_lone_crs() {
+    let mut input = "\u{feff}".as_bytes().to_vec();
+    input.extend_from_slice(b"{\"user_id\":\"a\",\"event\":\"e\",\"ts\":1790000000000}\r");
+    input.extend_from_slice(b"{\"user_id\":\"b\",\"event\":\"e\",\"ts\":1790000000001}\r");
+    let long = "x".repeat(300);
+    input.extend_from_slice(format!("{{\"user_id\":\"{long}\",\"event\":\"e\",\"ts\":1790000000002}}\r").as_bytes());
+    let out = cohortflow(&["replay", "-"], &[("RUST_LOG", "warn")], &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "cohortflow_events_ingested_total 2"), "{text}");
+    assert!(text.lines().any(|l| l == r#"cohortflow_events_rejected_total{reason="bad_user_id"} 1"#), "{text}");
+    assert!(text.lines().any(|l| l == r#"cohortflow_events_rejected_total{reason="invalid_json"} 0"#), "{text}");
+    assert!(text.lines().any(|l| l == "cohortflow_tracked_users 2"), "{text}");
+}

@@ -473,7 +473,7 @@ fn corrupt_snapshot_pauses_its_partition_only() {
     daemon.terminate();
 
     let topic = topic_of(&setup);
-    let victim = setup.state_dir.join(format!("{topic}-2.snapshot"));
+    let victim = setup.state_dir.join(format!("group-g-{topic}/{topic}-2.snapshot"));
     let mut bytes = std::fs::read(&victim).expect("snapshot exists");
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;

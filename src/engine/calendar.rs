@@ -138,7 +138,7 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let hours = if rng % 24 == 0 { 24 * 400 } else { 24 * 12 };
+            let hours = if rng.is_multiple_of(24) { 24 * 400 } else { 24 * 12 };
             let ts = base + (rng >> 8) as i64 % (hours * 3_600_000);
             let fresh = Calendar::new(zone.clone());
             let day = cal.day_of(ts);

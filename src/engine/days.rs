@@ -75,7 +75,7 @@ impl DaySets {
     /// Sets of `words` words from their cells, as [`DaySets::cells`] gave
     /// them; `None` when the cells do not make whole sets.
     pub fn from_cells(words: usize, cells: Vec<u16>) -> Option<Self> {
-        (matches!(words, 4 | 8) && cells.len() % (1 + words) == 0).then_some(DaySets { words, cells })
+        (matches!(words, 4 | 8) && cells.len().is_multiple_of(1 + words)).then_some(DaySets { words, cells })
     }
 
     /// Words a set takes.

@@ -76,7 +76,7 @@ impl Arena {
 
     /// The length of id number `i` (the next), which starts at `start`.
     fn push_len(&mut self, i: u32, start: u32, len: usize) {
-        if i as usize % BLOCK == 0 {
+        if (i as usize).is_multiple_of(BLOCK) {
             self.blocks.push(start);
         }
         match u8::try_from(len).ok().filter(|&l| l != LONG) {

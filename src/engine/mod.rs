@@ -422,10 +422,10 @@ impl Engine {
         let old_first = self.first_seen[u].unpack();
         if old_first == NO_DAY || day < old_first {
             self.first_seen[u] = Day16::pack(day);
-            if old_first != NO_DAY {
-                if let Some(row) = self.activity.row(old_first) {
-                    row.new_users -= 1;
-                }
+            if old_first != NO_DAY
+                && let Some(row) = self.activity.row(old_first)
+            {
+                row.new_users -= 1;
             }
             if let Some(row) = self.activity.row(day) {
                 row.new_users += 1;
@@ -583,19 +583,20 @@ impl Engine {
                     return;
                 }
                 let n = day - cohort;
-                if let Some(i) = def.days.iter().position(|&d| d as i32 == n) {
-                    if let Some(row) = state.rows.row(cohort) {
-                        ensure_len(&mut row.retained, def.days.len())[i] += 1;
-                    }
+                if let Some(i) = def.days.iter().position(|&d| d as i32 == n)
+                    && let Some(row) = state.rows.row(cohort)
+                {
+                    ensure_len(&mut row.retained, def.days.len())[i] += 1;
                 }
             }
             RetentionMode::OnOrAfter => {
                 for (i, &n) in def.days.iter().enumerate() {
                     let target = cohort + n as i32;
-                    if target <= day && prev_latest.is_none_or(|p| p < target) {
-                        if let Some(row) = state.rows.row(cohort) {
-                            ensure_len(&mut row.retained, def.days.len())[i] += 1;
-                        }
+                    if target <= day
+                        && prev_latest.is_none_or(|p| p < target)
+                        && let Some(row) = state.rows.row(cohort)
+                    {
+                        ensure_len(&mut row.retained, def.days.len())[i] += 1;
                     }
                 }
             }

@@ -134,7 +134,7 @@ fn header_parts(word: u64) -> (usize, usize) {
 
 impl<E: Entry> FunnelStore<E> {
     const WORDS: usize = {
-        assert!(std::mem::size_of::<E>() % 8 == 0 && std::mem::align_of::<E>() <= 8);
+        assert!(std::mem::size_of::<E>().is_multiple_of(8) && std::mem::align_of::<E>() <= 8);
         std::mem::size_of::<E>() / 8
     };
 

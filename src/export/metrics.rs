@@ -310,10 +310,10 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
                 latest.value(&labels, row.retained[i] as f64 / row.users as f64);
                 latest_users.value(&labels, row.users as f64);
                 latest_retained.value(&labels, row.retained[i] as f64);
-                if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
-                    if let Ok(z) = date.to_zoned(jiff::tz::TimeZone::UTC) {
-                        latest_cohort.value(&labels, z.timestamp().as_second() as f64);
-                    }
+                if let Ok(date) = row.date.parse::<jiff::civil::Date>()
+                    && let Ok(z) = date.to_zoned(jiff::tz::TimeZone::UTC)
+                {
+                    latest_cohort.value(&labels, z.timestamp().as_second() as f64);
                 }
                 let (users, kept) =
                     matured.take(TRAILING_COHORTS).fold((0u64, 0u64), |(u, k), r| (u + r.users, k + r.retained[i]));

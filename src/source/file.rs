@@ -100,7 +100,7 @@ pub fn replay_into<R: BufRead>(
             Line::TooLarge => engine.count_rejected(Reject::TooLarge),
         }
         n += 1;
-        if n % every == 0 {
+        if n.is_multiple_of(every) {
             progress(n);
         }
     }

@@ -60,6 +60,7 @@ use crate::config::{Config, EngineConfig, KafkaConfig};
 use crate::engine::figures::Figures;
 use crate::engine::{Engine, merge};
 use crate::export::{PartitionStatus, Published, SourceStatus};
+use crate::ratelimit::LogLimiter;
 use crate::source::fetch::{FetchQueue, FetchedMessage};
 
 /// Errors that stop the source.
@@ -139,6 +140,11 @@ struct DeadLetters {
 struct Shared {
     cfg: Arc<EngineConfig>,
     topics: Vec<String>,
+    /// Repeated warnings, one line per cause every 10 s.
+    warnings: LogLimiter,
+    /// The consumer group: it is part of every snapshot's identity.
+    group: String,
+    /// The group's snapshot directory (see [`checkpoint::group_dir`]).
     state_dir: PathBuf,
     /// Where a partition without a snapshot starts.
     reset: Offset,
@@ -240,7 +246,7 @@ impl Shared {
     /// Writes one snapshot; `None` (logged and counted) when it failed.
     fn write(&self, tp: &Tp, engine: &Engine, next: i64) -> Option<u64> {
         let path = checkpoint::path_for(&self.state_dir, &tp.topic, tp.partition);
-        match checkpoint::write(&path, engine, next) {
+        match checkpoint::write(&path, &self.group, engine, next) {
             Ok(n) => Some(n),
             Err(e) => {
                 self.snapshot_failures.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +364,15 @@ struct Round {
     secs: f64,
 }
 
+/// Logs an error of the consumer's poll, at most once per kind every
+/// interval.
+fn consume_error(shared: &Shared, e: &KafkaError) {
+    let cause = format!("consume: {e}");
+    if let Some(held_back) = shared.warnings.check(&cause) {
+        warn!(error = %e, held_back, "consume error");
+    }
+}
+
 fn list_offset(tpl: &mut TopicPartitionList, tp: &Tp, next: i64) {
     if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next)) {
         warn!(error = %e, "cannot list offset for commit");
@@ -373,7 +388,11 @@ impl ClientContext for Context {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
             self.shared.brokers_down.store(true, Ordering::Relaxed);
         }
-        warn!(error = %error, reason, "kafka client error");
+        // One line per kind of error every interval: an unreachable broker
+        // reports itself many times a second.
+        if let Some(held_back) = self.shared.warnings.check(&error.to_string()) {
+            warn!(error = %error, reason, held_back, "kafka client error");
+        }
     }
 }
 
@@ -406,7 +425,7 @@ impl ConsumerContext for Context {
                             }
                         }
                         let path = checkpoint::path_for(&self.shared.state_dir, &tp.topic, tp.partition);
-                        let (slot, offset) = match checkpoint::read(&path, &self.shared.cfg) {
+                        let (slot, offset) = match checkpoint::read(&path, &self.shared.group, &self.shared.cfg) {
                             Ok(Some(r)) => {
                                 info!(next_offset = r.next_offset, "restored snapshot");
                                 let offset = Offset::Offset(r.next_offset);
@@ -431,20 +450,20 @@ impl ConsumerContext for Context {
                     // Detached shards not handed back belong to someone else now.
                     shards.retain(|_, slot| !matches!(slot, Slot::Detached(_)));
                 }
-                if let Some(queue) = self.shared.fetch_queue() {
-                    if !queue.take_partitions(tpl) {
-                        warn!("a partition's queue cannot be had: its messages are read one at a time");
-                    }
+                if let Some(queue) = self.shared.fetch_queue()
+                    && !queue.take_partitions(tpl)
+                {
+                    warn!("a partition's queue cannot be had: its messages are read one at a time");
                 }
                 self.shared.rebalances.fetch_add(1, Ordering::Relaxed);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
                     error!(error = %e, "assign failed");
                 }
-                if paused.count() > 0 {
-                    if let Err(e) = consumer.pause(&paused) {
-                        error!(error = %e, "cannot pause partitions with refused snapshots");
-                    }
+                if paused.count() > 0
+                    && let Err(e) = consumer.pause(&paused)
+                {
+                    error!(error = %e, "cannot pause partitions with refused snapshots");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -457,17 +476,17 @@ impl ConsumerContext for Context {
                     let lost = consumer.assignment_lost();
                     // The round in the background first: its offsets, then
                     // the revoked shards' own snapshots over its files.
-                    if let Some(offsets) = self.shared.finish_round(true).filter(|o| o.count() > 0 && !lost) {
-                        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                            warn!(error = %e, "commit failed (the snapshot holds the offsets)");
-                        }
+                    if let Some(offsets) = self.shared.finish_round(true).filter(|o| o.count() > 0 && !lost)
+                        && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
+                    {
+                        warn!(error = %e, "commit failed (the snapshot holds the offsets)");
                     }
                     let mut shards = self.shared.lock();
                     let offsets = self.shared.snapshot(&shards, Some(&revoked), false);
-                    if let Some(offsets) = offsets.filter(|o| o.count() > 0 && !lost) {
-                        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                            warn!(error = %e, "commit on revoke failed (the snapshot holds the offsets)");
-                        }
+                    if let Some(offsets) = offsets.filter(|o| o.count() > 0 && !lost)
+                        && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
+                    {
+                        warn!(error = %e, "commit on revoke failed (the snapshot holds the offsets)");
                     }
                     for tp in &revoked {
                         if let Some(Slot::Live(shard)) = shards.remove(tp) {
@@ -715,6 +734,9 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
     let kafka = config.kafka.as_ref().ok_or(SourceError::NotConfigured)?;
+    // Held until the source ends: one process a group's directory.
+    let state_dir = checkpoint::group_dir(&config.state_dir, &kafka.group_id);
+    let _lock = checkpoint::lock(&state_dir)?;
     let client = client_config(kafka);
     let reset = match client.get("auto.offset.reset") {
         Some("latest" | "largest" | "end") => Offset::End,
@@ -740,7 +762,9 @@ pub fn run(
     let shared = Arc::new(Shared {
         cfg: Arc::new(config.engine.clone()),
         topics: kafka.topics.clone(),
-        state_dir: config.state_dir.clone(),
+        warnings: LogLimiter::new(Duration::from_secs(10)),
+        group: kafka.group_id.clone(),
+        state_dir: state_dir.clone(),
         reset,
         shards: Mutex::new(BTreeMap::new()),
         dead_letters,
@@ -752,8 +776,6 @@ pub fn run(
         writing: Mutex::new(None),
         fetch: OnceLock::new(),
     });
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|source| CheckpointError::Io { path: config.state_dir.clone(), source })?;
     // The fetch queue before the subscription, so that every assigned
     // partition is forwarded to it.
     let (consumer, fetch_queue) = FetchQueue::new(client.create_with_context(Context { shared: shared.clone() })?);
@@ -800,7 +822,7 @@ pub fn run(
         let mut came = 0;
         match polled {
             None => {}
-            Some(Err(e)) => warn!(error = %e, "consume error"),
+            Some(Err(e)) => consume_error(&shared, &e),
             Some(Ok(msg)) => {
                 came += 1;
                 if let Err(e) = filling.accept(&msg) {
@@ -822,7 +844,7 @@ pub fn run(
                     filling.accept(&m)
                 }
                 Err(e) => {
-                    warn!(error = %e, "consume error");
+                    consume_error(&shared, &e);
                     Ok(())
                 }
             }) {
@@ -1029,10 +1051,10 @@ fn checkpoint_all(consumer: &BaseConsumer<Context>, shared: &Shared) {
 }
 
 fn commit(consumer: &BaseConsumer<Context>, offsets: &TopicPartitionList) {
-    if offsets.count() > 0 {
-        if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
-            debug!(error = %e, "commit failed (the snapshot holds the offsets)");
-        }
+    if offsets.count() > 0
+        && let Err(e) = consumer.commit(offsets, CommitMode::Async)
+    {
+        debug!(error = %e, "commit failed (the snapshot holds the offsets)");
     }
 }
 

@@ -89,7 +89,7 @@ impl Loadgen {
             }
         }
         self.sent += 1;
-        if self.sent % 100_000 == 0 {
+        if self.sent.is_multiple_of(100_000) {
             info!(sent = self.sent, "producing");
         }
         Ok(())

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A child process killed when dropped.
@@ -20,7 +21,13 @@ impl Drop for Process {
 /// Starts `cmd` (a cohortflow command given `--listen 127.0.0.1:0`) and
 /// returns it with the address it logged as bound. Its stderr keeps being
 /// drained so that it never blocks on a full pipe.
-pub(crate) fn spawn_serving(mut cmd: Command) -> (Child, String) {
+pub(crate) fn spawn_serving(cmd: Command) -> (Child, String) {
+    let (child, addr, _) = spawn_serving_logged(cmd);
+    (child, addr)
+}
+
+/// The same, with the lines it logs after the address kept.
+pub(crate) fn spawn_serving_logged(mut cmd: Command) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child =
         cmd.env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start cohortflow");
     let stderr = child.stderr.take().expect("stderr");
@@ -31,8 +38,14 @@ pub(crate) fn spawn_serving(mut cmd: Command) -> (Child, String) {
             break rest.split('/').next().expect("address").to_owned();
         }
     };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    let logged = Arc::new(Mutex::new(Vec::new()));
+    let keep = logged.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            keep.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    });
+    (child, addr, logged)
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
