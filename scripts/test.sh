@@ -31,4 +31,7 @@ if [ ! -x "$broker_root/bin/nisshi" ]; then
     cargo install nisshi@0.6.0 --locked --no-default-features --features dynostore --root "$broker_root"
 fi
 
+# The fuzz targets (tests/fuzz.rs) run for this long each.
+export COHORTFLOW_FUZZ_SECONDS="${COHORTFLOW_FUZZ_SECONDS:-20}"
+
 cargo test --profile ci --locked "$@"
