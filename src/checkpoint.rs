@@ -27,8 +27,8 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::EngineConfig;
 use crate::engine::Engine;
+use crate::engine::def::EngineConfig;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes.
@@ -60,10 +60,10 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
-    /// Another process holds the directory's lock.
+    /// Another process holds the partition's lock.
     #[error(
-        "{path} is locked by another cohortflow process of the same consumer group: \
-         two processes must not share a group's state_dir"
+        "{path} is locked by another cohortflow process of the same consumer group, \
+         which still holds the partition"
     )]
     Locked {
         /// The lock file.
@@ -150,24 +150,34 @@ pub fn group_dir(state_dir: &Path, group: &str) -> PathBuf {
     state_dir.join(format!("group-{kept}-{:016x}", std::hash::Hasher::finish(&h)))
 }
 
-/// The advisory lock on a group's snapshot directory, held while it lives
-/// (the operating system lets it go when the process ends, however it
-/// ends): a second process of the same group on the same directory would
-/// overwrite the first one's snapshots.
+/// The lock file of one partition's snapshot, beside it.
+pub fn lock_path_for(dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    dir.join(format!("{topic}-{partition}.lock"))
+}
+
+/// The advisory lock on one partition's snapshot, held from the moment
+/// the partition is assigned until its last snapshot is written on
+/// revoke (the operating system lets it go when the process ends, however
+/// it ends). Members of one group share a `state_dir`, so that one takes
+/// over a dead member's partitions from its snapshots; the lock keeps a
+/// second process that believes it owns the same partition (a member the
+/// group has already replaced, say) from overwriting the owner's file.
 #[derive(Debug)]
-pub struct DirLock {
+pub struct FileLock {
     _file: File,
 }
 
-/// Creates `dir` if needed and takes its lock, or says who holds it.
-pub fn lock(dir: &Path) -> Result<DirLock, CheckpointError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let path = dir.join(".lock");
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+/// Creates the lock file at `path` (and its directory) if needed and
+/// takes its lock, or says that another process holds it.
+pub fn lock(path: &Path) -> Result<FileLock, CheckpointError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
     match file.try_lock() {
-        Ok(()) => Ok(DirLock { _file: file }),
-        Err(fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked { path }),
-        Err(fs::TryLockError::Error(source)) => Err(CheckpointError::Io { path, source }),
+        Ok(()) => Ok(FileLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked { path: path.to_path_buf() }),
+        Err(fs::TryLockError::Error(source)) => Err(CheckpointError::Io { path: path.to_path_buf(), source }),
     }
 }
 
@@ -420,13 +430,18 @@ mod tests {
     }
 
     #[test]
-    fn a_locked_directory_is_refused_until_its_lock_is_gone() {
+    fn a_locked_partition_is_refused_until_its_lock_is_gone() {
         let dir = tempfile::tempdir().expect("tmp");
-        let held = lock(dir.path()).expect("first lock");
-        let e = lock(dir.path()).expect_err("second lock");
+        let group = group_dir(dir.path(), "g");
+        let path = lock_path_for(&group, "events", 3);
+        let held = lock(&path).expect("first lock");
+        let e = lock(&path).expect_err("second lock");
         assert_eq!(e.kind(), "locked");
+        assert!(e.to_string().contains("events-3.lock"), "{e}");
+        // Another partition of the same group is free.
+        lock(&lock_path_for(&group, "events", 4)).expect("another partition");
         drop(held);
-        lock(dir.path()).expect("free again");
+        lock(&path).expect("free again");
     }
 
     #[test]

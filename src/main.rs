@@ -493,7 +493,7 @@ fn demo(config: Config, speed: f64, backfill_days: u32, users_per_day: f64, seed
 /// Drives the generator: a backfill as fast as it goes, then simulated time
 /// at `speed`× the wall clock, publishing figures every 200 ms.
 fn run_demo_generator(
-    cfg: Arc<cohortflow::config::EngineConfig>,
+    cfg: Arc<cohortflow::engine::def::EngineConfig>,
     published: &Published,
     stop: &CancellationToken,
     speed: f64,

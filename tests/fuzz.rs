@@ -325,10 +325,10 @@ fn config_input() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn the_config_loader_never_panics() {
     fuzz("config file", config_input(), |bytes| {
-        if let Ok(text) = std::str::from_utf8(bytes) {
-            if let Err(e) = Config::from_toml_str(text) {
-                assert!(!e.to_string().is_empty());
-            }
+        if let Ok(text) = std::str::from_utf8(bytes)
+            && let Err(e) = Config::from_toml_str(text)
+        {
+            assert!(!e.to_string().is_empty());
         }
     });
     let var = (

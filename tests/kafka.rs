@@ -2,7 +2,7 @@
 //! a free loopback port for each test; `scripts/test.sh` installs it):
 //! the same events through `run` and `replay` give the same figures, also
 //! across `kill -9` crashes, two group members, a paused broker, dead
-//! letters and a corrupt snapshot; and the fetch queue `run` reads
+//! letters and a corrupt or locked snapshot; and the fetch queue `run` reads
 //! messages from, whose wait an event on the consumer's queue ends.
 //!
 //! The tests share two cores, so they take turns (one lock), and each has
@@ -113,6 +113,11 @@ impl Daemon {
     }
 
     fn terminate(mut self) {
+        // A client holding a half-sent request must not hold the shutdown up.
+        let _held = std::net::TcpStream::connect(&self.addr).map(|mut s| {
+            let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+            s
+        });
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
@@ -462,7 +467,7 @@ fn paused_broker_then_recovery_and_dead_letters() {
 }
 
 #[test]
-fn corrupt_snapshot_pauses_its_partition_only() {
+fn corrupt_or_locked_snapshot_pauses_its_partition_only() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let broker = Broker::start();
     let setup = setup(&broker, "corrupt", 2, 300, None);
@@ -478,13 +483,20 @@ fn corrupt_snapshot_pauses_its_partition_only() {
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
     std::fs::write(&victim, &bytes).expect("corrupt it");
+    // Partition 1's lock held by another process (this one), as by a
+    // member the group has already replaced that still writes its files.
+    let lock =
+        std::fs::File::create(setup.state_dir.join(format!("group-g-{topic}/{topic}-1.lock"))).expect("lock file");
+    lock.try_lock().expect("take the lock");
+    let held = std::fs::read(setup.state_dir.join(format!("group-g-{topic}/{topic}-1.snapshot"))).expect("snapshot 1");
 
     let mut daemon = Daemon::start(&setup.config);
     let deadline = Instant::now() + Duration::from_secs(60);
     let refused = format!("cohortflow_snapshot_refused{{topic=\"{topic}\",partition=\"2\",reason=\"corrupt\"}} 1");
+    let locked = format!("cohortflow_snapshot_refused{{topic=\"{topic}\",partition=\"1\",reason=\"locked\"}} 1");
     loop {
         let text = daemon.get("/metrics").map(|r| r.1).unwrap_or_default();
-        if text.contains(&refused) && text.contains("cohortflow_owned_partitions 4") {
+        if text.contains(&refused) && text.contains(&locked) && text.contains("cohortflow_owned_partitions 4") {
             break;
         }
         assert!(Instant::now() < deadline, "refusal never reported");
@@ -495,8 +507,11 @@ fn corrupt_snapshot_pauses_its_partition_only() {
     // The other partitions were restored and are served.
     let m = daemon.metrics();
     assert!(read_count(&m) > 0.0);
-    // The file is left for the operator, untouched.
+    // The file is left for the operator, untouched; so is the locked one.
     assert_eq!(std::fs::read(&victim).expect("still there"), bytes);
+    daemon.terminate();
+    let after = std::fs::read(setup.state_dir.join(format!("group-g-{topic}/{topic}-1.snapshot"))).expect("snapshot 1");
+    assert_eq!(after, held, "a partition locked elsewhere had its snapshot overwritten");
 }
 
 #[test]

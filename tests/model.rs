@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use cohortflow::config::{Config, FunnelMode};
+use cohortflow::config::Config;
 use cohortflow::engine::Engine;
+use cohortflow::engine::def::{FilterValue, FunnelMode, RetentionMode};
 use cohortflow::engine::figures::Figures;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -170,8 +171,8 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             for (i, &n) in def.days.iter().enumerate() {
                 let target = cohort + jiff::Span::new().days(i64::from(n));
                 let hit = match def.mode {
-                    cohortflow::config::RetentionMode::On => returns.contains(&target),
-                    cohortflow::config::RetentionMode::OnOrAfter => returns.iter().any(|r| *r >= target),
+                    RetentionMode::On => returns.contains(&target),
+                    RetentionMode::OnOrAfter => returns.iter().any(|r| *r >= target),
                 };
                 row.1[i] += u64::from(hit);
             }
@@ -211,8 +212,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             let step = &def.steps[k];
             step.event.matches(e.name)
                 && step.filter.iter().all(|(key, v)| {
-                    key == "channel"
-                        && matches!(v, cohortflow::config::FilterValue::Str(s) if Some(s.as_str()) == e.channel)
+                    key == "channel" && matches!(v, FilterValue::Str(s) if Some(s.as_str()) == e.channel)
                 })
         };
         let mut rows: BTreeMap<jiff::civil::Date, Vec<u64>> = BTreeMap::new();

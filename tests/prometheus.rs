@@ -126,7 +126,7 @@ fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("tmp");
     let mut cmd = Command::new(BIN);
-    cmd.args(["demo", "--listen", "127.0.0.1:0", "--backfill-days", "40", "--users-per-day", "300"]);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--backfill-days", "35", "--users-per-day", "300"]);
     let (demo, target) = common::spawn_serving(cmd);
     let _demo = Process(demo);
 

@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 
-use crate::config::FunnelMode;
+use super::def::{FunnelMode, MAX_STEPS};
 
 /// One event of a user that fills at least one step of a funnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bytemuck::Pod, bytemuck::Zeroable)]
@@ -123,12 +123,12 @@ pub struct Chain {
     pub level: usize,
     /// `reached[k]` = milliseconds from step 1 to step k+1 on the chain
     /// that reached level k+1.
-    pub reached: [i64; crate::config::MAX_STEPS],
+    pub reached: [i64; MAX_STEPS],
 }
 
 impl Chain {
     fn none() -> Self {
-        Chain { level: 0, reached: [0; crate::config::MAX_STEPS] }
+        Chain { level: 0, reached: [0; MAX_STEPS] }
     }
 }
 
@@ -258,8 +258,8 @@ pub struct Pass {
     level: usize,
     /// `first[k]`, `last[k]`: step 1 and step k+1 of the chain that
     /// reached step k+1 (for k below `level`).
-    first: [i64; crate::config::MAX_STEPS],
-    last: [i64; crate::config::MAX_STEPS],
+    first: [i64; MAX_STEPS],
+    last: [i64; MAX_STEPS],
 }
 
 impl Pass {
@@ -343,8 +343,8 @@ impl Default for Pass {
             window: 0,
             steps: Steps { count: 0, shift: 0 },
             level: 0,
-            first: [0; crate::config::MAX_STEPS],
-            last: [0; crate::config::MAX_STEPS],
+            first: [0; MAX_STEPS],
+            last: [0; MAX_STEPS],
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod calendar;
 pub mod days;
+pub mod def;
 pub mod figures;
 pub mod funnel;
 pub mod ids;
@@ -28,10 +29,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::GrowthTrim;
-use crate::config::{EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, RetentionMode};
 use crate::event::{self, Event, PropValue, Reject};
 use calendar::{Calendar, Day};
 use days::{Day16, DayRows, DaySets, NO_DAY};
+use def::{EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, RetentionMode};
 use figures::{ActivityRow, CohortRow, Counters, Figures, FunnelRow, FunnelTable, RetentionTable, TimeToConvert};
 use funnel::{Entry, Hit, Steps};
 use ids::UserIds;

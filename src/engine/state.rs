@@ -24,11 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar::Day;
 use super::days::{Day16, DayRows, DaySets};
+use super::def::EngineConfig;
 use super::figures::Counters;
 use super::ids::UserIds;
 use super::store::{Segments, Store};
 use super::{ActivityCounts, Cohort, CohortCounts, Engine, Returns};
-use crate::config::EngineConfig;
 
 #[cfg(target_endian = "big")]
 compile_error!("snapshots store little-endian columns as they lie in memory: big-endian targets are not supported");

@@ -1,0 +1,305 @@
+//! Configuration: the TOML file and `COHORTFLOW_*` environment overrides,
+//! read into raw serde structs (unknown keys refused) and then validated
+//! into a [`Config`] that can no longer be wrong. Every error names the key.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+
+use crate::engine::def::EngineConfig;
+use crate::export::http::Limits as HttpLimits;
+use env::EnvVar;
+use raw::RawConfig;
+
+/// Prefix of the environment variables that override config keys:
+/// `COHORTFLOW_HISTORY_DAYS=40`, `COHORTFLOW_HTTP__LISTEN=0.0.0.0:9464`.
+pub const ENV_PREFIX: &str = "COHORTFLOW_";
+
+/// The most shard worker threads `kafka.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+/// The longest `max_user_id_bytes` may allow.
+pub const MAX_USER_ID_BYTES: u64 = 65_536;
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override could not be read or has the wrong shape.
+    #[error("{0}")]
+    Load(String),
+    /// A value that parses but is impossible.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `funnel[0].window`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What the engine needs.
+    pub engine: EngineConfig,
+    /// Where `/metrics` and the JSON API are served.
+    pub listen: SocketAddr,
+    /// What one client can hold of the HTTP listener.
+    pub http_limits: HttpLimits,
+    /// Where snapshots are written.
+    pub state_dir: PathBuf,
+    /// How often snapshots are taken.
+    pub snapshot_interval_ms: i64,
+    /// Deadline for the final snapshot and commit on SIGTERM.
+    pub shutdown_timeout_ms: i64,
+    /// Log output format.
+    pub log_json: bool,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log_level: String,
+    /// The Kafka source, when configured.
+    pub kafka: Option<KafkaConfig>,
+    /// `COHORTFLOW_*` variables that name no config key and were left
+    /// out, to be logged once.
+    pub ignored_env: Vec<String>,
+}
+
+/// Kafka settings (used by `run`).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Where rejected messages are forwarded, if anywhere.
+    pub dead_letter_topic: Option<String>,
+    /// Passed to librdkafka unchanged.
+    pub options: BTreeMap<String, String>,
+    /// Threads applying messages to partitions' shards (a partition is
+    /// always on the same one).
+    pub workers: usize,
+}
+
+impl Config {
+    /// Reads `path` (if any) with environment overrides and validates it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars = Env::prefixed(ENV_PREFIX).iter().map(|(key, value)| (key.into_string(), value)).collect();
+        Self::load_with(path, vars)
+    }
+
+    /// Reads `path` (if any) with the overrides `vars` (names without the
+    /// prefix, values as set) and validates it.
+    ///
+    /// A variable that names no key is left out, and said in
+    /// [`Config::ignored_env`]: platforms set variables of their own under
+    /// the same prefix (Kubernetes gives every pod `COHORTFLOW_PORT` and
+    /// `COHORTFLOW_SERVICE_HOST` when a Service is named cohortflow). A
+    /// string key takes the variable's text as it is (`12345`, `007`); any
+    /// other key takes it read as TOML reads a value.
+    pub fn load_with(path: Option<&Path>, vars: Vec<(String, String)>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut ignored = Vec::new();
+        for (name, text) in vars {
+            let var = EnvVar::new(&name, &text);
+            // The variable alone: whether it names a key, and of what type.
+            match Figment::from(&var).extract::<RawConfig>() {
+                Err(e) if e.clone().into_iter().any(|e| matches!(e.kind, figment::error::Kind::UnknownField(..))) => {
+                    ignored.push(var.name);
+                }
+                Err(e)
+                    if e.clone().into_iter().any(|e| {
+                        matches!(&e.kind, figment::error::Kind::InvalidType(_, expected) if expected.contains("string"))
+                    }) =>
+                {
+                    figment = figment.merge(var.into_text(&text));
+                }
+                _ => figment = figment.merge(var),
+            }
+        }
+        let mut config = Self::from_figment(figment)?;
+        config.ignored_env = ignored;
+        Ok(config)
+    }
+
+    /// Parses TOML text without environment overrides (tests, `check-config` of a string).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            // figment prefixes every key with its profile; users never see profiles.
+            let text = e.to_string().replace("key \"default.", "key \"");
+            ConfigError::Load(text)
+        })?;
+        raw.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::def::{FilterValue, MAX_RETENTION};
+
+    fn err(text: &str) -> String {
+        match Config::from_toml_str(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_works() {
+        let c = Config::from_toml_str(
+            r#"
+            timezone = "UTC"
+            [[retention]]
+            name = "new_users"
+            cohort_event = "*"
+            return_event = "*"
+            days = [1, 7, 30]
+            [[funnel]]
+            name = "checkout"
+            window = "1h"
+            steps = ["view", "add_to_cart", { event = "order", where = { channel = "ads" } }]
+            [http]
+            listen = "127.0.0.1:9464"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.engine.retention[0].days, vec![1, 7, 30]);
+        assert_eq!(c.engine.funnels[0].window_ms, 3_600_000);
+        assert_eq!(c.engine.funnels[0].steps[2].filter, vec![("channel".into(), FilterValue::Str("ads".into()))]);
+        assert_eq!(c.engine.history_days, 35);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("colour = 1").contains("colour"), "{}", err("colour = 1"));
+        assert!(err("[http]\nlisten = 5").contains("http.listen"));
+        assert!(err("timezone = \"Mars/Olympus\"").contains("`timezone`"));
+        assert!(err("[http]\nlisten = \"nowhere\"").contains("`http.listen`"));
+        assert!(err("history_days = 1").contains("`history_days`"));
+        assert!(err("max_users = 0").contains("`max_users`"));
+        let e = err("max_users = 2147483649");
+        assert!(e.contains("`max_users`") && e.contains("2147483648"), "{e}");
+        assert!(err("max_funnel_events_per_user = 0").contains("`max_funnel_events_per_user`"));
+        let e = err("max_funnel_events_per_user = 4294967296");
+        assert!(e.contains("`max_funnel_events_per_user`") && e.contains("4294967295"), "{e}");
+        assert!(err("allowed_lateness = \"soon\"").contains("`allowed_lateness`"));
+        let e = err("[[retention]]\nname = \"r\"\ndays = [1, 40]");
+        assert!(e.contains("`retention[0].days`"), "{e}");
+        let e = err("[[retention]]\nname = \"r\"\nmode = \"sometimes\"");
+        assert!(e.contains("`retention[0].mode`"), "{e}");
+        let e = err("[[funnel]]\nname = \"f\"\nwindow = \"0s\"\nsteps = [\"a\"]");
+        assert!(e.contains("`funnel[0].window`"), "{e}");
+        let e = err("[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{ event = \"a\", where = { x = [1] } }]");
+        assert!(e.contains("`funnel[0].steps[0].where.x`"), "{e}");
+        let e = err(
+            "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]\n[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]",
+        );
+        assert!(e.contains("`funnel[1].name`"), "{e}");
+        let e = err("[kafka]\ntopics = []");
+        assert!(e.contains("`kafka.topics`"), "{e}");
+        let e = err("[kafka]\ntopics = [\"t\"]\nworkers = 0");
+        assert!(e.contains("`kafka.workers`"), "{e}");
+        let e = err("[log]\nlevel = \"!!!\"");
+        assert!(e.contains("`log.level`"), "{e}");
+        for x in ["nan", "inf", "-inf"] {
+            let e = err(&format!(
+                "[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [{{ event = \"a\", where = {{ x = {x} }} }}]"
+            ));
+            assert!(e.contains("`funnel[0].steps[0].where.x`"), "{e}");
+        }
+        let e = err("[http]\nmax_connections = 1");
+        assert!(e.contains("`http.max_connections`"), "{e}");
+        let e = err("[http]\nheader_read_timeout = \"0s\"");
+        assert!(e.contains("`http.header_read_timeout`"), "{e}");
+        let e = err("max_user_id_bytes = 0");
+        assert!(e.contains("`max_user_id_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn bounds_are_checked_without_wrapping() {
+        // max + 2 once wrapped round to 1 and passed.
+        let e = err("[[retention]]\nname = \"r\"\ndays = [1, 4294967295]");
+        assert!(e.contains("`retention[0].days`") && e.contains("4294967297"), "{e}");
+        let e = err("history_days = 4294967295");
+        assert!(e.contains("`history_days`"), "{e}");
+        let many = |n: usize| (0..n).map(|i| format!("[[retention]]\nname = \"r{i}\"\n")).collect::<String>();
+        assert!(Config::from_toml_str(&many(MAX_RETENTION)).is_ok());
+        let e = err(&many(MAX_RETENTION + 1));
+        assert!(e.contains("`retention`") && e.contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn variables_that_name_no_key_are_left_out_and_string_keys_take_text() {
+        let vars = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let file = tempfile::NamedTempFile::new().expect("temp");
+        std::fs::write(file.path(), "[kafka]\ntopics = [\"events\"]\n").expect("write");
+        let c = Config::load_with(
+            Some(file.path()),
+            vars(&[
+                ("PORT", "tcp://10.0.0.1:9464"),
+                ("SERVICE_HOST", "10.0.0.1"),
+                ("PORT_9464_TCP_PROTO", "tcp"),
+                ("HTTP__NO_SUCH_KEY", "1"),
+                ("KAFKA__GROUP_ID", "12345"),
+                ("KAFKA__INSTANCE_ID", "007"),
+                ("TIMEZONE", "Asia/Shanghai"),
+                ("HISTORY_DAYS", "40"),
+            ]),
+        )
+        .expect("valid");
+        let kafka = c.kafka.as_ref().expect("kafka");
+        assert_eq!(kafka.group_id, "12345");
+        assert_eq!(kafka.options.get("group.instance.id").map(String::as_str), Some("007"));
+        assert_eq!(c.engine.timezone_name, "Asia/Shanghai");
+        assert_eq!(c.engine.history_days, 40);
+        let mut ignored = c.ignored_env.clone();
+        ignored.sort();
+        assert_eq!(
+            ignored,
+            [
+                "COHORTFLOW_HTTP__NO_SUCH_KEY",
+                "COHORTFLOW_PORT",
+                "COHORTFLOW_PORT_9464_TCP_PROTO",
+                "COHORTFLOW_SERVICE_HOST"
+            ]
+        );
+        // A key that exists still takes only values of its type.
+        let e = Config::load_with(None, vars(&[("HISTORY_DAYS", "many")])).expect_err("refused").to_string();
+        assert!(e.contains("history_days"), "{e}");
+        let e = Config::load_with(None, vars(&[("HISTORY_DAYS", "4294967295")])).expect_err("refused").to_string();
+        assert!(e.contains("`history_days`"), "{e}");
+        // And an unknown key in the file is refused as before.
+        std::fs::write(file.path(), "colour = 1\n").expect("write");
+        assert!(Config::load_with(Some(file.path()), Vec::new()).is_err());
+    }
+
+    #[test]
+    fn defaults_give_one_retention_definition() {
+        let c = Config::from_toml_str("").expect("valid");
+        assert_eq!(c.engine.retention.len(), 1);
+        assert_eq!(c.engine.retention[0].days, vec![1, 3, 7, 14, 30]);
+        assert!(c.engine.funnels.is_empty());
+        assert_eq!(c.engine.max_funnel_events_per_user, 10_000);
+    }
+}

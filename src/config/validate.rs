@@ -1,0 +1,361 @@
+//! From the raw shape to a [`Config`] that can no longer be wrong, one
+//! section at a time; every error names its key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+
+use jiff::SignedDuration;
+use jiff::tz::TimeZone;
+
+use super::raw::{
+    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawStep, default_days, default_mode, star,
+};
+use super::{Config, ConfigError, KafkaConfig, MAX_USER_ID_BYTES, MAX_WORKERS, invalid};
+use crate::engine::def::{
+    EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, MAX_RETENTION, MAX_STEPS, MAX_USERS, RetentionDef,
+    RetentionMode, StepDef,
+};
+use crate::event::FieldNames;
+use crate::export::http::Limits as HttpLimits;
+
+pub(super) fn duration_ms(key: &str, text: &str) -> Result<i64, ConfigError> {
+    // Days are taken as 24 hours: windows and lateness are spans of time.
+    let d: SignedDuration = text
+        .parse::<jiff::Span>()
+        .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+        .map_err(|e| invalid(key, format!("`{text}` is not a duration such as \"10m\", \"1h\" or \"1d\": {e}")))?;
+    if d.is_negative() {
+        return Err(invalid(key, "must not be negative"));
+    }
+    i64::try_from(d.as_millis()).map_err(|_| invalid(key, "is too large"))
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        let timezone = TimeZone::get(&self.timezone)
+            .map_err(|e| invalid("timezone", format!("`{}` is not a known IANA time zone: {e}", self.timezone)))?;
+        let allowed_lateness_ms = duration_ms("allowed_lateness", &self.allowed_lateness)?;
+        if allowed_lateness_ms > DAY_MS {
+            return Err(invalid("allowed_lateness", "must be at most 1d"));
+        }
+        let max_future_skew_ms = duration_ms("max_future_skew", &self.max_future_skew)?;
+        let snapshot_interval_ms = duration_ms("snapshot_interval", &self.snapshot_interval)?;
+        if snapshot_interval_ms < 100 {
+            return Err(invalid("snapshot_interval", "must be at least 100ms"));
+        }
+        let shutdown_timeout_ms = duration_ms("shutdown_timeout", &self.shutdown_timeout)?;
+        // Per-user activity is a bitmap of at most 128 days: the horizon, a
+        // 30-day MAU window behind it and the lateness must fit (see
+        // engine::days::DaySets).
+        if !(2..=90).contains(&self.history_days) {
+            return Err(invalid("history_days", "must be between 2 and 90"));
+        }
+        if !(1..=400).contains(&self.export_days) {
+            return Err(invalid("export_days", "must be between 1 and 400"));
+        }
+        let most_users = MAX_USERS as u64;
+        if !(1..=most_users).contains(&self.max_users) {
+            // A shard's funnel stores index users in 31 bits.
+            return Err(invalid("max_users", format!("must be between 1 and {most_users} (2^31)")));
+        }
+        let max_funnel_events_per_user = u32::try_from(self.max_funnel_events_per_user)
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| invalid("max_funnel_events_per_user", format!("must be between 1 and {}", u32::MAX)))?;
+        let (listen, http_limits) = http(&self.http)?;
+        let (log_json, log_level) = log(self.log)?;
+        let fields = fields(self.fields, self.max_user_id_bytes)?;
+        let retention = retention(self.retention, self.history_days)?;
+        let funnels = funnels(self.funnel)?;
+        let kafka = self.kafka.map(kafka).transpose()?;
+
+        Ok(Config {
+            engine: EngineConfig {
+                fields,
+                use_message_timestamp: self.use_message_timestamp,
+                timezone,
+                timezone_name: self.timezone,
+                allowed_lateness_ms,
+                history_days: self.history_days,
+                max_future_skew_ms,
+                export_days: self.export_days,
+                max_users: self.max_users,
+                max_funnel_events_per_user,
+                retention,
+                funnels,
+            },
+            listen,
+            http_limits,
+            state_dir: self.state_dir,
+            snapshot_interval_ms,
+            shutdown_timeout_ms,
+            log_json,
+            log_level,
+            kafka,
+            ignored_env: Vec::new(),
+        })
+    }
+}
+
+/// `[http]`: the address and what one client can hold.
+fn http(h: &RawHttp) -> Result<(SocketAddr, HttpLimits), ConfigError> {
+    let listen: SocketAddr = h
+        .listen
+        .parse()
+        .map_err(|e| invalid("http.listen", format!("`{}` is not an address such as 127.0.0.1:9464: {e}", h.listen)))?;
+    let most = HttpLimits::MOST_CONNECTIONS as u64;
+    if !(2..=most).contains(&h.max_connections) {
+        return Err(invalid("http.max_connections", format!("must be between 2 and {most}")));
+    }
+    let header_read_timeout_ms = duration_ms("http.header_read_timeout", &h.header_read_timeout)?;
+    if !(100..=600_000).contains(&header_read_timeout_ms) {
+        return Err(invalid("http.header_read_timeout", "must be between 100ms and 10m"));
+    }
+    let http_limits = HttpLimits {
+        max_connections: h.max_connections as usize,
+        header_read_timeout: std::time::Duration::from_millis(header_read_timeout_ms as u64),
+    };
+    Ok((listen, http_limits))
+}
+
+/// `[log]`: the format, and a level or filter `tracing` reads.
+fn log(l: RawLog) -> Result<(bool, String), ConfigError> {
+    let log_json = match l.format.as_str() {
+        "human" => false,
+        "json" => true,
+        other => {
+            return Err(invalid("log.format", format!("`{other}` is not one of \"human\", \"json\"")));
+        }
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&l.level) {
+        return Err(invalid(
+            "log.level",
+            format!("`{}` is not a level such as \"info\" or a filter such as \"info,cohortflow=debug\": {e}", l.level),
+        ));
+    }
+    Ok((log_json, l.level))
+}
+
+/// `[fields]` and `max_user_id_bytes`: how events are read.
+fn fields(f: RawFields, max_user_id_bytes: u64) -> Result<FieldNames, ConfigError> {
+    // Ids are kept for every tracked user: their bound is what makes
+    // max_users a bound on memory.
+    if !(1..=MAX_USER_ID_BYTES).contains(&max_user_id_bytes) {
+        return Err(invalid("max_user_id_bytes", format!("must be between 1 and {MAX_USER_ID_BYTES}")));
+    }
+    let fields = FieldNames {
+        max_user_id_bytes: max_user_id_bytes as usize,
+        user_id: f.user_id,
+        event: f.event,
+        ts: f.ts,
+        props: f.props,
+    };
+    for (key, v) in [
+        ("fields.user_id", &fields.user_id),
+        ("fields.event", &fields.event),
+        ("fields.ts", &fields.ts),
+        ("fields.props", &fields.props),
+    ] {
+        if v.is_empty() {
+            return Err(invalid(key, "must not be empty"));
+        }
+    }
+    let distinct: HashSet<&String> = [&fields.user_id, &fields.event, &fields.ts, &fields.props].into_iter().collect();
+    if distinct.len() != 4 {
+        return Err(invalid("fields", "the four field names must differ"));
+    }
+
+    Ok(fields)
+}
+
+/// `[[retention]]`: one definition by default; days that the history holds.
+fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionDef>, ConfigError> {
+    let mut retention = Vec::new();
+    let mut names = HashSet::new();
+    let raw_retention = if raw.is_empty() {
+        vec![RawRetention {
+            name: "new_users".into(),
+            cohort_event: star(),
+            return_event: star(),
+            days: default_days(),
+            mode: default_mode(),
+        }]
+    } else {
+        raw
+    };
+    if raw_retention.len() > MAX_RETENTION {
+        return Err(invalid(
+            "retention",
+            format!("{} definitions; at most {MAX_RETENTION} are supported", raw_retention.len()),
+        ));
+    }
+    for (i, r) in raw_retention.into_iter().enumerate() {
+        let key = |k: &str| format!("retention[{i}].{k}");
+        if r.name.is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if !names.insert(r.name.clone()) {
+            return Err(invalid(key("name"), format!("`{}` is defined twice", r.name)));
+        }
+        for (k, v) in [("cohort_event", &r.cohort_event), ("return_event", &r.return_event)] {
+            if v.is_empty() {
+                return Err(invalid(key(k), "must not be empty (use \"*\" for any event)"));
+            }
+        }
+        let mode = match r.mode.as_str() {
+            "on" => RetentionMode::On,
+            "on_or_after" => RetentionMode::OnOrAfter,
+            "rolling_24h" => {
+                return Err(invalid(
+                    key("mode"),
+                    "\"rolling_24h\" is not supported yet; use \"on\" or \"on_or_after\"",
+                ));
+            }
+            other => {
+                return Err(invalid(key("mode"), format!("`{other}` is not one of \"on\", \"on_or_after\"")));
+            }
+        };
+        let mut days = r.days.clone();
+        days.sort_unstable();
+        days.dedup();
+        if days.is_empty() || days.len() != r.days.len() || days[0] == 0 {
+            return Err(invalid(key("days"), "must be a non-empty list of distinct days ≥ 1"));
+        }
+        // A return on day N must still be in the history when the
+        // cohort day leaves it: N + 2 days at most. Computed wide, so
+        // that no day can wrap round (a day of 2^32 − 1 once did).
+        let max = days[days.len() - 1];
+        if u64::from(max) + 2 > u64::from(history_days) {
+            return Err(invalid(
+                key("days"),
+                format!(
+                    "day {max} needs history_days ≥ {} (history_days is {}, at most 90)",
+                    u64::from(max) + 2,
+                    history_days
+                ),
+            ));
+        }
+        retention.push(RetentionDef {
+            name: r.name,
+            cohort_event: EventMatch::parse(&r.cohort_event),
+            return_event: EventMatch::parse(&r.return_event),
+            days,
+            mode,
+        });
+    }
+
+    Ok(retention)
+}
+
+/// `[[funnel]]`: names, windows, modes and steps with their filters.
+fn funnels(raw: Vec<RawFunnel>) -> Result<Vec<FunnelDef>, ConfigError> {
+    let mut funnels = Vec::new();
+    let mut names = HashSet::new();
+    for (i, f) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("funnel[{i}].{k}");
+        if f.name.is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if !names.insert(f.name.clone()) {
+            return Err(invalid(key("name"), format!("`{}` is defined twice", f.name)));
+        }
+        let window_ms = duration_ms(&key("window"), &f.window)?;
+        if window_ms == 0 || window_ms > 30 * DAY_MS {
+            return Err(invalid(key("window"), "must be more than 0 and at most 30d"));
+        }
+        let mode = match f.mode.as_str() {
+            "default" => FunnelMode::Default,
+            "strict_once" => FunnelMode::StrictOnce,
+            "strict_increase" => FunnelMode::StrictIncrease,
+            other => {
+                return Err(invalid(
+                    key("mode"),
+                    format!("`{other}` is not one of \"default\", \"strict_once\", \"strict_increase\""),
+                ));
+            }
+        };
+        if f.steps.is_empty() || f.steps.len() > MAX_STEPS {
+            return Err(invalid(key("steps"), format!("must have 1 to {MAX_STEPS} steps")));
+        }
+        let mut steps = Vec::new();
+        for (j, s) in f.steps.into_iter().enumerate() {
+            let skey = format!("funnel[{i}].steps[{j}]");
+            let (event, raw_filter) = match s {
+                RawStep::Name(n) => (n, BTreeMap::new()),
+                RawStep::Full(full) => (full.event, full.filter),
+            };
+            if event.is_empty() {
+                return Err(invalid(format!("{skey}.event"), "must not be empty"));
+            }
+            let mut filter = Vec::new();
+            for (prop, value) in raw_filter {
+                let v = match value {
+                    toml::Value::String(s) => FilterValue::Str(s),
+                    toml::Value::Integer(n) => FilterValue::Num(n as f64),
+                    // A NaN equals nothing: a step that could never match.
+                    toml::Value::Float(x) if !x.is_finite() => {
+                        return Err(invalid(format!("{skey}.where.{prop}"), "must be a finite number"));
+                    }
+                    toml::Value::Float(x) => FilterValue::Num(x),
+                    toml::Value::Boolean(b) => FilterValue::Bool(b),
+                    _ => {
+                        return Err(invalid(format!("{skey}.where.{prop}"), "must be a string, a number or a boolean"));
+                    }
+                };
+                filter.push((prop, v));
+            }
+            steps.push(StepDef { event: EventMatch::parse(&event), filter });
+        }
+        funnels.push(FunnelDef { name: f.name, window_ms, mode, steps });
+    }
+
+    Ok(funnels)
+}
+
+/// `[kafka]`: topics, group, brokers, librdkafka's options, workers.
+fn kafka(k: RawKafka) -> Result<KafkaConfig, ConfigError> {
+    if k.topics.is_empty() || k.topics.iter().any(String::is_empty) {
+        return Err(invalid("kafka.topics", "must list at least one non-empty topic"));
+    }
+    if k.group_id.is_empty() {
+        return Err(invalid("kafka.group_id", "must not be empty"));
+    }
+    if k.brokers.is_empty() {
+        return Err(invalid("kafka.brokers", "must not be empty"));
+    }
+    let mut options = BTreeMap::new();
+    for (name, v) in k.options {
+        let text = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(invalid(format!("kafka.options.\"{name}\""), "must be a string, a number or a boolean"));
+            }
+        };
+        options.insert(name, text);
+    }
+    if let Some(id) = k.instance_id.filter(|i| !i.is_empty()) {
+        options.insert("group.instance.id".into(), id);
+    }
+    let workers = match k.workers {
+        Some(0) => return Err(invalid("kafka.workers", "must be at least 1")),
+        Some(n) if n > MAX_WORKERS => {
+            return Err(invalid("kafka.workers", format!("must be at most {MAX_WORKERS}")));
+        }
+        Some(n) => n,
+        // One a core: partitions beyond that share them.
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
+    };
+    Ok(KafkaConfig {
+        workers,
+        brokers: k.brokers,
+        topics: k.topics,
+        group_id: k.group_id,
+        dead_letter_topic: k.dead_letter_topic.filter(|t| !t.is_empty()),
+        options,
+    })
+}

@@ -1,0 +1,177 @@
+//! The engine's definitions: what it counts (retention, funnels, the
+//! events they match) and the limits it counts within. The engine is built
+//! from these alone; `crate::config` reads the TOML file and the
+//! environment into them.
+
+use jiff::tz::TimeZone;
+
+use crate::event::FieldNames;
+
+/// The most funnel steps (ClickHouse's `windowFunnel` allows 32 too).
+pub const MAX_STEPS: usize = 32;
+/// The most `[[retention]]` definitions: the engine classifies each event
+/// name once into a 64-bit mask of the definitions it is a cohort or a
+/// return event of, one bit a definition.
+pub const MAX_RETENTION: usize = 64;
+/// The most users one shard tracks (`max_users`): a compact funnel store
+/// threads a user's index with a garbage flag that must stay clear.
+pub const MAX_USERS: usize = 1 << 31;
+
+/// Everything the engine's definitions and time semantics depend on.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Names of the event fields.
+    pub fields: FieldNames,
+    /// Use the Kafka message timestamp when `ts` is absent.
+    pub use_message_timestamp: bool,
+    /// The business-day time zone.
+    pub timezone: TimeZone,
+    /// Its IANA name, for display.
+    pub timezone_name: String,
+    /// Watermark = newest event time minus this.
+    pub allowed_lateness_ms: i64,
+    /// Events older than watermark minus this many days are too late.
+    pub history_days: u32,
+    /// Events further ahead of the wall clock are too early.
+    pub max_future_skew_ms: i64,
+    /// Dated series exported, counted back from the watermark's day.
+    pub export_days: u32,
+    /// Cap on remembered users.
+    pub max_users: u64,
+    /// Cap on the funnel events one user keeps in a funnel store: each of
+    /// a user's funnel events costs a pass over the ones kept, so without
+    /// it one synthetic user's cost grows with the square of their rate.
+    pub max_funnel_events_per_user: u32,
+    /// Retention definitions.
+    pub retention: Vec<RetentionDef>,
+    /// Funnel definitions.
+    pub funnels: Vec<FunnelDef>,
+}
+
+/// An event selector: a name, or any event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventMatch {
+    /// Any event (`"*"`).
+    Any,
+    /// One event name, exactly.
+    Named(String),
+}
+
+impl EventMatch {
+    /// `"*"` for any event, else the name.
+    pub fn parse(s: &str) -> Self {
+        if s == "*" { EventMatch::Any } else { EventMatch::Named(s.to_owned()) }
+    }
+
+    /// Whether an event of this name matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            EventMatch::Any => true,
+            EventMatch::Named(n) => n == name,
+        }
+    }
+
+    /// The text form (`*` or the name).
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventMatch::Any => "*",
+            EventMatch::Named(n) => n,
+        }
+    }
+}
+
+/// How a return on day N is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionMode {
+    /// A return event on business day D+N exactly.
+    On,
+    /// A return event on any business day ≥ D+N (unbounded retention).
+    OnOrAfter,
+}
+
+impl RetentionMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionMode::On => "on",
+            RetentionMode::OnOrAfter => "on_or_after",
+        }
+    }
+}
+
+/// One named retention definition.
+#[derive(Debug, Clone)]
+pub struct RetentionDef {
+    /// Label value `retention`.
+    pub name: String,
+    /// The event whose first occurrence sets the cohort day.
+    pub cohort_event: EventMatch,
+    /// The event that counts as a return.
+    pub return_event: EventMatch,
+    /// The N of each DN figure, ascending, distinct, ≥ 1.
+    pub days: Vec<u32>,
+    /// How returns are counted.
+    pub mode: RetentionMode,
+}
+
+/// How a funnel chains its steps (ClickHouse `windowFunnel` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunnelMode {
+    /// Steps at equal timestamps chain; one event may fill several steps.
+    Default,
+    /// One event fills at most one step.
+    StrictOnce,
+    /// Each step strictly later than the one before.
+    StrictIncrease,
+}
+
+impl FunnelMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunnelMode::Default => "default",
+            FunnelMode::StrictOnce => "strict_once",
+            FunnelMode::StrictIncrease => "strict_increase",
+        }
+    }
+}
+
+/// A property value a step filter compares with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterValue {
+    /// Equal to a string prop.
+    Str(String),
+    /// Equal to a numeric prop.
+    Num(f64),
+    /// Equal to a boolean prop.
+    Bool(bool),
+}
+
+/// One funnel step.
+#[derive(Debug, Clone)]
+pub struct StepDef {
+    /// The event that fills it.
+    pub event: EventMatch,
+    /// Property equalities that must all hold.
+    pub filter: Vec<(String, FilterValue)>,
+}
+
+impl StepDef {
+    /// The label value `step_name`.
+    pub fn label(&self) -> &str {
+        self.event.as_str()
+    }
+}
+
+/// One named funnel.
+#[derive(Debug, Clone)]
+pub struct FunnelDef {
+    /// Label value `funnel`.
+    pub name: String,
+    /// Conversion window, milliseconds, end included.
+    pub window_ms: i64,
+    /// Chaining mode.
+    pub mode: FunnelMode,
+    /// Ordered steps (1..=32).
+    pub steps: Vec<StepDef>,
+}
