@@ -31,8 +31,9 @@ use crate::engine::Engine;
 use crate::engine::def::EngineConfig;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
-/// Bumped whenever the payload's layout changes.
-pub const FORMAT_VERSION: u32 = 9;
+/// Bumped whenever the payload's layout changes (10: a head section per
+/// metric family).
+pub const FORMAT_VERSION: u32 = 10;
 // Where the header's fields start (see the layout above).
 const VERSION_AT: usize = 8;
 const FINGERPRINT_AT: usize = 12;

@@ -272,6 +272,15 @@ impl<T: Default> DayRows<T> {
     }
 }
 
+/// `v` with at least `n` counts (the new ones 0): a day row's counts are
+/// allocated when first moved.
+pub fn ensure_len(v: &mut Vec<i64>, n: usize) -> &mut Vec<i64> {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ mod tagged;
 #[cfg(test)]
 mod tests;
 
-use super::funnel::{Entry, Hit, Packed};
+use super::{Entry, Hit, Packed};
 
 /// The offset of a user with no segment.
 const NONE: u32 = u32::MAX;

@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 
-use super::def::{FunnelMode, MAX_STEPS};
+use crate::engine::def::{FunnelMode, MAX_STEPS};
 
 /// One event of a user that fills at least one step of a funnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bytemuck::Pod, bytemuck::Zeroable)]
