@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Two commits side by side in one run: `replay` speed on one core (the
+# runs alternate, old then new, so that a slow minute of the shared
+# machine falls on both), the figures of both compared line by line, and
+# bytes per tracked user (examples/state_scale.rs). Given as ratios new/old.
+#
+# Usage: scripts/bench_compare.sh OLD [NEW] [CONFIG]
+#        (NEW defaults to the work tree, CONFIG to config/bench.toml)
+# Environment: RUNS (replay runs per side, median; default 7), EVENTS
+#              (about how many events; default 3000000), USERS (for the
+#              state benchmark; default 1000000), BENCH_DIR (dataset cache).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+old=${1:?usage: scripts/bench_compare.sh OLD [NEW] [CONFIG]}
+new=${2:-}
+config=${3:-config/bench.toml}
+runs=${RUNS:-7}
+events=${EVENTS:-3000000}
+users=${USERS:-1000000}
+data_dir=${BENCH_DIR:-$HOME/.cache/cohortflow-bench}
+target=${CARGO_TARGET_DIR:-target}
+mkdir -p "$data_dir"
+work=$(mktemp -d)
+trap 'git worktree remove --force "$work/old" > /dev/null 2>&1 || true; git worktree remove --force "$work/new" > /dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+# Builds a commit (or the work tree) in a target directory of its own, so
+# that neither side's build evicts the other's.
+build() { # NAME COMMIT|"" -> prints the directory of its release binaries
+    local name=$1 commit=$2 dir=. tdir="$target-compare-$1"
+    if [ -n "$commit" ]; then
+        git worktree add --detach "$work/$name" "$commit" > /dev/null 2>&1
+        dir=$work/$name
+    fi
+    (cd "$dir" && CARGO_TARGET_DIR=$tdir cargo build --release --locked -q --bin cohortflow --example state_scale)
+    echo "$tdir/release"
+}
+old_dir=$(build old "$old")
+new_dir=$(build new "$new")
+
+per_day=$(( events / 397 ))
+data="$data_dir/clean-30d-$per_day.ndjson"
+if [ ! -s "$data" ]; then
+    "$new_dir/cohortflow" generate --clean --days 30 --users-per-day "$per_day" --start-ms 1785000000000 > "$data.tmp"
+    mv "$data.tmp" "$data"
+fi
+lines=$(wc -l < "$data")
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rate() { # BIN OUT
+    local start end
+    start=$(date +%s.%N)
+    taskset -c 0 "$1" replay --config "$config" "$data" > "$2" 2> /dev/null
+    end=$(date +%s.%N)
+    echo "$lines / ($end - $start)" | bc -l
+}
+old_rates=() new_rates=()
+for _ in $(seq "$runs"); do
+    old_rates+=("$(rate "$old_dir/cohortflow" "$work/old.prom")")
+    new_rates+=("$(rate "$new_dir/cohortflow" "$work/new.prom")")
+done
+old_rate=$(printf '%s\n' "${old_rates[@]}" | median)
+new_rate=$(printf '%s\n' "${new_rates[@]}" | median)
+# Every line of the figures agrees (the process's own metrics aside).
+figures() { grep '^cohortflow_' "$1"; }
+if diff <(figures "$work/old.prom") <(figures "$work/new.prom") > "$work/diff.txt"; then
+    agree="all $(figures "$work/new.prom" | wc -l) lines agree"
+else
+    agree="FIGURES DIFFER: $(grep -c '^[<>]' "$work/diff.txt") lines"
+fi
+
+per_user() { "$1/examples/state_scale" "$users" "$config" | sed -n -E 's/.*bytes_per_user=([0-9.]+).*/\1/p' | head -1; }
+old_bytes=$(per_user "$old_dir")
+new_bytes=$(per_user "$new_dir")
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "old: $(git rev-parse --short "$old"), new: ${new:-work tree at $(git rev-parse --short HEAD)}; $config; $lines events; replay pinned to core 0, median of $runs alternating runs"
+printf '%-16s %14s %14s %8s\n' "" old new new/old
+printf '%-16s %14.0f %14.0f %8.3f\n' "replay events/s" "$old_rate" "$new_rate" "$(echo "$new_rate / $old_rate" | bc -l)"
+printf '%-16s %14s %14s %8.3f\n' "bytes per user" "$old_bytes" "$new_bytes" "$(echo "$new_bytes / $old_bytes" | bc -l)"
+echo "figures: $agree"
+[ "${agree#FIGURES DIFFER}" = "$agree" ]
