@@ -1,4 +1,5 @@
-//! Decoding and validation of one event message (SPEC §1): pure, no I/O.
+//! Decoding and validation of one event message: pure, no I/O. The event
+//! contract it enforces is in `docs/semantics.md`.
 //!
 //! [`decode`] turns the bytes of one Kafka message or NDJSON line into an
 //! [`Event`] that borrows from those bytes wherever it can, or into a
@@ -16,16 +17,20 @@
 //! also keeps unknown fields and props harmless: a number out of range or a
 //! lone surrogate escape in them only matters if something reads them.
 
+mod fields;
 mod simple;
+mod time;
 
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// The largest message accepted, in bytes (SPEC §1).
+use fields::{Field, KeyBytes, TopFields, fields_via_serde};
+pub use time::parse_rfc3339_ms;
+
+/// The largest message accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Events are accepted from 1970-01-01T00:00:00Z ...
@@ -308,142 +313,6 @@ pub fn decode<'a>(bytes: &'a [u8], names: &FieldNames, fallback_ts_ms: Option<i6
     Ok(Event { user_id, name, ts_ms, props: fields.props })
 }
 
-/// The object's fields through serde_json, whatever its shape.
-fn fields_via_serde<'a>(text: &'a str, names: &FieldNames) -> Result<TopFields<'a>, Reject> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let fields = de::Deserializer::deserialize_map(&mut de, TopVisitor { names }).map_err(|_| Reject::InvalidJson)?;
-    de.end().map_err(|_| Reject::InvalidJson)?;
-    Ok(fields)
-}
-
-/// The fields of an event object as raw JSON texts.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct TopFields<'a> {
-    user_id: Option<&'a str>,
-    event: Option<&'a str>,
-    ts: Option<&'a str>,
-    props: Option<&'a str>,
-    duplicate: bool,
-}
-
-/// The fields of an event object the decoder reads.
-#[derive(Debug, Clone, Copy)]
-enum Field {
-    UserId,
-    Event,
-    Ts,
-    Props,
-}
-
-impl Field {
-    /// The field named `key` (unescaped), if it is one of them.
-    fn of(key: &[u8], names: &FieldNames) -> Option<Field> {
-        // Plain tests in a row: an array of candidates searched by an
-        // iterator cost twice the instructions.
-        if same(names.user_id.as_bytes(), key) {
-            Some(Field::UserId)
-        } else if same(names.event.as_bytes(), key) {
-            Some(Field::Event)
-        } else if same(names.ts.as_bytes(), key) {
-            Some(Field::Ts)
-        } else if same(names.props.as_bytes(), key) {
-            Some(Field::Props)
-        } else {
-            None
-        }
-    }
-}
-
-/// Byte equality compared inline: field names are a few bytes, shorter
-/// than the call a slice comparison makes. From 4 to 8 bytes, two
-/// overlapping 4-byte words a side.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let word = |w: &[u8; 4]| u32::from_ne_bytes(*w);
-    match (a.first_chunk::<4>(), b.first_chunk::<4>(), a.last_chunk::<4>(), b.last_chunk::<4>()) {
-        (Some(a0), Some(b0), Some(a1), Some(b1)) if a.len() <= 8 => word(a0) == word(b0) && word(a1) == word(b1),
-        _ => a.iter().zip(b).all(|(x, y)| x == y),
-    }
-}
-
-impl<'a> TopFields<'a> {
-    /// Records a field's raw text. A repeated `user_id`, `event` or `ts` is
-    /// a duplicate key; a repeated `props` is harmless: the last one wins.
-    fn set(&mut self, field: Field, value: &'a str) {
-        let slot = match field {
-            Field::UserId => &mut self.user_id,
-            Field::Event => &mut self.event,
-            Field::Ts => &mut self.ts,
-            Field::Props => {
-                self.props = Some(value);
-                return;
-            }
-        };
-        self.duplicate |= slot.is_some();
-        *slot = Some(value);
-    }
-}
-
-struct TopVisitor<'n> {
-    names: &'n FieldNames,
-}
-
-impl<'de> Visitor<'de> for TopVisitor<'_> {
-    type Value = TopFields<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = TopFields::default();
-        while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
-            match Field::of(key.0.as_ref(), self.names) {
-                Some(field) => out.set(field, map.next_value::<&'de RawValue>()?.get()),
-                // Skipped without interpreting numbers or strings, at any
-                // depth (iteratively): unknown fields never cost an event.
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// A map key, borrowed when it has no escapes. Read as a string, so that
-/// serde_json checks it is valid JSON text: a raw control character or a
-/// lone surrogate escape in a field *name* makes the document invalid JSON
-/// (values of unknown fields stay unchecked beyond JSON syntax).
-struct KeyBytes<'de>(Cow<'de, [u8]>);
-
-impl<'de> de::Deserialize<'de> for KeyBytes<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = KeyBytes<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(KeyBytes(Cow::Borrowed(v)))
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-                Ok(KeyBytes(Cow::Owned(v.to_vec())))
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(KeyBytes(Cow::Borrowed(v.as_bytes())))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(KeyBytes(Cow::Owned(v.as_bytes().to_vec())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// What is known of the raw string texts of a message's fields.
 #[derive(Debug, Clone, Copy)]
 enum Strings {
@@ -495,90 +364,9 @@ fn timestamp_of(text: &str, strings: Strings) -> Option<i64> {
     (MIN_TS_MS..END_TS_MS).contains(&ms).then_some(ms)
 }
 
-/// Parses an RFC 3339 date-time (`T`, `t` or a space between date and time;
-/// `Z`, `z` or `±hh:mm`; any fraction, truncated to milliseconds) into epoch
-/// milliseconds. A leap second (`:60`) reads as `:59`, as jiff does.
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| digits(b.get(r)?);
-    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
-    if !(sep(4, b'-') && sep(7, b'-') && matches!(b[10], b'T' | b't' | b' ') && sep(13, b':') && sep(16, b':')) {
-        return None;
-    }
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut millis = 0i64;
-    if b[i] == b'.' {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 3 {
-                millis = millis * 10 + i64::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        let n = i - start;
-        if n == 0 {
-            return None;
-        }
-        for _ in n..3 {
-            millis *= 10;
-        }
-    }
-    let offset_secs = match b.get(i..)? {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let (oh, om) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let secs = oh * 3600 + om * 60;
-            if *sign == b'-' { -secs } else { secs }
-        }
-        _ => return None,
-    };
-    let midnight = utc_midnight_ms(&b[..10])?;
-    let secs = i64::from(hour * 3600 + minute * 60 + second.min(59) - offset_secs);
-    Some(midnight + secs * 1000 + millis)
-}
-
-/// The value of ASCII decimal digits, if they are all digits.
-#[inline]
-fn digits(text: &[u8]) -> Option<i32> {
-    text.iter().try_fold(0i32, |v, &c| c.is_ascii_digit().then(|| v * 10 + i32::from(c - b'0')))
-}
-
-/// Epoch ms of 00:00 UTC on a date (`YYYY-MM-DD`, its dashes checked by
-/// the caller), validated by jiff. Consecutive events nearly always share
-/// their date, so the last one is remembered (per thread): the same ten
-/// bytes, read and validated before, are not read again, which keeps
-/// calendar work and the date's digits off the per-event path.
-fn utc_midnight_ms(text: &[u8]) -> Option<i64> {
-    thread_local! {
-        static LAST: Cell<([u8; 10], i64)> = const { Cell::new(([0; 10], i64::MIN)) };
-    }
-    let key: [u8; 10] = text.try_into().ok()?;
-    LAST.with(|last| {
-        let (k, ms) = last.get();
-        if k == key && ms != i64::MIN {
-            return Some(ms);
-        }
-        let (year, month, day) = (digits(&key[0..4])?, digits(&key[5..7])?, digits(&key[8..10])?);
-        let date = jiff::civil::Date::new(i16::try_from(year).ok()?, month as i8, day as i8).ok()?;
-        let ms = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond();
-        last.set((key, ms));
-        Some(ms)
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::fields::same;
     use super::*;
 
     fn dec(s: &str) -> Result<Event<'_>, Reject> {
