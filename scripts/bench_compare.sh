@@ -61,13 +61,19 @@ for _ in $(seq "$runs"); do
 done
 old_rate=$(printf '%s\n' "${old_rates[@]}" | median)
 new_rate=$(printf '%s\n' "${new_rates[@]}" | median)
-# Every line of the figures agrees (the process's own metrics aside).
-figures() { grep '^cohortflow_' "$1"; }
+# Every line of a metric both sides export agrees; a metric only one side
+# has (a family or process metric added or removed) is named, not compared.
+names() { sed -n -E 's/^(cohortflow_[a-z0-9_]+).*/\1/p' "$1" | sort -u; }
+comm -12 <(names "$work/old.prom") <(names "$work/new.prom") > "$work/common.txt"
+figures() { grep '^cohortflow_' "$1" | grep -F -w -f "$work/common.txt"; }
 if diff <(figures "$work/old.prom") <(figures "$work/new.prom") > "$work/diff.txt"; then
-    agree="all $(figures "$work/new.prom" | wc -l) lines agree"
+    agree="all $(figures "$work/new.prom" | wc -l) lines of the metrics both export agree"
 else
     agree="FIGURES DIFFER: $(grep -c '^[<>]' "$work/diff.txt") lines"
+    head -20 "$work/diff.txt" >&2
 fi
+only_new=$(comm -13 <(names "$work/old.prom") <(names "$work/new.prom") | tr '\n' ' ')
+only_old=$(comm -23 <(names "$work/old.prom") <(names "$work/new.prom") | tr '\n' ' ')
 
 per_user() { "$1/examples/state_scale" "$users" "$config" | sed -n -E 's/.*bytes_per_user=([0-9.]+).*/\1/p' | head -1; }
 old_bytes=$(per_user "$old_dir")
@@ -79,4 +85,6 @@ printf '%-16s %14s %14s %8s\n' "" old new new/old
 printf '%-16s %14.0f %14.0f %8.3f\n' "replay events/s" "$old_rate" "$new_rate" "$(echo "$new_rate / $old_rate" | bc -l)"
 printf '%-16s %14s %14s %8.3f\n' "bytes per user" "$old_bytes" "$new_bytes" "$(echo "$new_bytes / $old_bytes" | bc -l)"
 echo "figures: $agree"
+[ -z "$only_new" ] || echo "only new: $only_new"
+[ -z "$only_old" ] || echo "only old: $only_old"
 [ "${agree#FIGURES DIFFER}" = "$agree" ]
