@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import sys
 import time
 import tomllib
@@ -28,38 +27,9 @@ import zoneinfo
 from chdb import session
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "reference"))
-from clickhouse_check import clickhouse_figures, differences, parse_metrics  # noqa: E402
+from clickhouse_check import clickhouse_figures, definitions, differences, duration_ms, parse_metrics  # noqa: E402
 
 ONE_THREAD = "SETTINGS max_threads = 1, max_insert_threads = 1, input_format_parallel_parsing = 0"
-UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def duration_ms(text):
-    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text)
-    if not m:
-        raise SystemExit(f"unsupported duration {text!r}")
-    return int(m.group(1)) * UNITS_MS[m.group(2)]
-
-
-def definitions(config):
-    """The config's retention definitions and funnels in the reference's
-    tuple form."""
-    def event(name):
-        return None if name == "*" else name
-
-    retention = [(r["name"], event(r["cohort_event"]), event(r["return_event"]), r["days"], r.get("mode", "on"))
-                 for r in config.get("retention", [])]
-    funnels = []
-    for f in config.get("funnel", []):
-        steps = []
-        for step in f["steps"]:
-            if not isinstance(step, str) or step == "*":
-                raise SystemExit(f"funnel {f['name']}: only plain event names are supported here")
-            steps.append((step, None))
-        funnels.append((f["name"], duration_ms(f["window"]), f.get("mode", "default"), steps))
-    return retention, funnels
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)

@@ -34,4 +34,4 @@ fi
 # The fuzz targets (tests/fuzz.rs) run for this long each.
 export COHORTFLOW_FUZZ_SECONDS="${COHORTFLOW_FUZZ_SECONDS:-20}"
 
-cargo test --profile ci --locked "$@"
+cargo test --profile ci --locked --features integration-tests "$@"

@@ -5,6 +5,10 @@
 //! its own, computes every figure with ClickHouse's `retention()`,
 //! `windowFunnel()` and `uniqExact()` (chdb, from PyPI), and compares.
 //! Zero differing figures is the only pass.
+//!
+//! Needs tools from outside the crate: built with the `integration-tests`
+//! feature only (`scripts/test.sh` installs the tools and turns it on).
+#![cfg(feature = "integration-tests")]
 
 use std::io::Write;
 use std::path::Path;
@@ -17,53 +21,8 @@ const DAY: i64 = 86_400_000;
 /// 2026-10-28T00:00:00Z: the data spans New York's return to standard time.
 const START: i64 = 1_793_145_600_000;
 
-/// Must match RETENTION and FUNNELS in the Python reference.
-const CONFIG: &str = r#"
-[[retention]]
-name = "new_users"
-days = [1, 2, 3, 7]
-
-[[retention]]
-name = "payers"
-cohort_event = "signup"
-return_event = "pay"
-days = [1, 3]
-mode = "on_or_after"
-
-[[retention]]
-name = "viewers"
-cohort_event = "signup"
-return_event = "view"
-days = [1, 2]
-
-[[funnel]]
-name = "checkout"
-window = "1h"
-steps = ["view", "add_to_cart", "order"]
-
-[[funnel]]
-name = "onboarding"
-window = "1d"
-steps = ["signup", "verify", "pay"]
-
-[[funnel]]
-name = "ads_once"
-window = "1h"
-mode = "strict_once"
-steps = [{ event = "view", where = { channel = "ads" } }, "add_to_cart", "order"]
-
-[[funnel]]
-name = "double_view"
-window = "30m"
-mode = "strict_once"
-steps = ["view", "view", "add_to_cart"]
-
-[[funnel]]
-name = "increasing"
-window = "30m"
-mode = "strict_increase"
-steps = ["view", "add_to_cart", "order"]
-"#;
+/// The definitions, which the Python reference reads too.
+const CONFIG: &str = include_str!("fixtures/definitions.toml");
 
 /// Lines that break a rule, and lines that look odd but are valid.
 fn hostile(ts: i64) -> Vec<Vec<u8>> {

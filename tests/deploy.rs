@@ -3,6 +3,10 @@
 //! (offline, strict) on the manifests. `scripts/test.sh` installs the tools
 //! (from PyPI). No image can be built here: the Dockerfile runs the same
 //! cargo command CI runs.
+//!
+//! Needs tools from outside the crate: built with the `integration-tests`
+//! feature only (`scripts/test.sh` installs the tools and turns it on).
+#![cfg(feature = "integration-tests")]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -7,13 +7,17 @@
 //!
 //! The tests share two cores, so they take turns (one lock), and each has
 //! its own broker, topics and group.
+//!
+//! Needs tools from outside the crate: built with the `integration-tests`
+//! feature only (`scripts/test.sh` installs the tools and turns it on).
+#![cfg(feature = "integration-tests")]
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use common::Process;
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -46,7 +52,7 @@ fn free_port() -> u16 {
 }
 
 struct Broker {
-    child: Child,
+    child: Process,
     addr: String,
 }
 
@@ -67,7 +73,7 @@ impl Broker {
             assert!(Instant::now() < deadline, "broker did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child, addr }
+        Broker { child: Process(child), addr }
     }
 
     fn create_topic(&self, name: &str, partitions: u32) {
@@ -81,21 +87,20 @@ impl Broker {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill").args([sig, &self.child.0.id().to_string()]).status().expect("kill");
         assert!(status.success());
     }
 }
 
 impl Drop for Broker {
+    /// A paused broker is woken before its `Process` kills it.
     fn drop(&mut self) {
         self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 struct Daemon {
-    child: Child,
+    child: Process,
     addr: String,
 }
 
@@ -104,13 +109,11 @@ impl Daemon {
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config"]).arg(config);
         let (child, addr) = common::spawn_serving(cmd);
-        Daemon { child, addr }
+        Daemon { child: Process(child), addr }
     }
 
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    /// SIGKILL, as `Process` does when dropped.
+    fn kill9(self) {}
 
     fn terminate(mut self) {
         // A client holding a half-sent request must not hold the shutdown up.
@@ -118,10 +121,10 @@ impl Daemon {
             let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
             s
         });
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
                 assert!(status.success(), "daemon exited with {status}");
                 return;
             }
@@ -131,7 +134,7 @@ impl Daemon {
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.child.0.try_wait(), Ok(None))
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -140,13 +143,6 @@ impl Daemon {
 
     fn metrics(&self) -> Metrics {
         self.get("/metrics").map(|(_, b)| parse(&b)).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -218,29 +214,8 @@ struct Setup {
     state_dir: PathBuf,
 }
 
-const DEFINITIONS: &str = r#"
-[[retention]]
-name = "new_users"
-days = [1, 2, 7]
-
-[[retention]]
-name = "payers"
-cohort_event = "signup"
-return_event = "pay"
-days = [1]
-mode = "on_or_after"
-
-[[funnel]]
-name = "checkout"
-window = "1h"
-steps = ["view", "add_to_cart", "order"]
-
-[[funnel]]
-name = "ads"
-window = "30m"
-mode = "strict_once"
-steps = [{ event = "view", where = { channel = "ads" } }, "add_to_cart"]
-"#;
+/// The definitions of the ClickHouse cross-check.
+const DEFINITIONS: &str = include_str!("fixtures/definitions.toml");
 
 fn setup(broker: &Broker, name: &str, days: i64, users_per_day: u32, dead_letters: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().expect("tmp");
@@ -291,8 +266,8 @@ fn topic_of(setup: &Setup) -> String {
     text.lines().find_map(|l| l.strip_prefix("topics = [\"")?.strip_suffix("\"]").map(str::to_owned)).expect("topic")
 }
 
-fn produce(broker: &Broker, setup: &Setup, rate: u32) -> Child {
-    Command::new(BIN)
+fn produce(broker: &Broker, setup: &Setup, rate: u32) -> Process {
+    let child = Command::new(BIN)
         .args(["loadgen", "--brokers", &broker.addr, "--topic", &topic_of(setup)])
         .args(["--rate", &rate.to_string()])
         .arg(&setup.events)
@@ -300,7 +275,8 @@ fn produce(broker: &Broker, setup: &Setup, rate: u32) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("loadgen")
+        .expect("loadgen");
+    Process(child)
 }
 
 fn replay(setup: &Setup) -> Metrics {
@@ -359,7 +335,7 @@ fn run_equals_replay_and_survives_kill_9() {
         daemon.kill9();
         daemon = Daemon::start(&setup.config);
     }
-    assert!(producer.wait().expect("loadgen").success());
+    assert!(producer.0.wait().expect("loadgen").success());
     let got = drained(&[&daemon], setup.lines, Duration::from_secs(180));
     assert_same(&got[0], &want);
 
@@ -381,7 +357,7 @@ fn two_members_sum_to_replay_and_take_over() {
     let a = Daemon::start(&setup.config);
     let b = Daemon::start(&setup.config);
     let mut producer = produce(&broker, &setup, 0);
-    assert!(producer.wait().expect("loadgen").success());
+    assert!(producer.0.wait().expect("loadgen").success());
     let both = drained(&[&a, &b], setup.lines, Duration::from_secs(120));
     let counted: Vec<f64> = both.iter().map(read_count).collect();
     assert!(counted.iter().all(|&c| c > 0.0), "both members must own partitions: {counted:?}");
@@ -426,7 +402,7 @@ fn paused_broker_then_recovery_and_dead_letters() {
     assert!(saw_not_ready, "readyz never said not ready while the broker was paused");
     broker.signal("-CONT");
 
-    assert!(producer.wait().expect("loadgen").success());
+    assert!(producer.0.wait().expect("loadgen").success());
     let got = drained(&[&daemon], setup.lines, Duration::from_secs(180));
     assert_same(&got[0], &want);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -472,7 +448,7 @@ fn corrupt_or_locked_snapshot_pauses_its_partition_only() {
     let broker = Broker::start();
     let setup = setup(&broker, "corrupt", 2, 300, None);
     let mut producer = produce(&broker, &setup, 0);
-    assert!(producer.wait().expect("loadgen").success());
+    assert!(producer.0.wait().expect("loadgen").success());
     let daemon = Daemon::start(&setup.config);
     drained(&[&daemon], setup.lines, Duration::from_secs(120));
     daemon.terminate();

@@ -2,7 +2,10 @@
 //! every figure recomputed from scratch by brute force (sets of days per
 //! user, exhaustive search over funnel chains), for random time zones,
 //! windows and modes; then shuffled arrival orders and replayed duplicates,
-//! which must change nothing.
+//! which must change nothing. The definitions here are the model's own
+//! (short names, every mode and window drawn at random); the fixture the
+//! other cross-checks share (`tests/fixtures/definitions.toml`) is run
+//! against the model too.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -37,12 +40,18 @@ impl Ev {
 }
 
 fn event() -> impl Strategy<Value = Ev> {
+    event_of(vec!["a", "b", "c", "d"], vec!["x", "y"])
+}
+
+/// An event named from `names`, its channel (when it has one) from
+/// `channels`.
+fn event_of(names: Vec<&'static str>, channels: Vec<&'static str>) -> impl Strategy<Value = Ev> {
     (
         0u8..6,
-        prop::sample::select(vec!["a", "b", "c", "d"]),
+        prop::sample::select(names),
         // Coarse times over ~9 days, so that equal timestamps are common.
         0i64..(9 * 24 * 4),
-        prop::option::of(prop::sample::select(vec!["x", "y"])),
+        prop::option::of(prop::sample::select(channels)),
     )
         .prop_map(|(user, name, quarter, channel)| Ev { user, name, ts: START + quarter * HOUR / 4, channel })
 }
@@ -320,19 +329,21 @@ fn comparable(mut f: Figures) -> Figures {
 /// Events, a third of which take the user and time of an earlier one: the
 /// same millisecond arriving in any order of steps.
 fn events() -> impl Strategy<Value = Vec<Ev>> {
-    prop::collection::vec((event(), prop::option::weighted(0.3, any::<prop::sample::Index>())), 1..40).prop_map(
-        |drawn| {
-            let mut out: Vec<Ev> = Vec::with_capacity(drawn.len());
-            for (mut ev, same_as) in drawn {
-                if let Some(i) = same_as.filter(|_| !out.is_empty()) {
-                    let earlier = &out[i.index(out.len())];
-                    (ev.user, ev.ts) = (earlier.user, earlier.ts);
-                }
-                out.push(ev);
+    events_of(event())
+}
+
+fn events_of(event: impl Strategy<Value = Ev>) -> impl Strategy<Value = Vec<Ev>> {
+    prop::collection::vec((event, prop::option::weighted(0.3, any::<prop::sample::Index>())), 1..40).prop_map(|drawn| {
+        let mut out: Vec<Ev> = Vec::with_capacity(drawn.len());
+        for (mut ev, same_as) in drawn {
+            if let Some(i) = same_as.filter(|_| !out.is_empty()) {
+                let earlier = &out[i.index(out.len())];
+                (ev.user, ev.ts) = (earlier.user, earlier.ts);
             }
-            out
-        },
-    )
+            out.push(ev);
+        }
+        out
+    })
 }
 
 fn scenario() -> impl Strategy<Value = (Vec<Ev>, &'static str, &'static str, FunnelMode)> {
@@ -344,8 +355,25 @@ fn scenario() -> impl Strategy<Value = (Vec<Ev>, &'static str, &'static str, Fun
     )
 }
 
+/// The definitions the ClickHouse and Kafka cross-checks run, the one
+/// fixture they share.
+const FIXTURE: &str = include_str!("fixtures/definitions.toml");
+
+/// Events over the fixture's names and channels.
+fn fixture_events() -> impl Strategy<Value = Vec<Ev>> {
+    events_of(event_of(vec!["signup", "verify", "pay", "view", "add_to_cart", "order"], vec!["ads", "organic"]))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_cross_checks_definitions_equal_the_naive_model(events in fixture_events()) {
+        let cfg = Config::from_toml_str(FIXTURE).expect("fixture");
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|e| e.ts);
+        prop_assert_eq!(comparable(run(&cfg, &sorted)), comparable(model(&cfg, &events)));
+    }
 
     #[test]
     fn engine_equals_the_naive_model((events, tz, window, mode) in scenario()) {

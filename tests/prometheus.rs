@@ -4,6 +4,10 @@
 //! scraping `cohortflow demo` with the project's rules loaded, where every
 //! PromQL expression of the rules and dashboards must evaluate without
 //! error, and those that describe the engine's figures must return data.
+//!
+//! Needs tools from outside the crate: built with the `integration-tests`
+//! feature only (`scripts/test.sh` installs the tools and turns it on).
+#![cfg(feature = "integration-tests")]
 
 mod common;
 

@@ -2,13 +2,15 @@
 """Independent reference for cohortflow's figures: ClickHouse itself (chdb).
 
 Reads the NDJSON that was replayed, validates every line with its own
-implementation of SPEC section 1 (and the watermark rules of section 2),
+implementation of the event contract and the watermark rules
+(docs/semantics.md),
 loads the accepted events into ClickHouse, computes every figure with
 retention(), windowFunnel(), uniqExact() and min(), and compares them with
 the Prometheus text that `cohortflow replay` printed. Prints every
 difference; exits 1 if there is any.
 
-The definitions checked must match tests/clickhouse.rs's config (CONFIG).
+The definitions checked are tests/fixtures/definitions.toml, which
+tests/clickhouse.rs gives cohortflow too.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import re
 import sys
 import tempfile
 import time
+import tomllib
 import zoneinfo
 
 import chdb
@@ -30,20 +33,43 @@ LATENESS_MS = 10 * 60 * 1000
 HISTORY_DAYS = 35
 FUTURE_SKEW_MS = 5 * 60 * 1000
 
-# (name, cohort event or None for any, return event or None, days, mode)
-RETENTION = [
-    ("new_users", None, None, [1, 2, 3, 7], "on"),
-    ("payers", "signup", "pay", [1, 3], "on_or_after"),
-    ("viewers", "signup", "view", [1, 2], "on"),
-]
-# (name, window ms, mode, steps as (event, channel filter or None))
-FUNNELS = [
-    ("checkout", 3600_000, "default", [("view", None), ("add_to_cart", None), ("order", None)]),
-    ("onboarding", 86400_000, "default", [("signup", None), ("verify", None), ("pay", None)]),
-    ("ads_once", 3600_000, "strict_once", [("view", "ads"), ("add_to_cart", None), ("order", None)]),
-    ("double_view", 1800_000, "strict_once", [("view", None), ("view", None), ("add_to_cart", None)]),
-    ("increasing", 1800_000, "strict_increase", [("view", None), ("add_to_cart", None), ("order", None)]),
-]
+UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "definitions.toml")
+
+
+def duration_ms(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text)
+    if not m:
+        raise SystemExit(f"unsupported duration {text!r}")
+    return int(m.group(1)) * UNITS_MS[m.group(2)]
+
+
+def definitions(config):
+    """A config's retention definitions, as (name, cohort event or None for
+    any, return event or None, days, mode), and funnels, as (name, window ms,
+    mode, steps as (event, channel filter or None))."""
+    def event(name):
+        return None if name == "*" else name
+
+    retention = [(r["name"], event(r.get("cohort_event", "*")), event(r.get("return_event", "*")), r["days"],
+                  r.get("mode", "on"))
+                 for r in config.get("retention", [])]
+    funnels = []
+    for f in config.get("funnel", []):
+        steps = []
+        for step in f["steps"]:
+            if isinstance(step, str) and step != "*":
+                steps.append((step, None))
+            elif isinstance(step, dict) and set(step.get("where", {})) <= {"channel"} and step["event"] != "*":
+                steps.append((step["event"], step.get("where", {}).get("channel")))
+            else:
+                raise SystemExit(f"funnel {f['name']}: the reference takes event names and channel filters only")
+        funnels.append((f["name"], duration_ms(f["window"]), f.get("mode", "default"), steps))
+    return retention, funnels
+
+
+with open(FIXTURE, "rb") as fixture:
+    RETENTION, FUNNELS = definitions(tomllib.load(fixture))
 
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
