@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use cohortflow::allocator::GrowthTrim;
 use cohortflow::checkpoint;
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
@@ -33,11 +34,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = fastrand::Rng::with_seed(1);
     let mut events = 0u64;
     let mut line = String::new();
+    // As the daemon's shards do.
+    let mut trim = GrowthTrim::default();
     let mut emit = |engine: &mut Engine, u: u64, name: &str, ts: i64| {
         use std::fmt::Write;
         line.clear();
         let _ = write!(line, r#"{{"user_id":"u{u}","event":"{name}","ts":{ts}}}"#);
         let _ = engine.apply(line.as_bytes(), None, now);
+        trim.observe(engine.tracked_users());
         events += 1;
     };
     let fed = Instant::now();

@@ -1,32 +1,18 @@
 //! The allocator's two services to the state: a fixed mmap threshold, and
 //! the heap's free pages given back as the state grows.
 //!
-//! glibc's allocator serves blocks below its mmap threshold from its heap,
-//! which it seldom gives back. By default the threshold rises (up to
-//! 32 MiB) each time a mapped block is freed, so the per-user columns,
-//! which grow by doubling, leave their outgrown blocks in the heap as holes:
-//! some 8 bytes a user at 10 M users (BENCHMARKS-HISTORY.md). A fixed
-//! threshold maps every larger block on its own and unmaps it when freed.
-//!
-//! At 8 MiB: the columns of a large shard are mapped (61.7 bytes a user at
-//! 10 M users, as with 1 MiB), while blocks of a few MiB (librdkafka's
-//! receive buffers among them) stay in the heap and are reused. At 1 MiB
-//! the Kafka path took some 15 % more CPU a message, in librdkafka's
-//! threads and the shard workers; page faults on librdkafka's broker
-//! thread show in its profile. Below 10 M users a shard's columns are
-//! smaller than 8 MiB and come from the heap, leaving holes as they grow
-//! (66.5 bytes a user at 1 M users, 63.1 at 1 MiB), which the trim below
-//! gives back.
-//!
-//! The process sets it at start, as `mallopt` does, unless the environment
-//! already sets one (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…`), which
-//! is then left to rule. Other C libraries are left as they are.
-//!
-//! The holes a shard's smaller columns leave behind are given back by
-//! [`GrowthTrim`], which each engine holds: each time its users pass a
-//! power of two (when its columns, grown by doubling, have just moved),
-//! `malloc_trim` returns the heap's free pages to the system. At 1 M users
-//! that is 63.4 bytes a user instead of 66.5 (BENCHMARKS-HISTORY.md).
+//! glibc serves blocks below its mmap threshold from a heap it seldom gives
+//! back, and by default raises the threshold each time a mapped block is
+//! freed; the per-user columns grow by doubling, so their outgrown blocks
+//! would stay resident as holes. [`fix_mmap_threshold`] fixes it at
+//! [`MMAP_THRESHOLD`] at start (unless `GLIBC_TUNABLES` sets one): a large
+//! shard's columns are mapped on their own and unmapped when freed, while
+//! librdkafka's buffers of a few MiB stay in the heap and are reused.
+//! [`GrowthTrim`], held by whatever owns an engine (a Kafka shard, `replay`,
+//! `demo`), gives back the holes that smaller columns leave, each time the
+//! user count passes a power of two. What each saves, in bytes a user and
+//! in CPU, is in BENCHMARKS.md ("Memory per tracked user") and
+//! BENCHMARKS-HISTORY.md. Other C libraries are left as they are.
 
 // `mallopt` and `malloc_trim` have no safe interface; this module's two
 // `unsafe` blocks call them (Cargo.toml denies unsafe code elsewhere).
@@ -75,8 +61,8 @@ fn set_threshold() -> MmapThreshold {
 const TRIM_FROM_USERS: usize = 1 << 16;
 
 /// Gives the heap's free pages back each time a shard's user count passes a
-/// power of two. Each engine holds one and tells it its count when it adds
-/// a user.
+/// power of two. An engine's owner holds one and tells it the engine's
+/// count as events are applied.
 #[derive(Debug, Clone)]
 pub struct GrowthTrim {
     /// The count past which the next trim is due.

@@ -17,7 +17,8 @@
 //! - [`event`] decodes one message into an [`event::Event`] or a
 //!   [`event::Reject`] reason. Pure.
 //! - [`engine`] holds the state of one shard and knows nothing of Kafka,
-//!   files or HTTP; its clock is passed in. It publishes
+//!   files, HTTP or the allocator: no side effects, its clock passed in.
+//!   It publishes
 //!   [`engine::figures::Figures`], a plain value.
 //! - [`export`] renders figures: Prometheus text through the `prometheus`
 //!   crate's registry (a collector reads the latest figures at scrape
@@ -30,7 +31,8 @@
 //!   partition's snapshot for the process that owns it.
 //! - [`ratelimit`] logs a repeated warning once per cause and interval.
 //! - [`allocator`] fixes the C allocator's mmap threshold at start and
-//!   gives the heap's free pages back as the state grows, which keeps the
+//!   gives the heap's free pages back as a shard's state grows (called by
+//!   the engine's owners in `source/` and `main.rs`), which keeps the
 //!   state's memory a user down.
 //!
 //! # Adding a metric family

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use cohortflow::allocator;
+use cohortflow::allocator::{self, GrowthTrim};
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
 use cohortflow::export::{Published, http, metrics};
@@ -506,6 +506,7 @@ fn run_demo_generator(
     let start = (now / DAY_MS - i64::from(backfill_days)) * DAY_MS;
     let mut generator = Generator::new(seed, start, users_per_day);
     let mut lines = Vec::new();
+    let mut trim = GrowthTrim::default();
     let mut feed = |engine: &mut Engine, generator: &mut Generator, until: i64| {
         lines.clear();
         generator.advance_to(until, &mut lines);
@@ -513,6 +514,7 @@ fn run_demo_generator(
             // Simulated time is the engine's clock; rejects are counted inside.
             let _ = engine.apply(line, None, generator.clock_ms());
         }
+        trim.observe(engine.tracked_users());
     };
     // Backfill one simulated hour at a time, publishing as it goes.
     while generator.clock_ms() < now && !stop.is_cancelled() {

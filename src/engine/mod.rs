@@ -36,7 +36,6 @@ pub mod users;
 
 use std::sync::Arc;
 
-use crate::allocator::GrowthTrim;
 use crate::event::{self, Event, Reject};
 use activity::Activity;
 use calendar::{Calendar, Day};
@@ -68,8 +67,6 @@ pub struct Engine {
     /// The watermark day at the last maintenance pass.
     maintained_day: Day,
     counters: Counters,
-    /// Gives the heap's free pages back as the per-user columns grow.
-    trim: GrowthTrim,
     /// Days a row is kept past the horizon: the longest reach of any
     /// family, plus one.
     reach_days: i32,
@@ -95,7 +92,6 @@ impl Engine {
             max_ts: None,
             maintained_day: Day::MIN,
             counters: Counters::default(),
-            trim: GrowthTrim::default(),
             reach_days,
             cal,
             cfg,
@@ -196,8 +192,6 @@ impl Engine {
         for family in families {
             family.push_user();
         }
-        // Every column has its new user: those that grew have just moved.
-        self.trim.observe(self.users.len());
         Some(i)
     }
 

@@ -3,6 +3,7 @@
 
 use std::io::{self, BufRead};
 
+use crate::allocator::GrowthTrim;
 use crate::engine::Engine;
 use crate::event::{MAX_MESSAGE_BYTES, Reject};
 
@@ -82,6 +83,7 @@ impl<R: BufRead> LineReader<R> {
 
 /// Feeds every line of `input` to `engine`, with `now_ms` as the wall
 /// clock; `progress` is called every `every` lines with the count so far.
+/// Gives the heap's free pages back as the engine's columns grow.
 pub fn replay_into<R: BufRead>(
     engine: &mut Engine,
     input: R,
@@ -91,6 +93,7 @@ pub fn replay_into<R: BufRead>(
 ) -> io::Result<u64> {
     let mut reader = LineReader::new(input);
     let mut n = 0u64;
+    let mut trim = GrowthTrim::default();
     while let Some(line) = reader.next_line()? {
         match line {
             // The outcome is counted by the engine; nothing else to do here.
@@ -99,6 +102,7 @@ pub fn replay_into<R: BufRead>(
             }
             Line::TooLarge => engine.count_rejected(Reject::TooLarge),
         }
+        trim.observe(engine.tracked_users());
         n += 1;
         if n.is_multiple_of(every) {
             progress(n);

@@ -197,7 +197,7 @@ struct Jumps {
 thread_local! {
     /// A table's memory, kept between calls: an event's funnel levels are
     /// found twice for each entry day, and allocating the table each time
-    /// cost 2.8 % of the instructions of a replay with a strict funnel.
+    /// showed in the profile of a replay with a strict funnel.
     static TABLE: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
 

@@ -113,8 +113,8 @@ pub struct Funnels {
     capped_events: u64,
     /// Per store, the users found at the cap since its last prune: until
     /// the next one they cannot drop below it, so their funnel events are
-    /// left out without loading their hits (10 000 of them, some 240 000
-    /// instructions, each time). Bounded: no more users than the store's
+    /// left out without loading their hits (as many as the cap, each
+    /// time). Bounded: no more users than the store's
     /// hits over the cap.
     capped: Vec<HashSet<u32, foldhash::fast::FixedState>>,
     /// Whether some funnel keeps distinct events of one millisecond apart,

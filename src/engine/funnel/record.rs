@@ -30,11 +30,10 @@ pub(super) enum Recorded {
     StoreFull,
     /// Left out: its user already keeps `max_funnel_events_per_user` in the
     /// store (a replay of one of them too: it would change nothing). Each
-    /// of a user's funnel events costs a pass over the user's kept ones
-    /// (about 3 ns each), so without a cap a user's cost grows with the
-    /// square of their rate: one synthetic user sending 20 funnel events a
-    /// second would hold 57 M hits after 33 days and take three cores. The
-    /// cap bounds what one event costs, and one user's share of the store.
+    /// of a user's funnel events costs a pass over the user's kept ones, so
+    /// without a cap a user's cost grows with the square of their rate
+    /// (BENCHMARKS.md, "One heavy user"). The cap bounds what one event
+    /// costs, and one user's share of the store.
     UserFull,
 }
 

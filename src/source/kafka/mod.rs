@@ -134,8 +134,8 @@ fn client_config(k: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // librdkafka pauses a partition's fetching for 1 s (its default)
         // whenever its local queue is over queued.min.messages, which a
-        // consumer that does real work per message hits all the time: it
-        // capped throughput at about 135 k msg/s here. A short pause keeps
+        // consumer that does real work per message hits all the time, and
+        // each pause stalls the partition (BENCHMARKS-HISTORY.md). A short pause keeps
         // the queue bounded (queued.max.messages.kbytes) without the stall.
         .set("fetch.queue.backoff.ms", "20")
         // The figures are live: a fetch returns within 100 ms when the

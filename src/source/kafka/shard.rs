@@ -15,6 +15,7 @@ use tracing::{debug, error, warn};
 
 use super::rebalance::Context;
 use super::{Tp, list_offset, now_ms};
+use crate::allocator::GrowthTrim;
 use crate::checkpoint::{self, CheckpointError, FileLock};
 use crate::engine::Engine;
 use crate::engine::def::EngineConfig;
@@ -32,6 +33,8 @@ pub(super) struct Shard {
     /// their way to this shard are dropped. A partition assigned again
     /// gets a new shard.
     pub(super) live: bool,
+    /// Gives the heap's free pages back as the engine's columns grow.
+    pub(super) trim: GrowthTrim,
 }
 
 /// A shard as the map, the workers and the publisher share it.
@@ -40,7 +43,7 @@ pub(super) type ShardRef = Arc<Mutex<Shard>>;
 impl Shard {
     /// A live, unchanged shard holding `engine`, to be read from `next_offset`.
     pub(super) fn start(engine: Engine, next_offset: Option<i64>) -> ShardRef {
-        Arc::new(Mutex::new(Shard { engine, next_offset, dirty: false, live: true }))
+        Arc::new(Mutex::new(Shard { engine, next_offset, dirty: false, live: true, trim: GrowthTrim::default() }))
     }
 }
 

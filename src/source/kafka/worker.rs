@@ -77,9 +77,8 @@ pub(super) const TICK: Duration = Duration::from_millis(10);
 /// Batches a worker may have waiting before the consumer thread waits.
 /// librdkafka hands over a fetch a partition at a time (up to 1 MiB, some
 /// 9 000 small messages), so a queue shorter than a few such runs stops
-/// the consumer thread on one worker while the others run dry. At 64
-/// batches of 512 messages the measured wait halved (see
-/// BENCHMARKS-HISTORY.md); the cost is up to 64 batches of memory a
+/// the consumer thread on one worker while the others run dry; 64
+/// batches of 512 messages cut that wait (BENCHMARKS-HISTORY.md); the cost is up to 64 batches of memory a
 /// worker.
 pub(super) const WORKER_QUEUE: usize = 64;
 
@@ -179,6 +178,8 @@ pub(super) fn work(shared: &Shared, jobs: Receiver<Job>, give_back: SyncSender<B
                     }
                 }
             }
+            let users = shard.engine.tracked_users();
+            shard.trim.observe(users);
         }
         let _ = give_back.try_send(batch);
     }

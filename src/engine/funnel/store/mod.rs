@@ -20,9 +20,8 @@
 //! after an active user's is often one an active user has just left. In a
 //! [`CompactStore`] a segment moved by an appended hit also leaves 10
 //! units of garbage (`SLACK_UNITS`) after it, which its next few hits
-//! take without a move: on the benchmark's events, 1 compaction for
-//! garbage instead of 15, and 28 % fewer instructions in the inserts
-//! (BENCHMARKS-HISTORY.md). Compaction slides the live segments down in
+//! take without a move, which spares most compactions for garbage and
+//! much of the inserts' work (BENCHMARKS-HISTORY.md). Compaction slides the live segments down in
 //! one pass over the arena, when garbage (slack included) passes an eighth
 //! of the arena, and once a day when old hits are dropped.
 
