@@ -32,8 +32,9 @@ use crate::engine::def::EngineConfig;
 
 const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes (10: a head section per
-/// metric family).
-pub const FORMAT_VERSION: u32 = 10;
+/// metric family; 11: calendar weeks and months, lifecycle and known
+/// users in the activity head).
+pub const FORMAT_VERSION: u32 = 11;
 // Where the header's fields start (see the layout above).
 const VERSION_AT: usize = 8;
 const FINGERPRINT_AT: usize = 12;
@@ -106,8 +107,10 @@ pub struct Restored {
 /// zone and time rules. A snapshot taken under another one is refused
 /// rather than misread.
 pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
-    let mut text =
-        format!("group={group:?};tz={};late={};hist={};", cfg.timezone_name, cfg.allowed_lateness_ms, cfg.history_days);
+    let mut text = format!(
+        "group={group:?};tz={};week={:?};late={};hist={};",
+        cfg.timezone_name, cfg.week_start, cfg.allowed_lateness_ms, cfg.history_days
+    );
     for r in &cfg.retention {
         text.push_str(&format!(
             "r:{}|{}|{}|{:?}|{};",

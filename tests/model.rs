@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
 use cohortflow::engine::def::{FilterValue, FunnelMode, RetentionMode};
-use cohortflow::engine::figures::Figures;
+use cohortflow::engine::figures::{Figures, LifecycleRow, PeriodRow};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
@@ -60,6 +60,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
     format!(
         r#"
         timezone = "{tz}"
+        week_start = "{week_start}"
         [[retention]]
         name = "all"
         days = [1, 2, 3]
@@ -109,7 +110,13 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         mode = "{mode}"
         steps = [{{ event = "a", where = {{ channel = "x" }} }}, "a", "b"]
         "#,
-        mode = mode.as_str()
+        mode = mode.as_str(),
+        // Weeks start on a different day in each zone drawn.
+        week_start = match tz {
+            "UTC" => "monday",
+            "Asia/Shanghai" => "sunday",
+            _ => "wednesday",
+        },
     )
 }
 
@@ -155,6 +162,27 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             d = d.tomorrow().expect("date");
         }
     }
+    let firsts: BTreeMap<u8, jiff::civil::Date> =
+        users.iter().map(|&u| (u, *days_of(u, &|_| true).iter().next().expect("active"))).collect();
+    let active_on = |u: u8, from: jiff::civil::Date, to: jiff::civil::Date| {
+        events.iter().any(|e| e.user == u && day(e.ts) >= from && day(e.ts) < to)
+    };
+    // Lifecycle of the period [from, to), the one before being [before, from).
+    let status = |date: jiff::civil::Date, before: jiff::civil::Date, to: jiff::civil::Date| {
+        let mut row = LifecycleRow { date: date.to_string(), new: 0, returning: 0, resurrecting: 0, dormant: 0 };
+        for &u in &users {
+            let (now, then) = (active_on(u, date, to), active_on(u, before, date));
+            match (now, then) {
+                (true, true) => row.returning += 1,
+                (true, false) if firsts[&u] >= date => row.new += 1,
+                (true, false) => row.resurrecting += 1,
+                (false, true) => row.dormant += 1,
+                (false, false) => {}
+            }
+        }
+        row
+    };
+    let days = |n: i64| jiff::Span::new().days(n);
     for (d, [new, dau, wau, mau]) in activity {
         if d <= wm_day && mau > 0 {
             out.activity.push(cohortflow::engine::figures::ActivityRow {
@@ -163,8 +191,40 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                 dau,
                 wau,
                 mau,
+                known_users: firsts.values().filter(|f| **f <= d).count() as u64,
             });
+            out.lifecycle.day.push(status(d, d - days(1), d + days(1)));
         }
+    }
+    // Calendar weeks (from the configured start) and months.
+    let week_start = cfg.engine.week_start;
+    let first_day = *firsts.values().min().expect("users");
+    let mut week = first_day.nth_weekday_of_month(1, week_start).expect("weekday");
+    while week > first_day {
+        week -= days(7);
+    }
+    loop {
+        let active = users.iter().filter(|&&u| active_on(u, week, week + days(7))).count() as u64;
+        let before = users.iter().filter(|&&u| active_on(u, week - days(7), week)).count() as u64;
+        if week > wm_day {
+            break;
+        }
+        if active > 0 {
+            out.weeks.push(PeriodRow { date: week.to_string(), active_users: active });
+        }
+        if active > 0 || before > 0 {
+            out.lifecycle.week.push(status(week, week - days(7), week + days(7)));
+        }
+        week += days(7);
+    }
+    let mut month = first_day.first_of_month();
+    while month <= wm_day {
+        let next = month + jiff::Span::new().months(1);
+        let active = users.iter().filter(|&&u| active_on(u, month, next)).count() as u64;
+        if active > 0 {
+            out.months.push(PeriodRow { date: month.to_string(), active_users: active });
+        }
+        month = next;
     }
 
     // Retention.

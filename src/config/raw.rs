@@ -14,6 +14,9 @@ pub(super) struct RawConfig {
     /// IANA time zone in which business days are counted.
     #[serde(default = "default_timezone")]
     pub(super) timezone: String,
+    /// The first day of a calendar week: "monday" … "sunday".
+    #[serde(default = "default_week_start")]
+    pub(super) week_start: String,
     /// Where snapshots live (used by `run`).
     #[serde(default = "default_state_dir")]
     pub(super) state_dir: PathBuf,
@@ -64,6 +67,9 @@ pub(super) struct RawConfig {
 
 pub(super) fn default_timezone() -> String {
     "UTC".into()
+}
+pub(super) fn default_week_start() -> String {
+    "monday".into()
 }
 pub(super) fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/cohortflow")

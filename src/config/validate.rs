@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 use jiff::SignedDuration;
+use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use super::raw::{
@@ -32,10 +33,28 @@ pub(super) fn duration_ms(key: &str, text: &str) -> Result<i64, ConfigError> {
 
 const DAY_MS: i64 = 86_400_000;
 
+fn weekday(name: &str) -> Result<Weekday, ConfigError> {
+    use Weekday::*;
+    let days = [
+        ("monday", Monday),
+        ("tuesday", Tuesday),
+        ("wednesday", Wednesday),
+        ("thursday", Thursday),
+        ("friday", Friday),
+        ("saturday", Saturday),
+        ("sunday", Sunday),
+    ];
+    days.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+        .map(|&(_, d)| d)
+        .ok_or_else(|| invalid("week_start", format!("`{name}` is not a day of the week: say \"monday\" … \"sunday\"")))
+}
+
 impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let timezone = TimeZone::get(&self.timezone)
             .map_err(|e| invalid("timezone", format!("`{}` is not a known IANA time zone: {e}", self.timezone)))?;
+        let week_start = weekday(&self.week_start)?;
         let allowed_lateness_ms = duration_ms("allowed_lateness", &self.allowed_lateness)?;
         if allowed_lateness_ms > DAY_MS {
             return Err(invalid("allowed_lateness", "must be at most 1d"));
@@ -76,6 +95,7 @@ impl RawConfig {
                 fields,
                 use_message_timestamp: self.use_message_timestamp,
                 timezone,
+                week_start,
                 timezone_name: self.timezone,
                 allowed_lateness_ms,
                 history_days: self.history_days,

@@ -1,16 +1,28 @@
-//! Activity: new users, and users active in a day, in the 7 days and in
-//! the 30 days up to each day (DAU, WAU, MAU). Per-user state: none of its
-//! own; it reads the users' first-seen and active days.
+//! Activity: new and known users, users active in a day, in the 7 and 30
+//! days up to each day (DAU, WAU, MAU) and in each calendar week and
+//! month, and the lifecycle of each day and week. Per-user state: none of
+//! its own; it reads the users' first-seen and active days.
+//!
+//! Every count moves when a user gains an active day, from that day's
+//! nearest other active days alone, so arrival order changes none. A user
+//! newly active in a period (day, week, month) counts once for it; the
+//! lifecycle needs only one more count per period, the users active in it
+//! and in the period before (`returning`): new users are the period's
+//! first-seen ones, the resurrecting the rest of its active users, and the
+//! dormant the active users of the period before who did not return.
+//! Every neighbour it looks for is within the active days a user's set
+//! remembers (a month back from the oldest day an event may still have).
 
 use std::io::Write;
 
+use jiff::civil::Weekday;
 use serde::{Deserialize, Serialize};
 
 use super::StateMismatch;
-use super::calendar::{Calendar, Day};
+use super::calendar::{Calendar, Day, month_of, week_of};
 use super::days::{DayRows, NO_DAY};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{ActivityRow, Figures};
+use super::figures::{ActivityRow, Figures, LifecycleRow, PeriodRow};
 use super::users::Users;
 
 /// The longest activity window (MAU).
@@ -25,12 +37,106 @@ pub struct ActivityCounts {
     dau: i64,
     wau: i64,
     mau: i64,
+    /// Users active on this day and the day before.
+    returning: i64,
 }
 
-/// The activity family: a row of counts per day.
-#[derive(Debug, Clone, Default)]
+/// One calendar week's or month's counts, in the row of its first day.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeriodCounts {
+    new_users: i64,
+    active: i64,
+    /// Users active in this period and the one before.
+    returning: i64,
+}
+
+/// The activity family: a row of counts per day, per week and per month.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Activity {
     rows: DayRows<ActivityCounts>,
+    weeks: DayRows<PeriodCounts>,
+    months: DayRows<PeriodCounts>,
+    /// New users of the day rows dropped: the known users before the
+    /// first row.
+    known_before: i64,
+    /// The bounds of the month last asked for: nearly every event falls in
+    /// the month of the one before it. A cache only.
+    #[serde(skip)]
+    month: (Day, Day),
+}
+
+/// The lifecycle row of a period from its counts and those of the period
+/// before.
+fn lifecycle(date: Day, new: i64, active: i64, returning: i64, active_before: i64) -> LifecycleRow {
+    LifecycleRow {
+        date: Calendar::label(date),
+        new: new.max(0) as u64,
+        returning: returning.max(0) as u64,
+        resurrecting: (active - new - returning).max(0) as u64,
+        dormant: (active_before - returning).max(0) as u64,
+    }
+}
+
+impl Activity {
+    /// The first day of the month holding `day`, and of the next.
+    fn month_of(&mut self, day: Day) -> (Day, Day) {
+        if day < self.month.0 || day >= self.month.1 {
+            self.month = month_of(day);
+        }
+        self.month
+    }
+
+    /// A user's first-seen day moves from `old` (or [`NO_DAY`]) to `day`.
+    fn first_seen(&mut self, week_start: Weekday, old: Day, day: Day) {
+        if old != NO_DAY {
+            if let Some(row) = self.rows.row(old) {
+                row.new_users -= 1;
+            }
+            if let Some(row) = self.weeks.row(week_of(old, week_start)) {
+                row.new_users -= 1;
+            }
+            let month = self.month_of(old).0;
+            if let Some(row) = self.months.row(month) {
+                row.new_users -= 1;
+            }
+        }
+        if let Some(row) = self.rows.row(day) {
+            row.new_users += 1;
+        }
+        if let Some(row) = self.weeks.row(week_of(day, week_start)) {
+            row.new_users += 1;
+        }
+        let month = self.month_of(day).0;
+        if let Some(row) = self.months.row(month) {
+            row.new_users += 1;
+        }
+    }
+
+    /// A user's active day `day` is new; `prev` and `next` are their
+    /// nearest other active days.
+    fn calendar_periods(&mut self, week_start: Weekday, day: Day, prev: Option<Day>, next: Option<Day>) {
+        let week = week_of(day, week_start);
+        if prev.is_none_or(|p| p < week) && next.is_none_or(|n| n >= week + 7) {
+            if let Some(row) = self.weeks.row(week) {
+                row.active += 1;
+                if prev.is_some_and(|p| p >= week - 7) {
+                    row.returning += 1;
+                }
+            }
+            if next.is_some_and(|n| n < week + 14)
+                && let Some(row) = self.weeks.row(week + 7)
+            {
+                row.returning += 1;
+            }
+        }
+        let (month, next_month) = self.month_of(day);
+        if prev.is_none_or(|p| p < month)
+            && next.is_none_or(|n| n >= next_month)
+            && let Some(row) = self.months.row(month)
+        {
+            row.active += 1;
+        }
+    }
 }
 
 impl Family for Activity {
@@ -40,27 +146,28 @@ impl Family for Activity {
 
     fn push_user(&mut self) {}
 
-    fn record(&mut self, _: Ctx<'_>, users: &Users, t: &Touch<'_>) {
+    fn record(&mut self, ctx: Ctx<'_>, users: &Users, t: &Touch<'_>) {
         let (day, old_first) = (t.day, t.old_first);
         if old_first == NO_DAY || day < old_first {
-            if old_first != NO_DAY
-                && let Some(row) = self.rows.row(old_first)
-            {
-                row.new_users -= 1;
-            }
-            if let Some(row) = self.rows.row(day) {
-                row.new_users += 1;
-            }
+            self.first_seen(ctx.cfg.week_start, old_first, day);
         }
         if !t.newly_active {
             return;
         }
-        if let Some(row) = self.rows.row(day) {
-            row.dau += 1;
-        }
         // Day d's window newly holds the user iff no other active day
         // falls in it: d after prev + window - 1 and before next.
         let (prev, next) = users.active().neighbors(t.uid as usize, day);
+        if let Some(row) = self.rows.row(day) {
+            row.dau += 1;
+            if prev == Some(day - 1) {
+                row.returning += 1;
+            }
+        }
+        if next == Some(day + 1)
+            && let Some(row) = self.rows.row(day + 1)
+        {
+            row.returning += 1;
+        }
         let until = next.unwrap_or(Day::MAX);
         for (window, is_mau) in [(WAU_DAYS, false), (MAU_DAYS, true)] {
             let from = prev.map_or(day, |p| day.max(p + window));
@@ -74,25 +181,74 @@ impl Family for Activity {
                 }
             }
         }
+        self.calendar_periods(ctx.cfg.week_start, day, prev, next);
     }
 
-    fn maintain(&mut self, _: Ctx<'_>, horizon: Horizon) {
-        self.rows.drop_before(horizon.keep_from);
+    fn maintain(&mut self, ctx: Ctx<'_>, horizon: Horizon) {
+        let from = horizon.keep_from;
+        if from > self.rows.kept_from() {
+            self.known_before += self.rows.range(Day::MIN, from - 1).map(|(_, r)| r.new_users).sum::<i64>();
+        }
+        self.rows.drop_before(from);
+        // A period's row is complete once its days are gone, and the
+        // lifecycle of the first period kept reads the one before it.
+        self.weeks.drop_before(week_of(from, ctx.cfg.week_start).saturating_sub(7));
+        self.months.drop_before(month_of(month_of(from).0.saturating_sub(1)).0);
     }
 
     fn reach_days(&self, _: Ctx<'_>) -> i32 {
         MAU_DAYS
     }
 
-    fn publish(&self, _: Ctx<'_>, view: View, out: &mut Figures) {
-        for (d, row) in self.rows.range(view.from, view.to).filter(|(_, r)| r.mau > 0) {
+    fn publish(&self, ctx: Ctx<'_>, view: View, out: &mut Figures) {
+        let mut known = self.known_before;
+        let day_lifecycle_from = self.rows.kept_from().saturating_add(1);
+        for (d, row) in self.rows.range(Day::MIN, view.to) {
+            known += row.new_users;
+            if d < view.from || row.mau <= 0 {
+                continue;
+            }
             out.activity.push(ActivityRow {
                 date: Calendar::label(d),
                 new_users: row.new_users.max(0) as u64,
                 dau: row.dau.max(0) as u64,
                 wau: row.wau.max(0) as u64,
                 mau: row.mau.max(0) as u64,
+                known_users: known.max(0) as u64,
             });
+            if d >= day_lifecycle_from {
+                let before = self.rows.get(d - 1).map_or(0, |r| r.dau);
+                out.lifecycle.day.push(lifecycle(d, row.new_users, row.dau, row.returning, before));
+            }
+        }
+        let week_start = ctx.cfg.week_start;
+        let week_lifecycle_from = self.weeks.kept_from().saturating_add(7);
+        // Week by week from the first one held, up to the week after the
+        // last (its dormant users).
+        let first = self.weeks.range(week_of(view.from, week_start), view.to).next().map(|(d, _)| {
+            let week = week_of(d, week_start);
+            if week < d { week + 7 } else { week }
+        });
+        let mut week = first.unwrap_or(Day::MAX);
+        while week <= view.to {
+            let none = PeriodCounts::default();
+            let row = self.weeks.get(week).unwrap_or(&none);
+            let before = self.weeks.get(week - 7).map_or(0, |r| r.active);
+            if row.active > 0 {
+                out.weeks.push(PeriodRow { date: Calendar::label(week), active_users: row.active as u64 });
+            }
+            if week >= week_lifecycle_from && (row.active > 0 || before > 0) {
+                out.lifecycle.week.push(lifecycle(week, row.new_users, row.active, row.returning, before));
+            }
+            if row.active <= 0 && before <= 0 && self.weeks.get(week).is_none() {
+                break;
+            }
+            week = week.saturating_add(7);
+        }
+        for (m, row) in self.months.range(month_of(view.from).0, view.to) {
+            if row.active > 0 {
+                out.months.push(PeriodRow { date: Calendar::label(m), active_users: row.active as u64 });
+            }
         }
     }
 
@@ -101,7 +257,7 @@ impl Family for Activity {
     }
 
     fn write_head(&self) -> Result<Vec<u8>, postcard::Error> {
-        postcard::to_stdvec(&self.rows)
+        postcard::to_stdvec(self)
     }
 
     fn write_columns(&self, _: &mut dyn Write) -> std::io::Result<()> {
@@ -109,7 +265,7 @@ impl Family for Activity {
     }
 
     fn read_head(&mut self, _: Ctx<'_>, head: &[u8], _: u64) -> Result<u64, StateMismatch> {
-        self.rows = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("activity: {e}")))?;
+        *self = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("activity: {e}")))?;
         Ok(0)
     }
 
@@ -118,7 +274,17 @@ impl Family for Activity {
     }
 }
 
-/// Keeps the rows of merged figures in the export window.
-pub fn rewindow(out: &mut Figures, in_window: impl Fn(&str) -> bool) {
-    out.activity.retain(|r| in_window(&r.date));
+/// Keeps the rows of merged figures in the export window `from..=to`:
+/// dated rows of its days, period rows of the periods that overlap it.
+pub fn rewindow(out: &mut Figures, cfg: &crate::engine::def::EngineConfig, from: Day, to: Day) {
+    let day = |date: &str| date.parse::<jiff::civil::Date>().map(super::calendar::day_number).ok();
+    let in_days = |date: &str| day(date).is_some_and(|d| d >= from && d <= to);
+    out.activity.retain(|r| in_days(&r.date));
+    out.lifecycle.day.retain(|r| in_days(&r.date));
+    let week = week_of(from, cfg.week_start);
+    let in_weeks = |date: &str| day(date).is_some_and(|d| d >= week && d <= to);
+    out.weeks.retain(|r| in_weeks(&r.date));
+    out.lifecycle.week.retain(|r| in_weeks(&r.date));
+    let month = month_of(from).0;
+    out.months.retain(|r| day(&r.date).is_some_and(|d| d >= month && d <= to));
 }

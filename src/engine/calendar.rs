@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use jiff::Timestamp;
-use jiff::civil::Date;
+use jiff::civil::{Date, Weekday};
 use jiff::tz::TimeZone;
 
 /// A business day: days since 1970-01-01 of the civil date in the zone.
@@ -103,12 +103,50 @@ pub fn day_number(date: Date) -> Day {
 
 /// The civil date of a day number.
 pub fn date_of(day: Day) -> Date {
-    UNIX_EPOCH_DATE.checked_add(jiff::Span::new().days(i64::from(day))).unwrap_or(UNIX_EPOCH_DATE)
+    // Out of jiff's range (Day::MIN, say, the lower bound of a view of
+    // every row): the epoch, before which no event is accepted.
+    jiff::Span::new()
+        .try_days(i64::from(day))
+        .ok()
+        .and_then(|span| UNIX_EPOCH_DATE.checked_add(span).ok())
+        .unwrap_or(UNIX_EPOCH_DATE)
+}
+
+/// The first day of the calendar week that holds `day`, weeks starting on
+/// `start`.
+pub fn week_of(day: Day, start: Weekday) -> Day {
+    // 1970-01-01 was a Thursday: 3 days after a Monday.
+    let from_monday = (day + 3).rem_euclid(7);
+    day.saturating_sub((from_monday - Day::from(start.to_monday_zero_offset())).rem_euclid(7))
+}
+
+/// The first day of the calendar month that holds `day`, and the first
+/// day of the next.
+pub fn month_of(day: Day) -> (Day, Day) {
+    let date = date_of(day);
+    (day_number(date.first_of_month()), day_number(date.last_of_month()) + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weeks_and_months_start_where_the_calendar_says() {
+        let day = |y, m, d| day_number(jiff::civil::date(y, m, d));
+        // 2026-12-06 is a Sunday.
+        assert_eq!(week_of(day(2026, 12, 6), Weekday::Monday), day(2026, 11, 30));
+        assert_eq!(week_of(day(2026, 12, 6), Weekday::Sunday), day(2026, 12, 6));
+        assert_eq!(week_of(day(2026, 12, 5), Weekday::Sunday), day(2026, 11, 29));
+        assert_eq!(week_of(day(1970, 1, 1), Weekday::Thursday), day(1970, 1, 1));
+        assert_eq!(week_of(day(1969, 12, 31), Weekday::Monday), day(1969, 12, 29));
+        for d in day(2024, 1, 1)..day(2025, 1, 1) {
+            let w = week_of(d, Weekday::Tuesday);
+            assert!(w <= d && d - w < 7 && date_of(w).weekday() == Weekday::Tuesday);
+        }
+        assert_eq!(month_of(day(2024, 2, 29)), (day(2024, 2, 1), day(2024, 3, 1)));
+        assert_eq!(month_of(day(2026, 12, 31)), (day(2026, 12, 1), day(2027, 1, 1)));
+    }
 
     #[test]
     fn days_follow_the_zone() {

@@ -262,6 +262,12 @@ impl<T: Default> DayRows<T> {
         }
     }
 
+    /// The first day whose row can still exist: `Day::MIN` until rows
+    /// have been dropped.
+    pub fn kept_from(&self) -> Day {
+        self.keep_from
+    }
+
     /// Rows with days in `from..=to`, ascending.
     pub fn range(&self, from: Day, to: Day) -> impl Iterator<Item = (Day, &T)> {
         self.rows

@@ -3,6 +3,7 @@
 //! from these alone; `crate::config` reads the TOML file and the
 //! environment into them.
 
+use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use crate::event::FieldNames;
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     pub use_message_timestamp: bool,
     /// The business-day time zone.
     pub timezone: TimeZone,
+    /// The first day of a calendar week.
+    pub week_start: Weekday,
     /// Its IANA name, for display.
     pub timezone_name: String,
     /// Watermark = newest event time minus this.

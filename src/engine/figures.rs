@@ -66,6 +66,42 @@ pub struct ActivityRow {
     pub wau: u64,
     /// Distinct users active in the 30 days ending on this day.
     pub mau: u64,
+    /// Users first seen on or before this day.
+    pub known_users: u64,
+}
+
+/// Users active in one calendar week or month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodRow {
+    /// The period's first day, `YYYY-MM-DD`.
+    pub date: String,
+    /// Distinct users active in it (so far, for the current period).
+    pub active_users: u64,
+}
+
+/// The lifecycle of one day or week: every user active in it or in the one
+/// before, by status (PostHog's rule, with first seen as creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleRow {
+    /// The period's first day, `YYYY-MM-DD`.
+    pub date: String,
+    /// Active in it, and first seen in it.
+    pub new: u64,
+    /// Active in it and in the period before.
+    pub returning: u64,
+    /// Active in it, first seen before the period before, not active then.
+    pub resurrecting: u64,
+    /// Active in the period before, not in it.
+    pub dormant: u64,
+}
+
+/// Lifecycle by granularity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Lifecycle {
+    /// By day, oldest first.
+    pub day: Vec<LifecycleRow>,
+    /// By calendar week, oldest first.
+    pub week: Vec<LifecycleRow>,
 }
 
 /// Users per step among those entering a funnel on one day.
@@ -150,6 +186,12 @@ pub struct Figures {
     pub retention: Vec<RetentionTable>,
     /// Activity, oldest first.
     pub activity: Vec<ActivityRow>,
+    /// Users active in each calendar week, oldest first.
+    pub weeks: Vec<PeriodRow>,
+    /// Users active in each calendar month, oldest first.
+    pub months: Vec<PeriodRow>,
+    /// Lifecycle by day and by week.
+    pub lifecycle: Lifecycle,
     /// Funnels.
     pub funnels: Vec<FunnelTable>,
 }
@@ -198,8 +240,21 @@ impl Figures {
                     a.dau += b.dau;
                     a.wau += b.wau;
                     a.mau += b.mau;
+                    a.known_users += b.known_users;
                 },
             );
+            let add_period = |a: &mut PeriodRow, b: &PeriodRow| a.active_users += b.active_users;
+            out.weeks = merge_rows(std::mem::take(&mut out.weeks), p.weeks, |r| r.date.clone(), add_period);
+            out.months = merge_rows(std::mem::take(&mut out.months), p.months, |r| r.date.clone(), add_period);
+            let add_status = |a: &mut LifecycleRow, b: &LifecycleRow| {
+                a.new += b.new;
+                a.returning += b.returning;
+                a.resurrecting += b.resurrecting;
+                a.dormant += b.dormant;
+            };
+            let (lc, plc) = (&mut out.lifecycle, p.lifecycle);
+            lc.day = merge_rows(std::mem::take(&mut lc.day), plc.day, |r| r.date.clone(), add_status);
+            lc.week = merge_rows(std::mem::take(&mut lc.week), plc.week, |r| r.date.clone(), add_status);
             for (t, pt) in out.funnels.iter_mut().zip(p.funnels) {
                 t.entries = merge_rows(
                     std::mem::take(&mut t.entries),

@@ -282,7 +282,7 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
     };
     let in_window =
         |date: &str| date.parse::<jiff::civil::Date>().map(calendar::day_number).is_ok_and(|d| d >= from && d <= to);
-    activity::rewindow(&mut out, in_window);
+    activity::rewindow(&mut out, cfg, from, to);
     retention::rewindow(&mut out, Ctx { cfg, cal: &cal }, wm, in_window);
     funnel::rewindow(&mut out, in_window);
     out

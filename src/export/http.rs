@@ -111,7 +111,13 @@ async fn funnels(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 async fn activity(State(state): State<AppState>) -> Json<serde_json::Value> {
     let f = state.published.figures();
-    Json(json!({ "watermark_ms": f.watermark_ms, "activity": f.activity }))
+    Json(json!({
+        "watermark_ms": f.watermark_ms,
+        "activity": f.activity,
+        "weeks": f.weeks,
+        "months": f.months,
+        "lifecycle": f.lifecycle,
+    }))
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` is

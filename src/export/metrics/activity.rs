@@ -1,4 +1,5 @@
-//! Activity: new and active users by day.
+//! Activity: new, known and active users by day, week and month; the
+//! lifecycle by day and week.
 
 use prometheus::proto::{MetricFamily, MetricType};
 
@@ -9,9 +10,19 @@ pub(super) const FAMILIES: &[Def] = &[
     ("new_users", "Users first seen on each business day.", MetricType::GAUGE, &["date"]),
     (
         "active_users",
-        "Distinct users active on the day (1d) or in the 7 or 30 days ending on it.",
+        "Distinct users active on the day (1d), in the 7 or 30 days ending on it, or in the calendar week or month \
+         starting on it (week, month; the current one so far).",
         MetricType::GAUGE,
         &["window", "date"],
+    ),
+    ("known_users", "Users first seen on or before the day.", MetricType::GAUGE, &["date"]),
+    (
+        "lifecycle_users",
+        "Users active in the day or week starting on date, or in the one before, by status: new (first seen in it), \
+         returning (active in the one before too), resurrecting (the other active ones), dormant (active in the one \
+         before, not in it).",
+        MetricType::GAUGE,
+        &["granularity", "status", "date"],
     ),
 ];
 
@@ -19,11 +30,28 @@ pub(super) const FAMILIES: &[Def] = &[
 pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
     let mut new_users = Family::new("new_users");
     let mut active = Family::new("active_users");
+    let mut known = Family::new("known_users");
     for row in &f.activity {
         new_users.value(&[&row.date], row.new_users as f64);
         active.value(&["1d", &row.date], row.dau as f64);
         active.value(&["7d", &row.date], row.wau as f64);
         active.value(&["30d", &row.date], row.mau as f64);
+        known.value(&[&row.date], row.known_users as f64);
     }
-    out.extend([new_users, active].map(|f| f.mf));
+    for (window, rows) in [("week", &f.weeks), ("month", &f.months)] {
+        for row in rows {
+            active.value(&[window, &row.date], row.active_users as f64);
+        }
+    }
+    let mut lifecycle = Family::new("lifecycle_users");
+    for (granularity, rows) in [("day", &f.lifecycle.day), ("week", &f.lifecycle.week)] {
+        for r in rows {
+            for (status, n) in
+                [("new", r.new), ("returning", r.returning), ("resurrecting", r.resurrecting), ("dormant", r.dormant)]
+            {
+                lifecycle.value(&[granularity, status, &r.date], n as f64);
+            }
+        }
+    }
+    out.extend([new_users, active, known, lifecycle].map(|f| f.mf));
 }
