@@ -61,16 +61,18 @@ for _ in $(seq "$runs"); do
 done
 old_rate=$(printf '%s\n' "${old_rates[@]}" | median)
 new_rate=$(printf '%s\n' "${new_rates[@]}" | median)
-# Every line of a metric both sides export agrees; a metric only one side
-# has (a family or process metric added or removed) is named, not compared.
+# Every series the old side exports is in the new one with the same value;
+# series the new side adds (a metric, or new label values of one) are
+# counted, and a metric only one side has is named.
 names() { sed -n -E 's/^(cohortflow_[a-z0-9_]+).*/\1/p' "$1" | sort -u; }
-comm -12 <(names "$work/old.prom") <(names "$work/new.prom") > "$work/common.txt"
-figures() { grep '^cohortflow_' "$1" | grep -F -w -f "$work/common.txt"; }
-if diff <(figures "$work/old.prom") <(figures "$work/new.prom") > "$work/diff.txt"; then
-    agree="all $(figures "$work/new.prom" | wc -l) lines of the metrics both export agree"
+figures() { grep '^cohortflow_' "$1" | sort; }
+comm -23 <(figures "$work/old.prom") <(figures "$work/new.prom") > "$work/lost.txt"
+added=$(comm -13 <(figures "$work/old.prom") <(figures "$work/new.prom") | wc -l)
+if [ ! -s "$work/lost.txt" ]; then
+    agree="all $(figures "$work/old.prom" | wc -l) series of the old side agree; the new side adds $added"
 else
-    agree="FIGURES DIFFER: $(grep -c '^[<>]' "$work/diff.txt") lines"
-    head -20 "$work/diff.txt" >&2
+    agree="FIGURES DIFFER: $(wc -l < "$work/lost.txt") series of the old side changed or missing"
+    head -20 "$work/lost.txt" >&2
 fi
 only_new=$(comm -13 <(names "$work/old.prom") <(names "$work/new.prom") | tr '\n' ' ')
 only_old=$(comm -23 <(names "$work/old.prom") <(names "$work/new.prom") | tr '\n' ' ')

@@ -108,8 +108,8 @@ pub struct Restored {
 /// rather than misread.
 pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
     let mut text = format!(
-        "group={group:?};tz={};week={:?};late={};hist={};",
-        cfg.timezone_name, cfg.week_start, cfg.allowed_lateness_ms, cfg.history_days
+        "group={group:?};tz={};week={:?};sticky={:?};late={};hist={};",
+        cfg.timezone_name, cfg.week_start, cfg.stickiness_windows, cfg.allowed_lateness_ms, cfg.history_days
     );
     for r in &cfg.retention {
         text.push_str(&format!(

@@ -57,4 +57,22 @@ fn demo_serves_cohorts_retention_and_funnels() {
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(json["funnels"][0]["name"], "checkout");
     assert!(!json["funnels"][0]["entries"].as_array().expect("entries").is_empty());
+
+    // Calendar periods, lifecycle and stickiness, over HTTP as in the text.
+    assert!(sum(&metrics, "cohortflow_active_users{window=\"week\"") > 1000.0);
+    assert!(sum(&metrics, "cohortflow_known_users{") > 1000.0);
+    assert!(sum(&metrics, "cohortflow_lifecycle_users{granularity=\"week\",status=\"returning\"") > 100.0);
+    assert!(sum(&metrics, "cohortflow_stickiness_users{window=\"7d\",days=\"1\"") > 100.0);
+    let (status, body) = get(&addr, "/api/v1/lifecycle").expect("api");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let weeks = json["lifecycle"]["week"].as_array().expect("weeks");
+    assert!(weeks.len() >= 2, "{}", weeks.len()); // 12 days: two or three weeks
+    assert!(weeks.iter().all(|w| ["new", "returning", "resurrecting", "dormant"].iter().all(|s| w[s].is_u64())));
+    let (status, body) = get(&addr, "/api/v1/stickiness").expect("api");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["stickiness"][0]["window"], 7);
+    let rows = json["stickiness"][0]["rows"].as_array().expect("rows");
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["users"].as_array().map(Vec::len) == Some(7)));
 }

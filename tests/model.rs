@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
 use cohortflow::engine::def::{FilterValue, FunnelMode, RetentionMode};
-use cohortflow::engine::figures::{Figures, LifecycleRow, PeriodRow};
+use cohortflow::engine::figures::{Figures, LifecycleRow, PeriodRow, StickinessRow, StickinessTable};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
@@ -61,6 +61,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         r#"
         timezone = "{tz}"
         week_start = "{week_start}"
+        stickiness_windows = [7, 30]
         [[retention]]
         name = "all"
         days = [1, 2, 3]
@@ -183,6 +184,8 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
         row
     };
     let days = |n: i64| jiff::Span::new().days(n);
+    out.stickiness =
+        cfg.engine.stickiness_windows.iter().map(|&window| StickinessTable { window, rows: Vec::new() }).collect();
     for (d, [new, dau, wau, mau]) in activity {
         if d <= wm_day && mau > 0 {
             out.activity.push(cohortflow::engine::figures::ActivityRow {
@@ -194,6 +197,17 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                 known_users: firsts.values().filter(|f| **f <= d).count() as u64,
             });
             out.lifecycle.day.push(status(d, d - days(1), d + days(1)));
+            for (t, &window) in out.stickiness.iter_mut().zip(&cfg.engine.stickiness_windows) {
+                let mut users_by_k = vec![0u64; window as usize];
+                for &u in &users {
+                    let from = d - days(i64::from(window) - 1);
+                    let k = days_of(u, &|_| true).iter().filter(|a| **a >= from && **a <= d).count();
+                    if k > 0 {
+                        users_by_k[k - 1] += 1;
+                    }
+                }
+                t.rows.push(StickinessRow { date: d.to_string(), users: users_by_k });
+            }
         }
     }
     // Calendar weeks (from the configured start) and months.

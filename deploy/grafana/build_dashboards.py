@@ -95,7 +95,20 @@ retention = dashboard(
               0, 20, transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}]),
         panel(5, "DAU / WAU / MAU by day", "table",
               [target("cohortflow:active_users:sum", instant=True, fmt="table")],
-              12, 20, transformations=matrix("date", "window")),
+              12, 20, transformations=matrix("date", "window"),
+              description="1d, 7d, 30d: the day and the 7 and 30 days ending on it. week, month: the calendar "
+                          "week (from week_start) or month starting on the date, the current one so far."),
+        panel(6, "Lifecycle by week (dormant drawn below zero)", "barchart",
+              [target('cohortflow:lifecycle_users:sum{granularity="week",status!="dormant"}'
+                      ' or -1 * cohortflow:lifecycle_users:sum{granularity="week",status="dormant"}',
+                      instant=True, fmt="table")],
+              0, 28, transformations=matrix("date", "status"),
+              description="new: first seen that week; returning: active the week before too; resurrecting: the "
+                          "other active users; dormant: active the week before, not that week."),
+        panel(7, "Active rate by day (DAU / known users)", "table",
+              [target("cohortflow:active_rate:ratio", instant=True, fmt="table")],
+              12, 28, unit="percentunit",
+              transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}]),
     ],
     [variable("retention", "label_values(cohortflow_cohort_users, retention)")],
 )

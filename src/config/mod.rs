@@ -197,6 +197,10 @@ mod tests {
         assert!(err("timezone = \"Mars/Olympus\"").contains("`timezone`"));
         assert!(err("[http]\nlisten = \"nowhere\"").contains("`http.listen`"));
         assert!(err("history_days = 1").contains("`history_days`"));
+        let e = err("week_start = \"someday\"");
+        assert!(e.contains("`week_start`") && e.contains("someday"), "{e}");
+        assert!(err("stickiness_windows = [14]").contains("`stickiness_windows`"));
+        assert!(err("stickiness_windows = [7, 7]").contains("`stickiness_windows`"));
         assert!(err("max_users = 0").contains("`max_users`"));
         let e = err("max_users = 2147483649");
         assert!(e.contains("`max_users`") && e.contains("2147483648"), "{e}");
@@ -301,5 +305,8 @@ mod tests {
         assert_eq!(c.engine.retention[0].days, vec![1, 3, 7, 14, 30]);
         assert!(c.engine.funnels.is_empty());
         assert_eq!(c.engine.max_funnel_events_per_user, 10_000);
+        assert_eq!((c.engine.week_start, c.engine.stickiness_windows.clone()), (jiff::civil::Weekday::Monday, vec![7]));
+        let c = Config::from_toml_str("week_start = \"Sunday\"\nstickiness_windows = [30, 7]").expect("valid");
+        assert_eq!((c.engine.week_start, c.engine.stickiness_windows), (jiff::civil::Weekday::Sunday, vec![7, 30]));
     }
 }

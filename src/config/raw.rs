@@ -17,6 +17,9 @@ pub(super) struct RawConfig {
     /// The first day of a calendar week: "monday" … "sunday".
     #[serde(default = "default_week_start")]
     pub(super) week_start: String,
+    /// The windows, in days, of the stickiness figures.
+    #[serde(default = "default_stickiness_windows")]
+    pub(super) stickiness_windows: Vec<u32>,
     /// Where snapshots live (used by `run`).
     #[serde(default = "default_state_dir")]
     pub(super) state_dir: PathBuf,
@@ -70,6 +73,9 @@ pub(super) fn default_timezone() -> String {
 }
 pub(super) fn default_week_start() -> String {
     "monday".into()
+}
+pub(super) fn default_stickiness_windows() -> Vec<u32> {
+    vec![7]
 }
 pub(super) fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/cohortflow")

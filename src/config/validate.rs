@@ -55,6 +55,14 @@ impl RawConfig {
         let timezone = TimeZone::get(&self.timezone)
             .map_err(|e| invalid("timezone", format!("`{}` is not a known IANA time zone: {e}", self.timezone)))?;
         let week_start = weekday(&self.week_start)?;
+        let mut stickiness_windows = self.stickiness_windows.clone();
+        if stickiness_windows.iter().any(|w| ![7, 30].contains(w)) {
+            return Err(invalid("stickiness_windows", "takes the windows 7 and 30 (days), e.g. [7, 30]"));
+        }
+        stickiness_windows.sort_unstable();
+        if stickiness_windows.windows(2).any(|p| p[0] == p[1]) {
+            return Err(invalid("stickiness_windows", "names a window twice"));
+        }
         let allowed_lateness_ms = duration_ms("allowed_lateness", &self.allowed_lateness)?;
         if allowed_lateness_ms > DAY_MS {
             return Err(invalid("allowed_lateness", "must be at most 1d"));
@@ -96,6 +104,7 @@ impl RawConfig {
                 use_message_timestamp: self.use_message_timestamp,
                 timezone,
                 week_start,
+                stickiness_windows,
                 timezone_name: self.timezone,
                 allowed_lateness_ms,
                 history_days: self.history_days,

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::StateMismatch;
 use super::calendar::{Calendar, Day, month_of, week_of};
-use super::days::{DayRows, NO_DAY};
+use super::days::{DayRows, NO_DAY, ensure_len};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{ActivityRow, Figures, LifecycleRow, PeriodRow};
+use super::figures::{ActivityRow, Figures, LifecycleRow, PeriodRow, StickinessRow, StickinessTable};
 use super::users::Users;
 
 /// The longest activity window (MAU).
@@ -59,6 +59,9 @@ pub struct Activity {
     /// New users of the day rows dropped: the known users before the
     /// first row.
     known_before: i64,
+    /// Per stickiness window (as configured), per day: `[k - 1]` the users
+    /// active on exactly k days of the window ending on it.
+    sticky: Vec<DayRows<Vec<i64>>>,
     /// The bounds of the month last asked for: nearly every event falls in
     /// the month of the one before it. A cache only.
     #[serde(skip)]
@@ -140,8 +143,11 @@ impl Activity {
 }
 
 impl Family for Activity {
-    fn new(_: Ctx<'_>) -> Self {
-        Activity::default()
+    fn new(ctx: Ctx<'_>) -> Self {
+        Activity {
+            sticky: ctx.cfg.stickiness_windows.iter().map(|_| DayRows::default()).collect(),
+            ..Activity::default()
+        }
     }
 
     fn push_user(&mut self) {}
@@ -182,6 +188,20 @@ impl Family for Activity {
             }
         }
         self.calendar_periods(ctx.cfg.week_start, day, prev, next);
+        // Each window that holds the new day has the user on one day more.
+        for (rows, &window) in self.sticky.iter_mut().zip(&ctx.cfg.stickiness_windows) {
+            let window = window as Day;
+            for end in day..day + window {
+                let k = users.active().count_in(t.uid as usize, end - window + 1, end) as usize;
+                if let Some(row) = rows.row(end) {
+                    let row = ensure_len(row, window as usize);
+                    if k >= 2 {
+                        row[k - 2] -= 1;
+                    }
+                    row[k - 1] += 1;
+                }
+            }
+        }
     }
 
     fn maintain(&mut self, ctx: Ctx<'_>, horizon: Horizon) {
@@ -190,6 +210,9 @@ impl Family for Activity {
             self.known_before += self.rows.range(Day::MIN, from - 1).map(|(_, r)| r.new_users).sum::<i64>();
         }
         self.rows.drop_before(from);
+        for rows in &mut self.sticky {
+            rows.drop_before(from);
+        }
         // A period's row is complete once its days are gone, and the
         // lifecycle of the first period kept reads the one before it.
         self.weeks.drop_before(week_of(from, ctx.cfg.week_start).saturating_sub(7));
@@ -201,6 +224,8 @@ impl Family for Activity {
     }
 
     fn publish(&self, ctx: Ctx<'_>, view: View, out: &mut Figures) {
+        out.stickiness =
+            ctx.cfg.stickiness_windows.iter().map(|&window| StickinessTable { window, rows: Vec::new() }).collect();
         let mut known = self.known_before;
         let day_lifecycle_from = self.rows.kept_from().saturating_add(1);
         for (d, row) in self.rows.range(Day::MIN, view.to) {
@@ -216,6 +241,13 @@ impl Family for Activity {
                 mau: row.mau.max(0) as u64,
                 known_users: known.max(0) as u64,
             });
+            for (table, (rows, &window)) in
+                out.stickiness.iter_mut().zip(self.sticky.iter().zip(&ctx.cfg.stickiness_windows))
+            {
+                let counts = rows.get(d).map_or(&[][..], Vec::as_slice);
+                let users = (0..window as usize).map(|k| counts.get(k).map_or(0, |&n| n.max(0) as u64)).collect();
+                table.rows.push(StickinessRow { date: Calendar::label(d), users });
+            }
             if d >= day_lifecycle_from {
                 let before = self.rows.get(d - 1).map_or(0, |r| r.dau);
                 out.lifecycle.day.push(lifecycle(d, row.new_users, row.dau, row.returning, before));
@@ -281,6 +313,9 @@ pub fn rewindow(out: &mut Figures, cfg: &crate::engine::def::EngineConfig, from:
     let in_days = |date: &str| day(date).is_some_and(|d| d >= from && d <= to);
     out.activity.retain(|r| in_days(&r.date));
     out.lifecycle.day.retain(|r| in_days(&r.date));
+    for t in &mut out.stickiness {
+        t.rows.retain(|r| in_days(&r.date));
+    }
     let week = week_of(from, cfg.week_start);
     let in_weeks = |date: &str| day(date).is_some_and(|d| d >= week && d <= to);
     out.weeks.retain(|r| in_weeks(&r.date));

@@ -195,6 +195,23 @@ impl DaySets {
         (prev, next)
     }
 
+    /// How many days of `from..=to` are in user `u`'s set (those it still
+    /// remembers).
+    pub fn count_in(&self, u: usize, from: Day, to: Day) -> u32 {
+        let ((last, bits), span) = (self.load(u), span(self.words));
+        if last == NO_DAY || from > to || from > last {
+            return 0;
+        }
+        // Bit k is day last - k.
+        let (lo, hi) = ((last - to.min(last)) as u32, (last - from).min(span - 1) as u32);
+        if lo > hi {
+            return 0;
+        }
+        let width = hi - lo + 1;
+        let mask = if width >= 128 { u128::MAX } else { (1u128 << width) - 1 };
+        ((bits >> lo) & mask).count_ones()
+    }
+
     /// The latest day in user `u`'s set, if any.
     pub fn latest(&self, u: usize) -> Option<Day> {
         let last = self.last(u);
@@ -338,6 +355,21 @@ mod tests {
         assert!(DaySets::from_cells(4, vec![0; 10]).is_some());
         assert!(DaySets::from_cells(4, vec![0; 11]).is_none());
         assert!(DaySets::from_cells(5, vec![0; 12]).is_none());
+    }
+
+    #[test]
+    fn days_are_counted_in_a_range() {
+        let mut sets = DaySets::new(4);
+        sets.push_empty();
+        for d in [100, 102, 103, 110] {
+            sets.insert(0, d);
+        }
+        assert_eq!(sets.count_in(0, 100, 110), 4);
+        assert_eq!(sets.count_in(0, 101, 103), 2);
+        assert_eq!(sets.count_in(0, 104, 109), 0);
+        assert_eq!(sets.count_in(0, 90, 200), 4);
+        assert_eq!(sets.count_in(0, 111, 120), 0);
+        assert_eq!(sets.count_in(0, 103, 102), 0);
     }
 
     #[test]

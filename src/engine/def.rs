@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub timezone: TimeZone,
     /// The first day of a calendar week.
     pub week_start: Weekday,
+    /// The windows, in days, of the stickiness figures (7, 30).
+    pub stickiness_windows: Vec<u32>,
     /// Its IANA name, for display.
     pub timezone_name: String,
     /// Watermark = newest event time minus this.

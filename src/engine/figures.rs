@@ -95,6 +95,25 @@ pub struct LifecycleRow {
     pub dormant: u64,
 }
 
+/// Stickiness: for the `window` days ending on each day, the users
+/// active on exactly k of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StickinessTable {
+    /// The window, in days.
+    pub window: u32,
+    /// Rows, oldest first.
+    pub rows: Vec<StickinessRow>,
+}
+
+/// One day of a stickiness table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StickinessRow {
+    /// The window's last day, `YYYY-MM-DD`.
+    pub date: String,
+    /// `users[k - 1]`: users active on exactly k days of the window.
+    pub users: Vec<u64>,
+}
+
 /// Lifecycle by granularity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Lifecycle {
@@ -192,6 +211,8 @@ pub struct Figures {
     pub months: Vec<PeriodRow>,
     /// Lifecycle by day and by week.
     pub lifecycle: Lifecycle,
+    /// Stickiness, one table per configured window.
+    pub stickiness: Vec<StickinessTable>,
     /// Funnels.
     pub funnels: Vec<FunnelTable>,
 }
@@ -252,6 +273,18 @@ impl Figures {
                 a.resurrecting += b.resurrecting;
                 a.dormant += b.dormant;
             };
+            for (t, pt) in out.stickiness.iter_mut().zip(p.stickiness) {
+                t.rows = merge_rows(
+                    std::mem::take(&mut t.rows),
+                    pt.rows,
+                    |r| r.date.clone(),
+                    |a, b| {
+                        for (x, y) in a.users.iter_mut().zip(&b.users) {
+                            *x += y;
+                        }
+                    },
+                );
+            }
             let (lc, plc) = (&mut out.lifecycle, p.lifecycle);
             lc.day = merge_rows(std::mem::take(&mut lc.day), plc.day, |r| r.date.clone(), add_status);
             lc.week = merge_rows(std::mem::take(&mut lc.week), plc.week, |r| r.date.clone(), add_status);

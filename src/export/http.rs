@@ -83,6 +83,8 @@ pub fn router(registry: Registry, published: Arc<Published>) -> Router {
         .route("/api/v1/retention", get(retention))
         .route("/api/v1/funnels", get(funnels))
         .route("/api/v1/activity", get(activity))
+        .route("/api/v1/lifecycle", get(lifecycle))
+        .route("/api/v1/stickiness", get(stickiness))
         .with_state(AppState { registry, published })
 }
 
@@ -116,8 +118,17 @@ async fn activity(State(state): State<AppState>) -> Json<serde_json::Value> {
         "activity": f.activity,
         "weeks": f.weeks,
         "months": f.months,
-        "lifecycle": f.lifecycle,
     }))
+}
+
+async fn lifecycle(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let f = state.published.figures();
+    Json(json!({ "watermark_ms": f.watermark_ms, "lifecycle": f.lifecycle }))
+}
+
+async fn stickiness(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let f = state.published.figures();
+    Json(json!({ "watermark_ms": f.watermark_ms, "stickiness": f.stickiness }))
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` is

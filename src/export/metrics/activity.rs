@@ -24,6 +24,12 @@ pub(super) const FAMILIES: &[Def] = &[
         MetricType::GAUGE,
         &["granularity", "status", "date"],
     ),
+    (
+        "stickiness_users",
+        "Users active on exactly `days` of the `window` days ending on date.",
+        MetricType::GAUGE,
+        &["window", "days", "date"],
+    ),
 ];
 
 /// Its metric families for a set of figures.
@@ -53,5 +59,14 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
             }
         }
     }
-    out.extend([new_users, active, known, lifecycle].map(|f| f.mf));
+    let mut sticky = Family::new("stickiness_users");
+    for t in &f.stickiness {
+        let window = format!("{}d", t.window);
+        for r in &t.rows {
+            for (k, &n) in r.users.iter().enumerate() {
+                sticky.value(&[&window, &(k + 1).to_string(), &r.date], n as f64);
+            }
+        }
+    }
+    out.extend([new_users, active, known, lifecycle, sticky].map(|f| f.mf));
 }
