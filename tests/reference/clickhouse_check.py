@@ -226,6 +226,57 @@ def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS):
         for label in ("1d", "7d", "30d"):
             expected[("cohortflow_active_users", (("date", ds), ("window", label)))] = windows[label].get(d, 0)
 
+    # Calendar weeks (from Monday, the default week_start: toMonday) and
+    # months (toStartOfMonth), known users, lifecycle, stickiness of 7 days.
+    one = dt.timedelta(days=1)
+    week_of = {date(r["d"]): date(r["w"]) for r in q(
+        f"SELECT DISTINCT toString(day) AS d, toString(toMonday(day)) AS w FROM {base}")}
+    for unit, fn in (("week", "toMonday"), ("month", "toStartOfMonth")):
+        for r in q(f"SELECT toString({fn}(day)) AS p, uniqExact(user_id) AS c FROM {base} GROUP BY p"):
+            if date(r["p"]) <= wm_day:
+                expected[("cohortflow_active_users", (("date", r["p"]), ("window", unit)))] = int(r["c"])
+    active = {}  # user -> set of days
+    for r in q(f"SELECT user_id, groupUniqArray(toString(day)) AS days FROM {base} GROUP BY user_id"):
+        active[r["user_id"]] = {date(d) for d in r["days"]}
+    weeks_of = {u: {week_of[d] for d in days} for u, days in active.items()}
+    first = {u: min(days) for u, days in active.items()}
+
+    def lifecycle(granularity, period, before, is_active, first_in):
+        counts = {"new": 0, "returning": 0, "resurrecting": 0, "dormant": 0}
+        for u in active:
+            now, then = is_active(u, period), is_active(u, before)
+            if now and then:
+                counts["returning"] += 1
+            elif now and first_in(u, period):
+                counts["new"] += 1
+            elif now:
+                counts["resurrecting"] += 1
+            elif then:
+                counts["dormant"] += 1
+        for status, n in counts.items():
+            expected[("cohortflow_lifecycle_users",
+                      (("date", str(period)), ("granularity", granularity), ("status", status)))] = n
+
+    for d, mau in windows["30d"].items():
+        if d > wm_day or mau == 0:
+            continue
+        expected[("cohortflow_known_users", (("date", str(d)),))] = sum(1 for f in first.values() if f <= d)
+        lifecycle("day", d, d - one, lambda u, p: p in active[u], lambda u, p: first[u] == p)
+        by_k = [0] * 7
+        for days in active.values():
+            k = sum(1 for i in range(7) if d - i * one in days)
+            if k:
+                by_k[k - 1] += 1
+        for k, n in enumerate(by_k, 1):
+            expected[("cohortflow_stickiness_users", (("date", str(d)), ("days", str(k)), ("window", "7d")))] = n
+    week = min(first.values()) - dt.timedelta(days=min(first.values()).weekday())
+    while week <= wm_day:
+        before = week - 7 * one
+        if any(week in w or before in w for w in weeks_of.values()):
+            lifecycle("week", week, before, lambda u, p: p in weeks_of[u],
+                      lambda u, p: week_of[first[u]] == p)
+        week += 7 * one
+
     # Retention.
     for name, cohort_ev, return_ev, days, mode in retention:
         cohort_cond = f"event = '{cohort_ev}'" if cohort_ev else "1"
@@ -347,7 +398,8 @@ def main():
 
     got = parse_metrics(args.metrics)
     checked = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
-               "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total"}
+               "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total",
+               "cohortflow_known_users", "cohortflow_lifecycle_users", "cohortflow_stickiness_users"}
     got = {k: v for k, v in got.items() if k[0] in checked}
     diffs, above = differences(expected, at_least, got)
     for key, want, have in diffs[:50]:
