@@ -180,3 +180,37 @@ pub struct FunnelDef {
     /// Ordered steps (1..=32).
     pub steps: Vec<StepDef>,
 }
+
+#[cfg(test)]
+impl EngineConfig {
+    /// A configuration for the engine's own tests, built without the
+    /// config reader: UTC, `history_days` of history, 10 minutes of
+    /// lateness, and `retention` and `funnels`.
+    pub(crate) fn for_tests(history_days: u32, retention: Vec<RetentionDef>, funnels: Vec<FunnelDef>) -> Self {
+        EngineConfig {
+            fields: FieldNames::default(),
+            use_message_timestamp: false,
+            timezone: TimeZone::UTC,
+            week_start: Weekday::Monday,
+            stickiness_windows: vec![7],
+            timezone_name: "UTC".into(),
+            allowed_lateness_ms: 600_000,
+            history_days,
+            max_future_skew_ms: 300_000,
+            export_days: 31,
+            max_users: 1 << 31,
+            max_funnel_events_per_user: 10_000,
+            retention,
+            funnels,
+        }
+    }
+}
+
+#[cfg(test)]
+impl FunnelDef {
+    /// A funnel of plain steps (no filters), for tests.
+    pub(crate) fn of_steps(name: &str, window_ms: i64, mode: FunnelMode, steps: &[&str]) -> Self {
+        let steps = steps.iter().map(|s| StepDef { event: EventMatch::parse(s), filter: Vec::new() }).collect();
+        FunnelDef { name: name.into(), window_ms, mode, steps }
+    }
+}

@@ -291,27 +291,23 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::engine::def::{EventMatch, FunnelDef, FunnelMode, RetentionDef, RetentionMode};
 
-    /// One retention definition and a view → order funnel, with `extra`
-    /// top-level keys.
-    fn view_order_config(extra: &str) -> Arc<EngineConfig> {
-        let toml = format!(
-            r#"
-            timezone = "UTC"
-            {extra}
-            [[retention]]
-            name = "all"
-            cohort_event = "*"
-            return_event = "*"
-            days = [1]
-            [[funnel]]
-            name = "checkout"
-            window = "1h"
-            steps = ["view", "order"]
-            "#
-        );
-        Arc::new(Config::from_toml_str(&toml).expect("config").engine)
+    /// One retention definition and a view → order funnel, with
+    /// `history_days` of history and a cap of `cap` funnel events a user.
+    fn view_order_config(history_days: u32, cap: u32) -> Arc<EngineConfig> {
+        let all = RetentionDef {
+            name: "all".into(),
+            cohort_event: EventMatch::Any,
+            return_event: EventMatch::Any,
+            days: vec![1],
+            mode: RetentionMode::On,
+        };
+        let checkout = FunnelDef::of_steps("checkout", 3_600_000, FunnelMode::Default, &["view", "order"]);
+        Arc::new(EngineConfig {
+            max_funnel_events_per_user: cap,
+            ..EngineConfig::for_tests(history_days, vec![all], vec![checkout])
+        })
     }
 
     /// A full funnel store refuses the events it cannot keep: they are
@@ -319,7 +315,7 @@ mod tests {
     /// an engine with room gives it.
     #[test]
     fn a_full_funnel_store_refuses_events_and_counts_them() {
-        let cfg = view_order_config("");
+        let cfg = view_order_config(35, 10_000);
         let mut full = Engine::new(cfg.clone());
         full.funnels.limit_arenas(0);
         let mut open = Engine::new(cfg);
@@ -354,10 +350,7 @@ mod tests {
     #[test]
     fn a_user_past_the_cap_has_funnel_events_left_out_and_counted() {
         // Capped at 3, and at the default.
-        let mut engines = [
-            Engine::new(view_order_config("history_days = 3\nmax_funnel_events_per_user = 3")),
-            Engine::new(view_order_config("history_days = 3")),
-        ];
+        let mut engines = [Engine::new(view_order_config(3, 3)), Engine::new(view_order_config(3, 10_000))];
         let t0 = 1_790_000_000_000;
         let feed = |engines: &mut [Engine; 2], events: &[(&str, &str, i64)]| {
             for &(user, name, ts) in events {

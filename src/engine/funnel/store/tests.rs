@@ -3,6 +3,7 @@
 use super::encoding::{DEAD, LONG_SIZE, MIN_GARBAGE_UNITS, SLACK_UNITS, header_units};
 use super::tagged::header_parts;
 use super::*;
+use crate::engine::def::{FunnelDef, FunnelMode};
 use crate::engine::funnel::Steps;
 
 fn h<E: Entry>(ts: i64, steps: &[usize]) -> E {
@@ -53,38 +54,17 @@ fn keeps_hits_sorted_wide() {
 
 #[test]
 fn funnels_share_stores_while_their_steps_fit() {
-    let steps = |n: usize| (0..n).map(|k| format!("\"s{k}\"")).collect::<Vec<_>>().join(",");
-    let text = format!(
-        r#"
-        [[funnel]]
-        name = "a"
-        window = "1h"
-        steps = [{}]
-        [[funnel]]
-        name = "b"
-        window = "1h"
-        steps = [{}]
-        [[funnel]]
-        name = "c"
-        window = "1h"
-        mode = "strict_once"
-        steps = ["x", "x"]
-        [[funnel]]
-        name = "d"
-        window = "1h"
-        steps = [{}]
-        [[funnel]]
-        name = "e"
-        window = "1h"
-        steps = [{}]
-        "#,
-        steps(3),
-        steps(20),
-        steps(2),
-        steps(18),
-    );
-    let cfg = crate::config::Config::from_toml_str(&text).expect("config").engine;
-    let layout = Layout::of(&cfg.funnels);
+    let names: Vec<String> = (0..20).map(|k| format!("s{k}")).collect();
+    let steps = |n: usize| names[..n].iter().map(String::as_str).collect::<Vec<_>>();
+    let funnel = |name, mode, steps: &[&str]| FunnelDef::of_steps(name, 3_600_000, mode, steps);
+    let funnels = [
+        funnel("a", FunnelMode::Default, &steps(3)),
+        funnel("b", FunnelMode::Default, &steps(20)),
+        funnel("c", FunnelMode::StrictOnce, &["x", "x"]),
+        funnel("d", FunnelMode::Default, &steps(2)),
+        funnel("e", FunnelMode::Default, &steps(18)),
+    ];
+    let layout = Layout::of(&funnels);
     let at = |store, count, shift| (store, Steps { count, shift });
     // b does not fit beside a (23 steps), c needs tags, d fits beside
     // a (the first store with room), e beside neither a and d (23) nor
