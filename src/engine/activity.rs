@@ -44,9 +44,11 @@ pub struct ActivityCounts {
 /// One calendar week's or month's counts, in the row of its first day.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeriodCounts {
+    /// Users first seen in the period (weeks only: the monthly lifecycle
+    /// is not exported).
     new_users: i64,
     active: i64,
-    /// Users active in this period and the one before.
+    /// Users active in this period and the one before (weeks only).
     returning: i64,
 }
 
@@ -98,19 +100,11 @@ impl Activity {
             if let Some(row) = self.weeks.row(week_of(old, week_start)) {
                 row.new_users -= 1;
             }
-            let month = self.month_of(old).0;
-            if let Some(row) = self.months.row(month) {
-                row.new_users -= 1;
-            }
         }
         if let Some(row) = self.rows.row(day) {
             row.new_users += 1;
         }
         if let Some(row) = self.weeks.row(week_of(day, week_start)) {
-            row.new_users += 1;
-        }
-        let month = self.month_of(day).0;
-        if let Some(row) = self.months.row(month) {
             row.new_users += 1;
         }
     }

@@ -246,9 +246,7 @@ impl Figures {
                     |r| r.date.clone(),
                     |a, b| {
                         a.users += b.users;
-                        for (x, y) in a.retained.iter_mut().zip(&b.retained) {
-                            *x += y;
-                        }
+                        add_all(&mut a.retained, &b.retained);
                     },
                 );
             }
@@ -278,11 +276,7 @@ impl Figures {
                     std::mem::take(&mut t.rows),
                     pt.rows,
                     |r| r.date.clone(),
-                    |a, b| {
-                        for (x, y) in a.users.iter_mut().zip(&b.users) {
-                            *x += y;
-                        }
-                    },
+                    |a, b| add_all(&mut a.users, &b.users),
                 );
             }
             let (lc, plc) = (&mut out.lifecycle, p.lifecycle);
@@ -293,15 +287,9 @@ impl Figures {
                     std::mem::take(&mut t.entries),
                     pt.entries,
                     |r| r.date.clone(),
-                    |a, b| {
-                        for (x, y) in a.users.iter_mut().zip(&b.users) {
-                            *x += y;
-                        }
-                    },
+                    |a, b| add_all(&mut a.users, &b.users),
                 );
-                for (x, y) in t.conversions_total.iter_mut().zip(&pt.conversions_total) {
-                    *x += y;
-                }
+                add_all(&mut t.conversions_total, &pt.conversions_total);
                 for (h, ph) in t.histograms.iter_mut().zip(&pt.histograms) {
                     // Same bounds on both sides: adding cannot fail.
                     let _ = h.add(ph);
@@ -310,6 +298,13 @@ impl Figures {
             }
         }
         out
+    }
+}
+
+/// Adds `b` to `a`, count by count.
+fn add_all(a: &mut [u64], b: &[u64]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
     }
 }
 
