@@ -34,7 +34,7 @@ const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes (10: a head section per
 /// metric family; 11: calendar weeks and months, lifecycle and known
 /// users in the activity head).
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 // Where the header's fields start (see the layout above).
 const VERSION_AT: usize = 8;
 const FINGERPRINT_AT: usize = 12;
@@ -113,11 +113,12 @@ pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
     );
     for r in &cfg.retention {
         text.push_str(&format!(
-            "r:{}|{}|{}|{:?}|{};",
+            "r:{}|{}|{}|{}|{:?}|{};",
             r.name,
             r.cohort_event.as_str(),
             r.return_event.as_str(),
-            r.days,
+            r.granularity.as_str(),
+            r.periods,
             r.mode.as_str()
         ));
     }

@@ -75,4 +75,27 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert_eq!(json["stickiness"][0]["window"], 7);
     let rows = json["stickiness"][0]["rows"].as_array().expect("rows");
     assert!(!rows.is_empty() && rows.iter().all(|r| r["users"].as_array().map(Vec::len) == Some(7)));
+
+    // Weekly cohorts labelled by week, 24-hour windows and brackets by day.
+    assert!(sum(&metrics, "cohortflow_retained_users{retention=\"weekly\",cohort_date=") > 100.0);
+    let week_one = metrics
+        .lines()
+        .filter(|l| l.starts_with("cohortflow_retained_users{retention=\"weekly\""))
+        .all(|l| l.contains("week=\""));
+    assert!(week_one, "weekly series are labelled week");
+    assert!(metrics.contains("cohortflow_retention_mature{retention=\"weekly\""));
+    assert!(sum(&metrics, "cohortflow_retained_users{retention=\"rolling\",") > 100.0);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cohortflow_retained_users{retention=\"rolling\"") && l.contains("day=\"2-7\""))
+    );
+    let (_, body) = get(&addr, "/api/v1/retention").expect("api");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let weekly =
+        json["retention"].as_array().expect("definitions").iter().find(|d| d["name"] == "weekly").expect("weekly");
+    assert_eq!(weekly["granularity"], "week");
+    assert_eq!(weekly["periods"], serde_json::json!(["1", "2", "3"]));
+    let first = weekly["cohorts"][0]["date"].as_str().expect("date").parse::<jiff::civil::Date>().expect("a date");
+    assert_eq!(first.weekday(), jiff::civil::Weekday::Monday, "a weekly cohort is dated by its week's first day");
 }

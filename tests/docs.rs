@@ -73,6 +73,9 @@ fn the_readme_minimal_config_is_valid() {
     let start = readme.find("```toml\n").expect("a toml block in the README") + "```toml\n".len();
     let len = readme[start..].find("```").expect("its end");
     let config = Config::from_toml_str(&readme[start..start + len]).expect("the README's config is valid");
-    assert_eq!(config.engine.retention[0].days, vec![1, 7, 30]);
+    let periods = |r: usize| config.engine.retention[r].periods.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(periods(0), ["1", "7", "30"]);
+    assert_eq!(config.engine.retention[1].granularity.as_str(), "week");
+    assert_eq!(periods(2), ["1", "2-7", "8-14"]);
     assert_eq!(config.engine.funnels[0].steps.len(), 3);
 }

@@ -248,7 +248,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("[log]", &["format", "level"]),
     ("[kafka]", &["brokers", "topics", "group_id", "dead_letter_topic", "instance_id", "workers"]),
     ("[kafka.options]", &["\"auto.offset.reset\"", "\"fetch.min.bytes\""]),
-    ("[[retention]]", &["name", "cohort_event", "return_event", "days", "mode"]),
+    ("[[retention]]", &["name", "cohort_event", "return_event", "days", "periods", "granularity", "mode"]),
     ("[[funnel]]", &["name", "window", "mode", "steps"]),
 ];
 
@@ -266,6 +266,10 @@ fn toml_value() -> BoxedStrategy<String> {
             "\"on\"",
             "\"on_or_after\"",
             "\"rolling_24h\"",
+            "\"week\"",
+            "\"month\"",
+            "\"2-7\"",
+            "\"8-2\"",
             "\"strict_once\"",
             "\"127.0.0.1:0\"",
             "\"!!!\"",

@@ -12,14 +12,15 @@ use std::sync::Arc;
 
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
-use cohortflow::engine::def::{FilterValue, FunnelMode, RetentionMode};
+use cohortflow::engine::def::{Bracket, FilterValue, FunnelMode, Granularity, RetentionMode};
 use cohortflow::engine::figures::{Figures, LifecycleRow, PeriodRow, StickinessRow, StickinessTable};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
 
 const HOUR: i64 = 3_600_000;
-const START: i64 = 1_790_000_000_000; // 2026-09-21
+// 2026-09-27T09:06:40Z: the ~9 days drawn span a month's end and a week's.
+const START: i64 = 1_790_500_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Ev {
@@ -62,6 +63,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         timezone = "{tz}"
         week_start = "{week_start}"
         stickiness_windows = [7, 30]
+        history_days = 63
         [[retention]]
         name = "all"
         days = [1, 2, 3]
@@ -100,6 +102,49 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         return_event = "c"
         days = [1, 2]
         mode = "on_or_after"
+        # Weeks, months, brackets and 24-hour windows.
+        [[retention]]
+        name = "weekly"
+        granularity = "week"
+        periods = [1]
+        [[retention]]
+        name = "weekly_ab"
+        cohort_event = "a"
+        return_event = "b"
+        granularity = "week"
+        periods = [1]
+        mode = "on_or_after"
+        [[retention]]
+        name = "monthly_ca"
+        cohort_event = "c"
+        return_event = "a"
+        granularity = "month"
+        periods = [1]
+        [[retention]]
+        name = "monthly"
+        granularity = "month"
+        periods = [1]
+        mode = "on_or_after"
+        [[retention]]
+        name = "brackets"
+        cohort_event = "a"
+        return_event = "*"
+        days = [1, "2-4", "5-6"]
+        [[retention]]
+        name = "brackets_b"
+        cohort_event = "*"
+        return_event = "b"
+        days = ["1-2", 3]
+        [[retention]]
+        name = "rolling"
+        mode = "rolling_24h"
+        days = [1, "2-3"]
+        [[retention]]
+        name = "rolling_ab"
+        cohort_event = "a"
+        return_event = "b"
+        mode = "rolling_24h"
+        days = [1, 2, "3-5"]
         [[funnel]]
         name = "abc"
         window = "{window}"
@@ -241,29 +286,55 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
         month = next;
     }
 
-    // Retention.
+    // Retention: by day, week or month, brackets, 24-hour windows.
+    let week_start = cfg.engine.week_start;
     for def in &cfg.engine.retention {
+        let start = |d: jiff::civil::Date| match def.granularity {
+            Granularity::Day => d,
+            Granularity::Week => {
+                let back = (d.weekday().to_monday_zero_offset() - week_start.to_monday_zero_offset()).rem_euclid(7);
+                d - days(i64::from(back))
+            }
+            Granularity::Month => d.first_of_month(),
+        };
+        // Periods `b.from..=b.to` after the one starting on `p`: first and
+        // last day.
+        let window = |p: jiff::civil::Date, b: &Bracket| {
+            let after = |k: u32| match def.granularity {
+                Granularity::Day => p + days(i64::from(k)),
+                Granularity::Week => p + days(7 * i64::from(k)),
+                Granularity::Month => p + jiff::Span::new().months(i64::from(k)),
+            };
+            (after(b.from), after(b.to + 1) - days(1))
+        };
+        let midnight = |d: jiff::civil::Date| d.to_zoned(tz.clone()).expect("zoned").timestamp().as_millisecond();
         let mut rows: BTreeMap<jiff::civil::Date, (u64, Vec<u64>)> = BTreeMap::new();
         for &u in &users {
-            let Some(&cohort) = days_of(u, &|e| def.cohort_event.matches(e.name)).iter().next() else {
+            let cohort_events = || events.iter().filter(|e| e.user == u && def.cohort_event.matches(e.name));
+            let Some(t0) = cohort_events().map(|e| e.ts).min() else {
                 continue;
             };
-            let returns = days_of(u, &|e| def.return_event.matches(e.name));
-            let row = rows.entry(cohort).or_insert_with(|| (0, vec![0; def.days.len()]));
+            let cohort = day(t0);
+            let returns: Vec<&Ev> = events.iter().filter(|e| e.user == u && def.return_event.matches(e.name)).collect();
+            let row = rows.entry(start(cohort)).or_insert_with(|| (0, vec![0; def.periods.len()]));
             row.0 += 1;
-            for (i, &n) in def.days.iter().enumerate() {
-                let target = cohort + jiff::Span::new().days(i64::from(n));
+            for (i, b) in def.periods.iter().enumerate() {
+                let (from, to) = window(start(cohort), b);
                 let hit = match def.mode {
-                    RetentionMode::On => returns.contains(&target),
-                    RetentionMode::OnOrAfter => returns.iter().any(|r| *r >= target),
+                    RetentionMode::On => returns.iter().any(|r| (from..=to).contains(&day(r.ts))),
+                    RetentionMode::OnOrAfter => returns.iter().any(|r| day(r.ts) >= from),
+                    RetentionMode::Rolling24h => returns.iter().any(|r| {
+                        r.ts >= t0 + i64::from(b.from) * 24 * HOUR && r.ts < t0 + i64::from(b.to + 1) * 24 * HOUR
+                    }),
                 };
                 row.1[i] += u64::from(hit);
             }
         }
         out.retention.push(cohortflow::engine::figures::RetentionTable {
             name: def.name.clone(),
+            granularity: def.granularity.as_str(),
             mode: def.mode.as_str(),
-            days: def.days.clone(),
+            periods: def.periods.iter().map(ToString::to_string).collect(),
             cohorts: rows
                 .into_iter()
                 .filter(|(d, _)| *d <= wm_day)
@@ -272,15 +343,11 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                     users,
                     retained,
                     mature: def
-                        .days
+                        .periods
                         .iter()
-                        .map(|&n| {
-                            let end = (d + jiff::Span::new().days(i64::from(n) + 1))
-                                .to_zoned(tz.clone())
-                                .expect("zoned")
-                                .timestamp()
-                                .as_millisecond();
-                            wm >= end
+                        .map(|b| match def.mode {
+                            RetentionMode::Rolling24h => wm >= midnight(d + days(1)) + i64::from(b.to + 1) * 24 * HOUR,
+                            _ => wm >= midnight(window(d, b).1 + days(1)),
                         })
                         .collect(),
                 })
@@ -580,6 +647,26 @@ fn model_sanity_on_a_known_case() {
     assert_eq!(seen.len(), 2);
 }
 
+#[test]
+fn model_sanity_on_weeks_brackets_and_windows() {
+    let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
+    let day = 24 * HOUR;
+    let ev = |user, name, ts| Ev { user, name, ts: START + ts, channel: None };
+    // Sunday 2026-09-27, Monday 09-28, Wednesday 09-30, Friday 10-02.
+    let events = vec![ev(1, "a", 0), ev(1, "b", day), ev(1, "b", 3 * day + HOUR), ev(1, "c", 5 * day)];
+    let f = model(&cfg, &events);
+    let table = |name: &str| f.retention.iter().find(|t| t.name == name).expect("definition");
+    let row = |name: &str| (table(name).cohorts[0].date.clone(), table(name).cohorts[0].retained.clone());
+    // A return at t0 + 24 h exactly is in window 1; at t0 + 73 h in 3-5.
+    assert_eq!(row("rolling_ab"), ("2026-09-27".into(), vec![1, 0, 1]));
+    assert_eq!(row("brackets"), ("2026-09-27".into(), vec![1, 1, 1]));
+    assert_eq!(table("brackets").periods, ["1", "2-4", "5-6"]);
+    assert_eq!(row("weekly"), ("2026-09-21".into(), vec![1]));
+    assert_eq!(row("monthly"), ("2026-09-01".into(), vec![1]));
+    assert_eq!(row("monthly_ca"), ("2026-10-01".into(), vec![0]));
+    assert_eq!(comparable(run(&cfg, &events)), comparable(f));
+}
+
 /// A random configuration in TOML: any number of retention definitions
 /// (past the most the engine takes), a day anywhere in `u32` (the largest
 /// ones once wrapped round to −1), any `history_days`.
@@ -588,7 +675,10 @@ fn any_config() -> impl Strategy<Value = String> {
         prop::sample::select(vec!["*", "a", "b", "c", "d"]),
         prop::sample::select(vec!["*", "a", "b", "c", "d"]),
         prop::collection::btree_set(1u32..5, 1..4),
-        prop::bool::ANY,
+        prop::sample::select(vec!["on", "on_or_after", "rolling_24h"]),
+        prop::sample::select(vec!["day", "week", "month"]),
+        // A bracket from a drawn day on, maybe overlapping the next one.
+        prop::option::weighted(0.3, 0u32..3),
     );
     (
         prop_oneof![4 => 11u32..=90, 1 => prop::sample::select(vec![0, 1, 91, 4_294_967_295])],
@@ -600,15 +690,20 @@ fn any_config() -> impl Strategy<Value = String> {
     )
         .prop_map(|(history, defs, far_day)| {
             let mut text = format!("history_days = {history}\n");
-            for (i, (cohort, ret, mut days, after)) in defs.into_iter().enumerate() {
+            for (i, (cohort, ret, mut days, mode, granularity, bracket)) in defs.into_iter().enumerate() {
                 if i == 0 {
                     days.extend(far_day);
                 }
-                let days: Vec<u32> = days.into_iter().collect();
-                let mode = if after { "on_or_after" } else { "on" };
+                let mut days: Vec<String> = days.into_iter().map(|d| d.to_string()).collect();
+                if let Some(width) = bracket {
+                    let first = days[0].parse::<u64>().unwrap_or(1);
+                    days[0] = format!("\"{first}-{}\"", first + u64::from(width));
+                }
+                let key = if granularity == "day" { "days" } else { "periods" };
                 text.push_str(&format!(
                     "[[retention]]\nname = \"r{i}\"\ncohort_event = \"{cohort}\"\nreturn_event = \"{ret}\"\n\
-                     days = {days:?}\nmode = \"{mode}\"\n"
+                     {key} = [{}]\nmode = \"{mode}\"\ngranularity = \"{granularity}\"\n",
+                    days.join(", ")
                 ));
             }
             text

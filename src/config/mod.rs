@@ -156,6 +156,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::def::{Bracket, Granularity, RetentionMode};
     use crate::engine::def::{FilterValue, MAX_RETENTION};
 
     fn err(text: &str) -> String {
@@ -184,7 +185,7 @@ mod tests {
             "#,
         )
         .expect("valid");
-        assert_eq!(c.engine.retention[0].days, vec![1, 7, 30]);
+        assert_eq!(c.engine.retention[0].periods, [1, 7, 30].map(Bracket::one));
         assert_eq!(c.engine.funnels[0].window_ms, 3_600_000);
         assert_eq!(c.engine.funnels[0].steps[2].filter, vec![("channel".into(), FilterValue::Str("ads".into()))]);
         assert_eq!(c.engine.history_days, 35);
@@ -238,6 +239,55 @@ mod tests {
         assert!(e.contains("`http.header_read_timeout`"), "{e}");
         let e = err("max_user_id_bytes = 0");
         assert!(e.contains("`max_user_id_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn periods_brackets_and_granularities_are_read_or_refused_by_key() {
+        let c = Config::from_toml_str(
+            "history_days = 63\nweek_start = \"sunday\"\n[[retention]]\nname = \"w\"\ngranularity = \"week\"\nperiods = [4, 1, \"2-3\"]\n\
+             [[retention]]\nname = \"r\"\nmode = \"rolling_24h\"\ndays = [1, \"2-7\", \" 8 - 14 \"]\n\
+             [[retention]]\nname = \"m\"\ngranularity = \"month\"\nperiods = [1]\nmode = \"on_or_after\"",
+        )
+        .expect("config");
+        let r = &c.engine.retention;
+        assert_eq!(r[0].granularity, Granularity::Week);
+        assert_eq!(r[0].periods, [Bracket::one(1), Bracket { from: 2, to: 3 }, Bracket::one(4)]);
+        assert_eq!(r[1].mode, RetentionMode::Rolling24h);
+        assert_eq!(r[1].periods.iter().map(ToString::to_string).collect::<Vec<_>>(), ["1", "2-7", "8-14"]);
+        assert_eq!(r[2].granularity, Granularity::Month);
+
+        let one = |body: &str| err(&format!("history_days = 40\n[[retention]]\nname = \"x\"\n{body}"));
+        for (body, key, says) in [
+            ("granularity = \"fortnight\"", "granularity", "fortnight"),
+            ("granularity = \"week\"", "periods", "is needed"),
+            ("granularity = \"week\"\nperiods = []", "periods", "non-empty"),
+            ("granularity = \"week\"\nperiods = [5]", "periods", "history_days ≥ 43"),
+            ("granularity = \"week\"\nperiods = [1]\ndays = [1]", "days", "use `periods`"),
+            ("periods = [1]", "periods", "use `days`"),
+            ("granularity = \"month\"\nperiods = [1]", "periods", "history_days ≥ 63"),
+            ("days = [\"8-2\"]", "days", "ends before it starts"),
+            ("days = [\"x\"]", "days", "\"x\" is not a period"),
+            ("days = [\"2-\"]", "days", "is not a period"),
+            ("days = [0]", "days", "0 is not a period"),
+            ("days = [-3]", "days", "-3 is not a period"),
+            ("days = [1.5]", "days", "is not a period"),
+            ("days = [1, \"1-3\"]", "days", "overlap"),
+            ("days = [\"2-7\", \"5-9\"]", "days", "2-7 and 5-9 overlap"),
+            ("days = [3, 3]", "days", "names 3 twice"),
+            ("days = [1, \"2-7\"]\nmode = \"on_or_after\"", "days", "brackets"),
+            ("mode = \"rolling_24h\"\ndays = [38]", "days", "history_days ≥ 41"),
+            ("mode = \"rolling_24h\"\ngranularity = \"week\"\nperiods = [1]", "mode", "granularity = \"day\""),
+        ] {
+            let e = one(body);
+            assert!(e.contains(&format!("`retention[0].{key}`")) && e.contains(says), "{body}: {e}");
+        }
+        // Just inside the history: day 37 of a rolling window with 40 days.
+        assert!(
+            Config::from_toml_str(
+                "history_days = 40\n[[retention]]\nname = \"x\"\nmode = \"rolling_24h\"\ndays = [37]"
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -302,7 +352,7 @@ mod tests {
     fn defaults_give_one_retention_definition() {
         let c = Config::from_toml_str("").expect("valid");
         assert_eq!(c.engine.retention.len(), 1);
-        assert_eq!(c.engine.retention[0].days, vec![1, 3, 7, 14, 30]);
+        assert_eq!(c.engine.retention[0].periods, [1, 3, 7, 14, 30].map(Bracket::one));
         assert!(c.engine.funnels.is_empty());
         assert_eq!(c.engine.max_funnel_events_per_user, 10_000);
         assert_eq!((c.engine.week_start, c.engine.stickiness_windows.clone()), (jiff::civil::Weekday::Monday, vec![7]));

@@ -223,16 +223,23 @@ pub(super) struct RawRetention {
     pub(super) cohort_event: String,
     #[serde(default = "star")]
     pub(super) return_event: String,
-    #[serde(default = "default_days")]
-    pub(super) days: Vec<u32>,
+    /// Periods N and brackets (`7`, `"8-14"`) of a `day` definition.
+    pub(super) days: Option<Vec<toml::Value>>,
+    /// The same for `week` and `month` definitions.
+    pub(super) periods: Option<Vec<toml::Value>>,
+    #[serde(default = "default_granularity")]
+    pub(super) granularity: String,
     #[serde(default = "default_mode")]
     pub(super) mode: String,
 }
 pub(super) fn star() -> String {
     "*".into()
 }
-pub(super) fn default_days() -> Vec<u32> {
-    vec![1, 3, 7, 14, 30]
+pub(super) fn default_days() -> Vec<toml::Value> {
+    [1, 3, 7, 14, 30].map(toml::Value::Integer).to_vec()
+}
+pub(super) fn default_granularity() -> String {
+    "day".into()
 }
 pub(super) fn default_mode() -> String {
     "on".into()

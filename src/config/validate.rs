@@ -9,12 +9,13 @@ use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use super::raw::{
-    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawStep, default_days, default_mode, star,
+    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawStep, default_days,
+    default_granularity, default_mode, star,
 };
 use super::{Config, ConfigError, KafkaConfig, MAX_USER_ID_BYTES, MAX_WORKERS, invalid};
 use crate::engine::def::{
-    EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, MAX_RETENTION, MAX_STEPS, MAX_USERS, RetentionDef,
-    RetentionMode, StepDef,
+    Bracket, EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, Granularity, MAX_RETENTION, MAX_STEPS,
+    MAX_USERS, RetentionDef, RetentionMode, StepDef,
 };
 use crate::event::FieldNames;
 use crate::export::http::Limits as HttpLimits;
@@ -208,7 +209,9 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
             name: "new_users".into(),
             cohort_event: star(),
             return_event: star(),
-            days: default_days(),
+            days: None,
+            periods: None,
+            granularity: default_granularity(),
             mode: default_mode(),
         }]
     } else {
@@ -236,46 +239,122 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
         let mode = match r.mode.as_str() {
             "on" => RetentionMode::On,
             "on_or_after" => RetentionMode::OnOrAfter,
-            "rolling_24h" => {
+            "rolling_24h" => RetentionMode::Rolling24h,
+            other => {
                 return Err(invalid(
                     key("mode"),
-                    "\"rolling_24h\" is not supported yet; use \"on\" or \"on_or_after\"",
+                    format!("`{other}` is not one of \"on\", \"on_or_after\", \"rolling_24h\""),
                 ));
             }
+        };
+        let granularity = match r.granularity.as_str() {
+            "day" => Granularity::Day,
+            "week" => Granularity::Week,
+            "month" => Granularity::Month,
             other => {
-                return Err(invalid(key("mode"), format!("`{other}` is not one of \"on\", \"on_or_after\"")));
+                return Err(invalid(
+                    key("granularity"),
+                    format!("`{other}` is not one of \"day\", \"week\", \"month\""),
+                ));
             }
         };
-        let mut days = r.days.clone();
-        days.sort_unstable();
-        days.dedup();
-        if days.is_empty() || days.len() != r.days.len() || days[0] == 0 {
-            return Err(invalid(key("days"), "must be a non-empty list of distinct days ≥ 1"));
+        if mode == RetentionMode::Rolling24h && granularity != Granularity::Day {
+            return Err(invalid(key("mode"), "\"rolling_24h\" groups cohorts by day: it takes granularity = \"day\""));
         }
-        // A return on day N must still be in the history when the
-        // cohort day leaves it: N + 2 days at most. Computed wide, so
-        // that no day can wrap round (a day of 2^32 − 1 once did).
-        let max = days[days.len() - 1];
-        if u64::from(max) + 2 > u64::from(history_days) {
+        // `days` for a day definition, `periods` for a week or month one.
+        let (list_key, list, other) = match granularity {
+            Granularity::Day => ("days", r.days.unwrap_or_else(default_days), r.periods.map(|_| "periods")),
+            _ => (
+                "periods",
+                r.periods.ok_or_else(|| {
+                    invalid(key("periods"), "is needed for a week or month definition, e.g. [1, 2, 4]")
+                })?,
+                r.days.map(|_| "days"),
+            ),
+        };
+        if let Some(other) = other {
             return Err(invalid(
-                key("days"),
-                format!(
-                    "day {max} needs history_days ≥ {} (history_days is {}, at most 90)",
-                    u64::from(max) + 2,
-                    history_days
-                ),
+                key(other),
+                format!("does not apply to granularity = \"{}\"; use `{list_key}`", granularity.as_str()),
+            ));
+        }
+        let periods = brackets(&key(list_key), &list)?;
+        if mode == RetentionMode::OnOrAfter && periods.iter().any(|b| !b.is_one()) {
+            return Err(invalid(key(list_key), "brackets (\"2-7\") take mode = \"on\" or \"rolling_24h\""));
+        }
+        // A return in the last period must still be in the history when
+        // the cohort's first day leaves it. Computed wide, so that no day
+        // can wrap round (a day of 2^32 − 1 once did).
+        let max = u64::from(periods.iter().map(|b| b.to).max().unwrap_or(0));
+        let (needed, what) = match (granularity, mode) {
+            // The 24 hours of window N end up to a day after day D+N.
+            (Granularity::Day, RetentionMode::Rolling24h) => (max + 3, format!("a 24-hour window {max}")),
+            (Granularity::Day, _) => (max + 2, format!("day {max}")),
+            // From a week's first day to the last day of week N.
+            (Granularity::Week, _) => (7 * max + 8, format!("week {max}")),
+            // From a month's first day to the last day of month N, months
+            // of 31 days.
+            (Granularity::Month, _) => (31 * (max + 1) + 1, format!("month {max}")),
+        };
+        if needed > u64::from(history_days) {
+            return Err(invalid(
+                key(list_key),
+                format!("{what} needs history_days ≥ {needed} (history_days is {history_days}, at most 90)"),
             ));
         }
         retention.push(RetentionDef {
             name: r.name,
             cohort_event: EventMatch::parse(&r.cohort_event),
             return_event: EventMatch::parse(&r.return_event),
-            days,
+            granularity,
+            periods,
             mode,
         });
     }
 
     Ok(retention)
+}
+
+/// A list of periods N (`7`) and brackets (`"8-14"`, both ends
+/// included): each ≥ 1, ascending once sorted, none overlapping another.
+fn brackets(key: &str, list: &[toml::Value]) -> Result<Vec<Bracket>, ConfigError> {
+    let number = |text: &str| text.trim().parse::<u32>().ok().filter(|&n| n >= 1);
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        let b = match v {
+            toml::Value::Integer(n) => {
+                u32::try_from(*n).ok().filter(|&n| n >= 1).map(Bracket::one).ok_or_else(|| {
+                    invalid(key, format!("{n} is not a period: periods are whole numbers from 1 to {}", u32::MAX))
+                })?
+            }
+            toml::Value::String(text) => {
+                let parsed = match text.split_once('-') {
+                    Some((a, b)) => number(a).zip(number(b)).map(|(from, to)| Bracket { from, to }),
+                    None => number(text).map(Bracket::one),
+                };
+                let b = parsed.ok_or_else(|| {
+                    invalid(key, format!("\"{text}\" is not a period or a bracket like \"8-14\" (whole numbers ≥ 1)"))
+                })?;
+                if b.from > b.to {
+                    return Err(invalid(key, format!("the bracket \"{text}\" ends before it starts")));
+                }
+                b
+            }
+            other => return Err(invalid(key, format!("{other} is not a period or a bracket like \"8-14\""))),
+        };
+        out.push(b);
+    }
+    if out.is_empty() {
+        return Err(invalid(key, "must be a non-empty list of periods ≥ 1, e.g. [1, 7, \"8-14\"]"));
+    }
+    out.sort_unstable();
+    if let Some(p) = out.windows(2).find(|p| p[1].from <= p[0].to) {
+        return Err(invalid(
+            key,
+            if p[0] == p[1] { format!("names {} twice", p[0]) } else { format!("{} and {} overlap", p[0], p[1]) },
+        ));
+    }
+    Ok(out)
 }
 
 /// `[[funnel]]`: names, windows, modes and steps with their filters.

@@ -127,6 +127,13 @@ pub fn month_of(day: Day) -> (Day, Day) {
     (day_number(date.first_of_month()), day_number(date.last_of_month()) + 1)
 }
 
+/// The first day of the month `k` months after the one starting on
+/// `month` (a month's first day).
+pub fn add_months(month: Day, k: u32) -> Day {
+    let span = jiff::Span::new().try_months(i64::from(k)).ok();
+    span.and_then(|s| date_of(month).checked_add(s).ok()).map_or(Day::MAX, day_number)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +153,9 @@ mod tests {
         }
         assert_eq!(month_of(day(2024, 2, 29)), (day(2024, 2, 1), day(2024, 3, 1)));
         assert_eq!(month_of(day(2026, 12, 31)), (day(2026, 12, 1), day(2027, 1, 1)));
+        assert_eq!(add_months(day(2026, 11, 1), 0), day(2026, 11, 1));
+        assert_eq!(add_months(day(2026, 11, 1), 3), day(2027, 2, 1));
+        assert_eq!(add_months(day(2024, 1, 1), 1), day(2024, 2, 1));
     }
 
     #[test]

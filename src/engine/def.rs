@@ -85,13 +85,16 @@ impl EventMatch {
     }
 }
 
-/// How a return on day N is counted.
+/// How a return in period N is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetentionMode {
-    /// A return event on business day D+N exactly.
+    /// A return event in period D+N exactly (a business day, week or month).
     On,
-    /// A return event on any business day ≥ D+N (unbounded retention).
+    /// A return event in any period ≥ D+N (unbounded retention).
     OnOrAfter,
+    /// A return event in the N-th 24 hours after the user's first cohort
+    /// event, `[t0 + N·24 h, t0 + (N+1)·24 h)`; cohorts by day.
+    Rolling24h,
 }
 
 impl RetentionMode {
@@ -100,7 +103,61 @@ impl RetentionMode {
         match self {
             RetentionMode::On => "on",
             RetentionMode::OnOrAfter => "on_or_after",
+            RetentionMode::Rolling24h => "rolling_24h",
         }
+    }
+}
+
+/// The calendar period a retention definition's cohorts and returns are
+/// counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// Business days.
+    Day,
+    /// Calendar weeks starting on `week_start`.
+    Week,
+    /// Calendar months.
+    Month,
+}
+
+impl Granularity {
+    /// The config spelling, which is also the name of the label that
+    /// names N (`day="7"`, `week="1"`, `month="1"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Day => "day",
+            Granularity::Week => "week",
+            Granularity::Month => "month",
+        }
+    }
+}
+
+/// One figure of a retention definition: period N (`from == to`), or a
+/// bracket of periods, a return in any of which counts (`"8-14"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bracket {
+    /// The first period, ≥ 1.
+    pub from: u32,
+    /// The last period, ≥ `from`.
+    pub to: u32,
+}
+
+impl Bracket {
+    /// Period N alone.
+    pub fn one(n: u32) -> Self {
+        Bracket { from: n, to: n }
+    }
+
+    /// Whether this is one period, not a range of them.
+    pub fn is_one(self) -> bool {
+        self.from == self.to
+    }
+}
+
+impl std::fmt::Display for Bracket {
+    /// The label value: `7`, or `8-14` for a bracket.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_one() { write!(f, "{}", self.from) } else { write!(f, "{}-{}", self.from, self.to) }
     }
 }
 
@@ -109,14 +166,45 @@ impl RetentionMode {
 pub struct RetentionDef {
     /// Label value `retention`.
     pub name: String,
-    /// The event whose first occurrence sets the cohort day.
+    /// The event whose first occurrence sets the cohort.
     pub cohort_event: EventMatch,
     /// The event that counts as a return.
     pub return_event: EventMatch,
-    /// The N of each DN figure, ascending, distinct, ≥ 1.
-    pub days: Vec<u32>,
+    /// The period cohorts and returns are counted in.
+    pub granularity: Granularity,
+    /// The figures: periods N and brackets, ascending, not overlapping,
+    /// from 1 on (`days` or `periods` in the config).
+    pub periods: Vec<Bracket>,
     /// How returns are counted.
     pub mode: RetentionMode,
+}
+
+impl RetentionDef {
+    /// A definition by business day, of periods N (no brackets), for
+    /// tests and examples.
+    pub fn daily(name: &str, cohort_event: &str, return_event: &str, days: &[u32], mode: RetentionMode) -> Self {
+        RetentionDef {
+            name: name.into(),
+            cohort_event: EventMatch::parse(cohort_event),
+            return_event: EventMatch::parse(return_event),
+            granularity: Granularity::Day,
+            periods: days.iter().map(|&n| Bracket::one(n)).collect(),
+            mode,
+        }
+    }
+
+    /// How many days after a cohort's day a return can still count: to
+    /// the last day of its last period (the last 24-hour window ends up
+    /// to a day after day D+N; a month has up to 31 days).
+    pub fn reach_days(&self) -> u64 {
+        let max = u64::from(self.periods.iter().map(|b| b.to).max().unwrap_or(0));
+        match (self.granularity, self.mode) {
+            (Granularity::Day, RetentionMode::Rolling24h) => max + 1,
+            (Granularity::Day, _) => max,
+            (Granularity::Week, _) => 7 * max + 6,
+            (Granularity::Month, _) => 31 * (max + 1) - 1,
+        }
+    }
 }
 
 /// How a funnel chains its steps (ClickHouse `windowFunnel` modes).

@@ -34,9 +34,10 @@ pub struct CohortRow {
     pub date: String,
     /// Cohort size.
     pub users: u64,
-    /// Retained users for each configured day N (same order as `days`).
+    /// Retained users for each configured figure (same order as `periods`).
     pub retained: Vec<u64>,
-    /// Whether each cell is mature (the watermark passed the end of D+N).
+    /// Whether each cell is mature (the watermark passed the end of D+N,
+    /// or of the last period of the bracket).
     pub mature: Vec<bool>,
 }
 
@@ -45,10 +46,13 @@ pub struct CohortRow {
 pub struct RetentionTable {
     /// Definition name.
     pub name: String,
-    /// `on` or `on_or_after`.
+    /// `day`, `week` or `month`: the period of the cohorts, and the name of
+    /// the label of `periods` in the metrics.
+    pub granularity: &'static str,
+    /// `on`, `on_or_after` or `rolling_24h`.
     pub mode: &'static str,
-    /// The configured N values.
-    pub days: Vec<u32>,
+    /// The configured figures: periods N (`"7"`) and brackets (`"8-14"`).
+    pub periods: Vec<String>,
     /// Cohorts, oldest first.
     pub cohorts: Vec<CohortRow>,
 }

@@ -283,7 +283,7 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
     let in_window =
         |date: &str| date.parse::<jiff::civil::Date>().map(calendar::day_number).is_ok_and(|d| d >= from && d <= to);
     activity::rewindow(&mut out, cfg, from, to);
-    retention::rewindow(&mut out, Ctx { cfg, cal: &cal }, wm, in_window);
+    retention::rewindow(&mut out, Ctx { cfg, cal: &cal }, wm, from, to);
     funnel::rewindow(&mut out, in_window);
     out
 }
@@ -291,18 +291,12 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::def::{EventMatch, FunnelDef, FunnelMode, RetentionDef, RetentionMode};
+    use crate::engine::def::{FunnelDef, FunnelMode, RetentionDef, RetentionMode};
 
     /// One retention definition and a view → order funnel, with
     /// `history_days` of history and a cap of `cap` funnel events a user.
     fn view_order_config(history_days: u32, cap: u32) -> Arc<EngineConfig> {
-        let all = RetentionDef {
-            name: "all".into(),
-            cohort_event: EventMatch::Any,
-            return_event: EventMatch::Any,
-            days: vec![1],
-            mode: RetentionMode::On,
-        };
+        let all = RetentionDef::daily("all", "*", "*", &[1], RetentionMode::On);
         let checkout = FunnelDef::of_steps("checkout", 3_600_000, FunnelMode::Default, &["view", "order"]);
         Arc::new(EngineConfig {
             max_funnel_events_per_user: cap,

@@ -1,20 +1,27 @@
-//! Retention: per cohort day, the users whose cohort event fell on it and
-//! those of them who came back on (or on or after) day N.
+//! Retention: per cohort period (a business day, a calendar week or
+//! month), the users whose first cohort event fell in it and those of them
+//! who came back in (or from) period N, or in any period of a bracket
+//! (`"8-14"`); with `rolling_24h`, in the N-th 24 hours after that first
+//! event, by cohort day.
 //!
 //! Per user and definition it keeps no more than its mode needs: the
 //! cohort day (unless the cohort is the first day seen, or an earlier
 //! definition with the same cohort event holds it), and the return days
 //! (none when any event returns: the active days serve; the latest one for
-//! `on_or_after`; the set of them for `on`).
+//! `on_or_after`; the set of them for `on`). `rolling_24h` keeps the time
+//! of the first cohort event and, per 24 hours of event time since the
+//! epoch in which the user returned, the first and last return: a window
+//! of 24 hours or more holds at most one boundary in such a slice, so
+//! these two times say whether a return fell in it.
 
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
 use super::StateMismatch;
-use super::calendar::{Calendar, Day};
+use super::calendar::{Calendar, Day, add_months, month_of, week_of};
 use super::days::{Day16, DayRows, DaySets, NO_DAY, ensure_len};
-use super::def::{EngineConfig, EventMatch, RetentionMode};
+use super::def::{Bracket, EngineConfig, EventMatch, Granularity, RetentionDef, RetentionMode};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
 use super::figures::{CohortRow, Figures, RetentionTable};
 use super::users::Users;
@@ -61,8 +68,118 @@ struct CohortCounts {
 struct Definition {
     cohort: Cohort,
     returns: Returns,
+    /// The cohort rows, by the first day of their period.
     rows: DayRows<CohortCounts>,
+    periods: Periods,
+    /// Days, each figure one day N: the direct paths.
+    plain: bool,
+    /// How many figures.
+    periods_len: usize,
+    /// Return slices announced by a snapshot head, until the columns are
+    /// read.
+    slices: u64,
 }
+
+/// How a definition's periods fall on the calendar.
+#[derive(Debug, Clone, Copy)]
+struct Periods {
+    granularity: Granularity,
+    week_start: jiff::civil::Weekday,
+}
+
+impl Periods {
+    /// The first day of the period holding `day`.
+    fn start(self, day: Day) -> Day {
+        match self.granularity {
+            Granularity::Day => day,
+            Granularity::Week => week_of(day, self.week_start),
+            Granularity::Month => month_of(day).0,
+        }
+    }
+
+    /// The first and last day of periods `b.from..=b.to` after the one
+    /// holding `cohort`.
+    fn window(self, cohort: Day, b: Bracket) -> (Day, Day) {
+        match self.granularity {
+            Granularity::Day => (cohort + b.from as Day, cohort + b.to as Day),
+            Granularity::Week => {
+                let week = week_of(cohort, self.week_start);
+                (week + 7 * b.from as Day, week + 7 * b.to as Day + 6)
+            }
+            Granularity::Month => {
+                let month = month_of(cohort).0;
+                (add_months(month, b.from), add_months(month, b.to + 1) - 1)
+            }
+        }
+    }
+}
+
+/// The milliseconds of a slice of event time (see the module docs).
+const SLICE_MS: i64 = 86_400_000;
+
+/// A slice of event time in which a user returned: its number since the
+/// epoch, and the first and last return in it, in milliseconds from its
+/// start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Slice {
+    n: u32,
+    first: u32,
+    last: u32,
+}
+
+/// Per user, the slices with a return, in ascending order.
+#[derive(Debug, Clone, Default)]
+struct ReturnTimes {
+    users: Vec<Vec<Slice>>,
+}
+
+impl ReturnTimes {
+    /// Adds a return at `ts` to user `u`'s slices, forgetting those a
+    /// return no longer reaches (further back than `keep_slices` before
+    /// it); true when the slices changed.
+    fn insert(&mut self, u: usize, ts: i64, keep_slices: u32) -> bool {
+        let (n, at) = ((ts / SLICE_MS) as u32, (ts % SLICE_MS) as u32);
+        let slices = &mut self.users[u];
+        let old = slices.iter().take_while(|s| s.n.saturating_add(keep_slices) < n).count();
+        slices.drain(..old);
+        match slices.binary_search_by_key(&n, |s| s.n) {
+            Ok(i) => {
+                let s = &mut slices[i];
+                let before = *s;
+                s.first = s.first.min(at);
+                s.last = s.last.max(at);
+                *s != before || old > 0
+            }
+            Err(i) => {
+                slices.insert(i, Slice { n, first: at, last: at });
+                true
+            }
+        }
+    }
+
+    /// Whether user `u` returned in `[from, to)`, a span of at least one
+    /// slice.
+    fn any_in(&self, u: usize, from: i64, to: i64) -> bool {
+        debug_assert!(to - from >= SLICE_MS);
+        let (lo, hi) = ((from / SLICE_MS) as u32, ((to - 1) / SLICE_MS) as u32);
+        let slices = &self.users[u];
+        let start = slices.partition_point(|s| s.n < lo);
+        slices[start..].iter().take_while(|s| s.n <= hi).any(|s| {
+            let base = i64::from(s.n) * SLICE_MS;
+            // At most one of the two bounds falls inside the slice.
+            base + i64::from(s.last) >= from && base + i64::from(s.first) < to
+        })
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.users.capacity() * std::mem::size_of::<Vec<Slice>>()
+            + self.users.iter().map(|v| v.capacity() * std::mem::size_of::<Slice>()).sum::<usize>()
+    }
+}
+
+/// "No cohort event yet", in a column of first cohort times.
+const NO_TIME: i64 = i64::MAX;
 
 /// Where a retention definition finds each user's cohort day.
 #[derive(Debug, Clone)]
@@ -74,6 +191,9 @@ enum Cohort {
     /// The column of an earlier definition with the same cohort event,
     /// which always holds the same days. Only that definition writes it.
     SameAs(usize),
+    /// `rolling_24h`: per user the time of the first cohort event, or
+    /// [`NO_TIME`].
+    Time(Vec<i64>),
 }
 
 /// What a retention definition remembers of each user's return events.
@@ -86,6 +206,8 @@ enum Returns {
     Latest(Vec<Day16>),
     /// `on`: per user the days with a return event.
     Days(DaySets),
+    /// `rolling_24h`: per user the slices of time with a return event.
+    Times(ReturnTimes),
 }
 
 /// The retention family: one state per `[[retention]]` definition.
@@ -100,8 +222,11 @@ struct Head {
     /// Whether a cohort column follows (not when the cohort is the first
     /// day seen, or an earlier definition's column serves).
     cohort: bool,
-    /// 0: no return column, 1: latest return days, 2: return day sets.
+    /// 0: no return column, 1: latest return days, 2: return day sets,
+    /// 3: first cohort times and return slices.
     returns: u8,
+    /// With `returns = 3`: the return slices of all users together.
+    slices: u64,
     rows: DayRows<CohortCounts>,
 }
 
@@ -109,34 +234,106 @@ impl Retention {
     /// The user's cohort day in definition `r` ([`NO_DAY`] for none yet);
     /// `first_seen` is the user's first day seen, which the cohort is when
     /// any event is a cohort event.
-    fn cohort_day(&self, r: usize, uid: u32, first_seen: Day) -> Day {
+    fn cohort_day(&self, ctx: Ctx<'_>, r: usize, uid: u32, first_seen: Day) -> Day {
         match &self.defs[r].cohort {
             Cohort::FirstSeen => first_seen,
             Cohort::Own(cohort) => cohort[uid as usize].unpack(),
-            Cohort::SameAs(owner) => self.cohort_day(*owner, uid, first_seen),
+            Cohort::SameAs(owner) => self.cohort_day(ctx, *owner, uid, first_seen),
+            Cohort::Time(t0) => match t0[uid as usize] {
+                NO_TIME => NO_DAY,
+                t => ctx.cal.day_of(t),
+            },
         }
     }
 
-    fn retained_by(&self, ctx: Ctx<'_>, users: &Users, r: usize, uid: u32, cohort: Day, n: u32) -> bool {
-        let target = cohort + n as i32;
+    /// Whether user `uid` of cohort day `cohort` is retained by figure `b`.
+    fn retained_by(&self, ctx: Ctx<'_>, users: &Users, r: usize, uid: u32, cohort: Day, b: Bracket) -> bool {
+        let state = &self.defs[r];
+        let (from, to) = state.periods.window(cohort, b);
         let u = uid as usize;
-        match &self.defs[r].returns {
+        match &state.returns {
             Returns::Active => match ctx.cfg.retention[r].mode {
-                RetentionMode::On => users.active().contains(u, target),
-                RetentionMode::OnOrAfter => users.active().latest(u).is_some_and(|l| l >= target),
+                RetentionMode::OnOrAfter => users.active().latest(u).is_some_and(|l| l >= from),
+                _ if from == to => users.active().contains(u, from),
+                _ => users.active().count_in(u, from, to) > 0,
             },
             // NO_DAY (none yet) is below every target.
-            Returns::Latest(v) => v[u].unpack() >= target,
-            Returns::Days(v) => v.contains(u, target),
+            Returns::Latest(v) => v[u].unpack() >= from,
+            Returns::Days(v) if from == to => v.contains(u, from),
+            Returns::Days(v) => v.count_in(u, from, to) > 0,
+            Returns::Times(_) => unreachable!("rolling_24h definitions are counted by rolling_flags"),
+        }
+    }
+
+    /// Bit i: whether the user, first cohort event at `t0`, returned in the
+    /// 24-hour windows of the definition's i-th figure.
+    fn rolling_flags(&self, ctx: Ctx<'_>, r: usize, uid: u32, t0: i64) -> u128 {
+        let Returns::Times(times) = &self.defs[r].returns else { return 0 };
+        let at = |n: u32| t0.saturating_add(i64::from(n) * SLICE_MS);
+        ctx.cfg.retention[r]
+            .periods
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, b)| m | u128::from(times.any_in(uid as usize, at(b.from), at(b.to + 1))) << i)
+    }
+
+    /// Adds `sign` times the user's flags to the row of cohort day `day`.
+    fn count_rolling(&mut self, r: usize, day: Day, flags: u128, users: i64, sign: i64) {
+        let n = self.defs[r].periods_len;
+        if let Some(row) = self.defs[r].rows.row(day) {
+            row.users += users;
+            for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
+                *cell += sign * (flags >> i & 1) as i64;
+            }
+        }
+    }
+
+    /// `rolling_24h`: what an event does to definition `r`.
+    fn record_rolling(&mut self, ctx: Ctx<'_>, r: usize, t: &Touch<'_>, cohort: bool, returns: bool) {
+        let u = t.uid as usize;
+        let t0 = match &self.defs[r].cohort {
+            Cohort::Time(t0) => t0[u],
+            _ => return,
+        };
+        if returns {
+            let before = (t0 != NO_TIME).then(|| self.rolling_flags(ctx, r, t.uid, t0));
+            // Slices a return can no longer reach: the history and a day
+            // of lateness and of a window's spill past its day.
+            let keep = ctx.cfg.history_days + 3;
+            let changed = match &mut self.defs[r].returns {
+                Returns::Times(times) => times.insert(u, t.ts, keep),
+                _ => false,
+            };
+            if let Some(before) = before
+                && changed
+            {
+                let after = self.rolling_flags(ctx, r, t.uid, t0);
+                if after != before {
+                    let day = ctx.cal.day_of(t0);
+                    self.count_rolling(r, day, before, 0, -1);
+                    self.count_rolling(r, day, after, 0, 1);
+                }
+            }
+        }
+        if cohort && t.ts < t0 {
+            if t0 != NO_TIME {
+                let was = self.rolling_flags(ctx, r, t.uid, t0);
+                self.count_rolling(r, ctx.cal.day_of(t0), was, -1, -1);
+            }
+            if let Cohort::Time(v) = &mut self.defs[r].cohort {
+                v[u] = t.ts;
+            }
+            let now = self.rolling_flags(ctx, r, t.uid, t.ts);
+            self.count_rolling(r, t.day, now, 1, 1);
         }
     }
 
     /// A return event: credit the cohort cells it newly fills. The cohort
     /// of a definition whose cohort event is any event is the first day
     /// seen before the event: a cohort the event moves is moved after.
-    fn credit_return(&mut self, ctx: Ctx<'_>, r: usize, t: &Touch<'_>) {
+    fn credit_return(&mut self, ctx: Ctx<'_>, users: &Users, r: usize, t: &Touch<'_>) {
         let (uid, day) = (t.uid, t.day);
-        let cohort = self.cohort_day(r, uid, t.old_first);
+        let cohort = self.cohort_day(ctx, r, uid, t.old_first);
         let state = &mut self.defs[r];
         let (newly, prev_latest) = match &mut state.returns {
             Returns::Active => (t.newly_active, t.prev_latest_active),
@@ -153,50 +350,63 @@ impl Retention {
                 let prev = v.latest(uid as usize);
                 (v.insert(uid as usize, day), prev)
             }
+            Returns::Times(_) => return,
         };
-        if cohort == NO_DAY {
+        if cohort == NO_DAY || !newly {
             return;
         }
         let def = &ctx.cfg.retention[r];
+        let (plain, periods) = (state.plain, state.periods);
+        let Some(row) = state.rows.row(periods.start(cohort)) else { return };
         match def.mode {
-            RetentionMode::On => {
-                if !newly {
-                    return;
-                }
+            RetentionMode::On if plain => {
                 let n = day - cohort;
-                if let Some(i) = def.days.iter().position(|&d| d as i32 == n)
-                    && let Some(row) = state.rows.row(cohort)
-                {
-                    ensure_len(&mut row.retained, def.days.len())[i] += 1;
+                if let Some(i) = def.periods.iter().position(|b| b.from as i32 == n) {
+                    ensure_len(&mut row.retained, def.periods.len())[i] += 1;
                 }
             }
-            RetentionMode::OnOrAfter => {
-                for (i, &n) in def.days.iter().enumerate() {
-                    let target = cohort + n as i32;
-                    if target <= day
-                        && prev_latest.is_none_or(|p| p < target)
-                        && let Some(row) = state.rows.row(cohort)
-                    {
-                        ensure_len(&mut row.retained, def.days.len())[i] += 1;
+            RetentionMode::On => {
+                // The first return in a figure's window fills it: this day,
+                // just added, is the only one there.
+                let returned = |from, to| match &state.returns {
+                    Returns::Active => users.active().count_in(uid as usize, from, to),
+                    Returns::Days(v) => v.count_in(uid as usize, from, to),
+                    Returns::Latest(_) | Returns::Times(_) => 0,
+                };
+                for (i, &b) in def.periods.iter().enumerate() {
+                    let (from, to) = periods.window(cohort, b);
+                    if (from..=to).contains(&day) && returned(from, to) == 1 {
+                        ensure_len(&mut row.retained, def.periods.len())[i] += 1;
                     }
                 }
             }
+            RetentionMode::OnOrAfter => {
+                for (i, &b) in def.periods.iter().enumerate() {
+                    let target = periods.window(cohort, b).0;
+                    if target <= day && prev_latest.is_none_or(|p| p < target) {
+                        ensure_len(&mut row.retained, def.periods.len())[i] += 1;
+                    }
+                }
+            }
+            RetentionMode::Rolling24h => {}
         }
     }
 
     /// Moves a user from cohort `old` (maybe none) to the earlier `new`.
     fn move_cohort(&mut self, ctx: Ctx<'_>, users: &Users, r: usize, uid: u32, old: Day, new: Day) {
-        let days = &ctx.cfg.retention[r].days;
-        // Bit i: retained by the i-th N (config validation keeps N ≤ 88).
+        let periods = &ctx.cfg.retention[r].periods;
+        // Bit i: retained by the i-th figure (config validation keeps
+        // them under 128).
         let flags = |this: &Self, c: Day| -> u128 {
-            let by = |n| this.retained_by(ctx, users, r, uid, c, n);
-            days.iter().enumerate().fold(0, |m, (i, &n)| m | u128::from(by(n)) << i)
+            let by = |b| this.retained_by(ctx, users, r, uid, c, b);
+            periods.iter().enumerate().fold(0, |m, (i, &b)| m | u128::from(by(b)) << i)
         };
+        let shape = self.defs[r].periods;
         if old != NO_DAY {
             let was = flags(self, old);
-            if let Some(row) = self.defs[r].rows.row(old) {
+            if let Some(row) = self.defs[r].rows.row(shape.start(old)) {
                 row.users -= 1;
-                for (i, cell) in ensure_len(&mut row.retained, days.len()).iter_mut().enumerate() {
+                for (i, cell) in ensure_len(&mut row.retained, periods.len()).iter_mut().enumerate() {
                     *cell -= (was >> i & 1) as i64;
                 }
             }
@@ -206,9 +416,9 @@ impl Retention {
         if let Cohort::Own(cohort) = &mut state.cohort {
             cohort[uid as usize] = Day16::pack(new);
         }
-        if let Some(row) = state.rows.row(new) {
+        if let Some(row) = state.rows.row(shape.start(new)) {
             row.users += 1;
-            for (i, cell) in ensure_len(&mut row.retained, days.len()).iter_mut().enumerate() {
+            for (i, cell) in ensure_len(&mut row.retained, periods.len()).iter_mut().enumerate() {
                 *cell += (now >> i & 1) as i64;
             }
         }
@@ -218,24 +428,33 @@ impl Retention {
 impl Family for Retention {
     fn new(ctx: Ctx<'_>) -> Self {
         let defs = &ctx.cfg.retention;
+        let rolling = |d: &RetentionDef| d.mode == RetentionMode::Rolling24h;
         let defs = defs
             .iter()
             .enumerate()
             .map(|(r, def)| Definition {
-                cohort: if def.cohort_event == EventMatch::Any {
+                cohort: if rolling(def) {
+                    Cohort::Time(Vec::new())
+                } else if def.cohort_event == EventMatch::Any {
                     Cohort::FirstSeen
                 } else {
-                    match defs[..r].iter().position(|earlier| earlier.cohort_event == def.cohort_event) {
+                    let same = |earlier: &RetentionDef| earlier.cohort_event == def.cohort_event && !rolling(earlier);
+                    match defs[..r].iter().position(same) {
                         Some(owner) => Cohort::SameAs(owner),
                         None => Cohort::Own(Vec::new()),
                     }
                 },
                 returns: match (&def.return_event, def.mode) {
+                    (_, RetentionMode::Rolling24h) => Returns::Times(ReturnTimes::default()),
                     (EventMatch::Any, _) => Returns::Active,
                     (_, RetentionMode::OnOrAfter) => Returns::Latest(Vec::new()),
                     (_, RetentionMode::On) => Returns::Days(DaySets::for_history(ctx.cfg.history_days)),
                 },
                 rows: DayRows::default(),
+                periods: Periods { granularity: def.granularity, week_start: ctx.cfg.week_start },
+                plain: def.granularity == Granularity::Day && def.periods.iter().all(|b| b.is_one()) && !rolling(def),
+                periods_len: def.periods.len(),
+                slices: 0,
             })
             .collect();
         Retention { defs }
@@ -243,13 +462,16 @@ impl Family for Retention {
 
     fn push_user(&mut self) {
         for state in &mut self.defs {
-            if let Cohort::Own(cohort) = &mut state.cohort {
-                cohort.push(Day16::pack(NO_DAY));
+            match &mut state.cohort {
+                Cohort::Own(cohort) => cohort.push(Day16::pack(NO_DAY)),
+                Cohort::Time(t0) => t0.push(NO_TIME),
+                Cohort::FirstSeen | Cohort::SameAs(_) => {}
             }
             match &mut state.returns {
                 Returns::Active => {}
                 Returns::Latest(v) => v.push(Day16::pack(NO_DAY)),
                 Returns::Days(v) => v.push_empty(),
+                Returns::Times(v) => v.users.push(Vec::new()),
             }
         }
     }
@@ -262,12 +484,20 @@ impl Family for Retention {
         // Last first: a definition that shares an earlier one's cohort
         // column reads it before its owner moves it.
         for r in (0..self.defs.len()).rev() {
-            if returns & (1 << r) != 0 {
-                self.credit_return(ctx, r, t);
+            let (is_cohort, is_return) = (cohort & (1 << r) != 0, returns & (1 << r) != 0);
+            if !(is_cohort || is_return) {
+                continue;
             }
-            if cohort & (1 << r) != 0 {
+            if matches!(self.defs[r].cohort, Cohort::Time(_)) {
+                self.record_rolling(ctx, r, t, is_cohort, is_return);
+                continue;
+            }
+            if is_return {
+                self.credit_return(ctx, users, r, t);
+            }
+            if is_cohort {
                 // For `FirstSeen`, the first day seen before this event.
-                let current = self.cohort_day(r, t.uid, t.old_first);
+                let current = self.cohort_day(ctx, r, t.uid, t.old_first);
                 if current == NO_DAY || t.day < current {
                     self.move_cohort(ctx, users, r, t.uid, current, t.day);
                 }
@@ -277,34 +507,36 @@ impl Family for Retention {
 
     fn maintain(&mut self, _: Ctx<'_>, horizon: Horizon) {
         for state in &mut self.defs {
-            state.rows.drop_before(horizon.keep_from);
+            // A period's row goes with the period that holds the horizon.
+            state.rows.drop_before(state.periods.start(horizon.keep_from));
         }
     }
 
     fn reach_days(&self, ctx: Ctx<'_>) -> i32 {
-        ctx.cfg.retention.iter().flat_map(|r| r.days.iter().copied()).max().unwrap_or(0) as i32
+        ctx.cfg.retention.iter().map(RetentionDef::reach_days).max().unwrap_or(0) as i32
     }
 
     fn publish(&self, ctx: Ctx<'_>, view: View, out: &mut Figures) {
         for (state, def) in self.defs.iter().zip(&ctx.cfg.retention) {
             let mut cohorts = Vec::new();
-            for (d, row) in state.rows.range(view.from, view.to) {
+            for (d, row) in state.rows.range(state.periods.start(view.from), view.to) {
                 if row.users <= 0 {
                     continue;
                 }
                 cohorts.push(CohortRow {
                     date: Calendar::label(d),
                     users: row.users as u64,
-                    retained: (0..def.days.len())
+                    retained: (0..def.periods.len())
                         .map(|i| row.retained.get(i).copied().unwrap_or(0).max(0) as u64)
                         .collect(),
-                    mature: maturity(ctx.cal, &def.days, d, view.watermark_ms),
+                    mature: maturity(ctx, def, d, view.watermark_ms),
                 });
             }
             out.retention.push(RetentionTable {
                 name: def.name.clone(),
+                granularity: def.granularity.as_str(),
                 mode: def.mode.as_str(),
-                days: def.days.clone(),
+                periods: def.periods.iter().map(Bracket::to_string).collect(),
                 cohorts,
             });
         }
@@ -317,6 +549,7 @@ impl Family for Retention {
             .map(|r| {
                 let cohort = match &r.cohort {
                     Cohort::Own(v) => v.capacity() * day,
+                    Cohort::Time(v) => v.capacity() * std::mem::size_of::<i64>(),
                     Cohort::FirstSeen | Cohort::SameAs(_) => 0,
                 };
                 cohort
@@ -324,6 +557,7 @@ impl Family for Retention {
                         Returns::Active => 0,
                         Returns::Latest(v) => v.capacity() * day,
                         Returns::Days(v) => v.heap_bytes(),
+                        Returns::Times(v) => v.heap_bytes(),
                     }
             })
             .sum()
@@ -339,6 +573,11 @@ impl Family for Retention {
                     Returns::Active => 0,
                     Returns::Latest(_) => 1,
                     Returns::Days(_) => 2,
+                    Returns::Times(_) => 3,
+                },
+                slices: match &r.returns {
+                    Returns::Times(v) => v.users.iter().map(|s| s.len() as u64).sum(),
+                    _ => 0,
                 },
                 rows: r.rows.clone(),
             })
@@ -348,13 +587,23 @@ impl Family for Retention {
 
     fn write_columns(&self, out: &mut dyn Write) -> std::io::Result<()> {
         for r in &self.defs {
-            if let Cohort::Own(cohort) = &r.cohort {
-                column(out, cohort)?;
+            match &r.cohort {
+                Cohort::Own(cohort) => column(out, cohort)?,
+                Cohort::Time(t0) => column(out, t0)?,
+                Cohort::FirstSeen | Cohort::SameAs(_) => {}
             }
             match &r.returns {
                 Returns::Active => {}
                 Returns::Latest(v) => column(out, v)?,
                 Returns::Days(v) => column(out, v.cells())?,
+                Returns::Times(v) => {
+                    // How many slices each user has, then all of them.
+                    let lens: Vec<u32> = v.users.iter().map(|s| s.len() as u32).collect();
+                    column(out, &lens)?;
+                    for s in &v.users {
+                        column(out, s)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -367,55 +616,92 @@ impl Family for Retention {
         }
         let day = std::mem::size_of::<Day16>() as u64;
         let set = day * (1 + DaySets::for_history(ctx.cfg.history_days).words() as u64);
-        let mut per_user = 0u64;
+        let out_of_range = || StateMismatch::new("retention columns out of range");
+        let mut total = 0u64;
         for (r, (state, h)) in self.defs.iter_mut().zip(heads).enumerate() {
-            let shape = (matches!(state.cohort, Cohort::Own(_)), &state.returns);
-            if !matches!((shape, h.cohort, h.returns), ((c, Returns::Active), hc, 0) | ((c, Returns::Latest(_)), hc, 1) | ((c, Returns::Days(_)), hc, 2) if c == hc)
-            {
+            let own = matches!(state.cohort, Cohort::Own(_));
+            let kind = match state.returns {
+                Returns::Active => 0,
+                Returns::Latest(_) => 1,
+                Returns::Days(_) => 2,
+                Returns::Times(_) => 3,
+            };
+            if own != h.cohort || kind != h.returns {
                 let name = &ctx.cfg.retention[r].name;
                 return Err(StateMismatch::new(format!("retention definition {name} has another shape")));
             }
-            per_user += day * u64::from(h.cohort)
+            let per_user = day * u64::from(h.cohort)
                 + match h.returns {
                     0 => 0,
                     1 => day,
-                    _ => set,
+                    2 => set,
+                    // The first cohort time and the number of slices.
+                    _ => 8 + 4,
                 };
+            let slices = h.slices.checked_mul(std::mem::size_of::<Slice>() as u64).ok_or_else(out_of_range)?;
+            total = users
+                .checked_mul(per_user)
+                .and_then(|c| c.checked_add(slices))
+                .and_then(|c| c.checked_add(total))
+                .ok_or_else(out_of_range)?;
+            state.slices = h.slices;
             state.rows = h.rows;
         }
-        users.checked_mul(per_user).ok_or_else(|| StateMismatch::new("retention columns out of range"))
+        Ok(total)
     }
 
     fn read_columns(&mut self, _: Ctx<'_>, columns: &mut Columns<'_>) -> Result<(), StateMismatch> {
         let n = columns.users();
         for state in &mut self.defs {
-            if let Cohort::Own(cohort) = &mut state.cohort {
-                *cohort = columns.take(n)?;
+            match &mut state.cohort {
+                Cohort::Own(cohort) => *cohort = columns.take(n)?,
+                Cohort::Time(t0) => *t0 = columns.take(n)?,
+                Cohort::FirstSeen | Cohort::SameAs(_) => {}
             }
             match &mut state.returns {
                 Returns::Active => {}
                 Returns::Latest(v) => *v = columns.take(n)?,
                 Returns::Days(v) => *v = columns.day_sets(v.words())?,
+                Returns::Times(v) => {
+                    let lens: Vec<u32> = columns.take(n)?;
+                    if lens.iter().map(|&l| u64::from(l)).sum::<u64>() != state.slices {
+                        return Err(StateMismatch::new("retention slices do not add up"));
+                    }
+                    v.users = lens.iter().map(|&l| columns.take(l as usize)).collect::<Result<_, _>>()?;
+                }
             }
         }
         Ok(())
     }
 }
 
-/// Per N: whether cohort day `d`'s cell can still change.
-fn maturity(cal: &Calendar, days: &[u32], d: Day, watermark_ms: i64) -> Vec<bool> {
-    days.iter().map(|&n| watermark_ms >= cal.day_start_ms(d + n as i32 + 1)).collect()
+/// Per figure: whether the cell of the cohort row starting on `d` can no
+/// longer change: the watermark passed the end of its last period (for
+/// `rolling_24h`, of the last window of a user first seen at the end of
+/// day `d`).
+fn maturity(ctx: Ctx<'_>, def: &RetentionDef, d: Day, watermark_ms: i64) -> Vec<bool> {
+    let periods = Periods { granularity: def.granularity, week_start: ctx.cfg.week_start };
+    def.periods
+        .iter()
+        .map(|&b| match def.mode {
+            RetentionMode::Rolling24h => {
+                watermark_ms >= ctx.cal.day_start_ms(d + 1).saturating_add(i64::from(b.to + 1) * SLICE_MS)
+            }
+            _ => watermark_ms >= ctx.cal.day_start_ms(periods.window(d, b).1 + 1),
+        })
+        .collect()
 }
 
-/// Keeps the cohorts of merged figures in the export window and sets their
-/// maturity by the merged watermark.
-pub fn rewindow(out: &mut Figures, ctx: Ctx<'_>, watermark_ms: i64, in_window: impl Fn(&str) -> bool) {
+/// Keeps the cohorts of merged figures whose period meets the export
+/// window `from..=to` and sets their maturity by the merged watermark.
+pub fn rewindow(out: &mut Figures, ctx: Ctx<'_>, watermark_ms: i64, from: Day, to: Day) {
     for (t, def) in out.retention.iter_mut().zip(&ctx.cfg.retention) {
-        t.cohorts.retain(|r| in_window(&r.date) && r.users > 0);
+        let first = Periods { granularity: def.granularity, week_start: ctx.cfg.week_start }.start(from);
+        let day = |date: &str| date.parse::<jiff::civil::Date>().ok().map(super::calendar::day_number);
+        t.cohorts.retain(|r| day(&r.date).is_some_and(|d| d >= first && d <= to) && r.users > 0);
         for row in &mut t.cohorts {
-            if let Ok(date) = row.date.parse::<jiff::civil::Date>() {
-                let d = super::calendar::day_number(date);
-                row.mature = maturity(ctx.cal, &def.days, d, watermark_ms);
+            if let Some(d) = day(&row.date) {
+                row.mature = maturity(ctx, def, d, watermark_ms);
             }
         }
     }

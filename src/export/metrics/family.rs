@@ -42,7 +42,22 @@ impl Family {
     }
 
     pub(super) fn value(&mut self, values: &[&str], v: f64) {
+        let m = self.labelled(values);
+        self.push(m, v);
+    }
+
+    /// A value whose last label is called `last` rather than as declared:
+    /// the label that names N is `day`, `week` or `month` by the
+    /// definition's granularity.
+    pub(super) fn value_as(&mut self, last: &str, values: &[&str], v: f64) {
         let mut m = self.labelled(values);
+        if let Some(pair) = m.mut_label().last_mut() {
+            pair.set_name(last.to_owned());
+        }
+        self.push(m, v);
+    }
+
+    fn push(&mut self, mut m: proto::Metric, v: f64) {
         match self.mf.get_field_type() {
             MetricType::COUNTER => {
                 let mut c = proto::Counter::default();

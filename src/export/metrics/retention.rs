@@ -14,14 +14,14 @@ pub(super) const FAMILIES: &[Def] = &[
     ("cohort_users", "Users in each cohort (by cohort date).", MetricType::GAUGE, &["retention", "cohort_date"]),
     (
         "retained_users",
-        "Users of the cohort with a return event on day N (or from day N on, in on_or_after mode).",
+        "Users of the cohort with a return event in period N (or from period N on, in on_or_after mode; in any period of a bracket like 8-14; in the N-th 24 hours after their first cohort event, in rolling_24h mode). The label is day, week or month, by the definition's granularity; cohort_date is the cohort period's first day.",
         MetricType::GAUGE,
         &["retention", "cohort_date", "day"],
     ),
     ("retention_ratio", "retained_users / cohort_users.", MetricType::GAUGE, &["retention", "cohort_date", "day"]),
     (
         "retention_mature",
-        "1 once the watermark has passed the end of day D+N (the cell is final), else 0.",
+        "1 once the watermark has passed the end of period D+N (of a bracket's last period; of the last user's window in rolling_24h mode): the cell is final; else 0.",
         MetricType::GAUGE,
         &["retention", "cohort_date", "day"],
     ),
@@ -76,14 +76,14 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
     let mut trailing_users = Family::new("retention_trailing_cohort_users");
     let mut trailing_retained = Family::new("retention_trailing_retained_users");
     for table in &f.retention {
-        let days: Vec<String> = table.days.iter().map(u32::to_string).collect();
+        let (days, unit) = (&table.periods, table.granularity);
         for row in &table.cohorts {
             cohort_users.value(&[&table.name, &row.date], row.users as f64);
             for (i, day) in days.iter().enumerate() {
                 let labels = [table.name.as_str(), row.date.as_str(), day.as_str()];
-                retained.value(&labels, row.retained[i] as f64);
-                ratio.value(&labels, row.retained[i] as f64 / row.users as f64);
-                mature.value(&labels, f64::from(u8::from(row.mature[i])));
+                retained.value_as(unit, &labels, row.retained[i] as f64);
+                ratio.value_as(unit, &labels, row.retained[i] as f64 / row.users as f64);
+                mature.value_as(unit, &labels, f64::from(u8::from(row.mature[i])));
             }
         }
         for (i, day) in days.iter().enumerate() {
@@ -91,19 +91,19 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
             let mut matured = table.cohorts.iter().rev().filter(|r| r.mature[i]);
             if let Some(row) = matured.next() {
                 let labels = [table.name.as_str(), day.as_str()];
-                latest.value(&labels, row.retained[i] as f64 / row.users as f64);
-                latest_users.value(&labels, row.users as f64);
-                latest_retained.value(&labels, row.retained[i] as f64);
+                latest.value_as(unit, &labels, row.retained[i] as f64 / row.users as f64);
+                latest_users.value_as(unit, &labels, row.users as f64);
+                latest_retained.value_as(unit, &labels, row.retained[i] as f64);
                 if let Ok(date) = row.date.parse::<jiff::civil::Date>()
                     && let Ok(z) = date.to_zoned(jiff::tz::TimeZone::UTC)
                 {
-                    latest_cohort.value(&labels, z.timestamp().as_second() as f64);
+                    latest_cohort.value_as(unit, &labels, z.timestamp().as_second() as f64);
                 }
                 let (users, kept) =
                     matured.take(TRAILING_COHORTS).fold((0u64, 0u64), |(u, k), r| (u + r.users, k + r.retained[i]));
                 if users > 0 {
-                    trailing_users.value(&labels, users as f64);
-                    trailing_retained.value(&labels, kept as f64);
+                    trailing_users.value_as(unit, &labels, users as f64);
+                    trailing_retained.value_as(unit, &labels, kept as f64);
                 }
             }
         }
