@@ -158,9 +158,12 @@ fn figures_equal_clickhouse_in_three_time_zones() {
     assert!(n >= 100_000, "{n} lines");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/clickhouse_check.py");
 
-    for tz in ["UTC", "Asia/Shanghai", "America/New_York"] {
+    // Weeks start on Monday (toMonday), Sunday (toStartOfWeek's mode 0)
+    // and Saturday.
+    for (tz, week_start) in [("UTC", "monday"), ("Asia/Shanghai", "sunday"), ("America/New_York", "saturday")] {
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, format!("timezone = \"{tz}\"\n{CONFIG}")).expect("config");
+        let top = format!("timezone = \"{tz}\"\nweek_start = \"{week_start}\"\nhistory_days = 63\n");
+        std::fs::write(&config, format!("{top}{CONFIG}")).expect("config");
         let replay = Command::new(env!("CARGO_BIN_EXE_cohortflow"))
             .args(["replay", "--config"])
             .arg(&config)
@@ -174,7 +177,7 @@ fn figures_equal_clickhouse_in_three_time_zones() {
 
         let check = Command::new("python3")
             .arg(&script)
-            .args(["--tz", tz, "--events"])
+            .args(["--tz", tz, "--week-start", week_start, "--events"])
             .arg(&events)
             .arg("--metrics")
             .arg(&metrics)

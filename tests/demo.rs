@@ -76,6 +76,19 @@ fn demo_serves_cohorts_retention_and_funnels() {
     let rows = json["stickiness"][0]["rows"].as_array().expect("rows");
     assert!(!rows.is_empty() && rows.iter().all(|r| r["users"].as_array().map(Vec::len) == Some(7)));
 
+    // One calendar table at a time, and a clear refusal of an unknown one.
+    let (status, body) = get(&addr, "/api/v1/activity?granularity=week").expect("api");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["granularity"], "week");
+    assert!(json["rows"].as_array().is_some_and(|r| r.len() >= 2 && r.iter().all(|w| w["active_users"].is_u64())));
+    let (status, body) = get(&addr, "/api/v1/activity?granularity=day").expect("api");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"dau\""), "{body}");
+    let (status, body) = get(&addr, "/api/v1/activity?granularity=fortnight").expect("api");
+    assert_eq!(status, 400);
+    assert!(body.contains("fortnight"), "{body}");
+
     // Weekly cohorts labelled by week, 24-hour windows and brackets by day.
     assert!(sum(&metrics, "cohortflow_retained_users{retention=\"weekly\",cohort_date=") > 100.0);
     let week_one = metrics

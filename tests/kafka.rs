@@ -170,6 +170,10 @@ const FIGURES: &[&str] = &[
     "cohortflow_retained_users{",
     "cohortflow_active_users{",
     "cohortflow_new_users{",
+    "cohortflow_known_users{",
+    "cohortflow_lifecycle_users{",
+    "cohortflow_stickiness_users{",
+    "cohortflow_retention_mature{",
     "cohortflow_funnel_users{",
     "cohortflow_funnel_conversions_total{",
     "cohortflow_funnel_time_to_convert_seconds_count{",
@@ -237,6 +241,8 @@ fn setup(broker: &Broker, name: &str, days: i64, users_per_day: u32, dead_letter
         &config,
         format!(
             r#"state_dir = "{state}"
+history_days = 63
+week_start = "sunday"
 snapshot_interval = "500ms"
 shutdown_timeout = "30s"
 [http]
@@ -326,6 +332,11 @@ fn run_equals_replay_and_survives_kill_9() {
     let broker = Broker::start();
     let setup = setup(&broker, "crash", 6, 400, None);
     let want = replay(&setup);
+    // The fixture's week definition and rolling windows, and the
+    // lifecycle by day and week, are among the figures compared.
+    for series in ["retention=\"weekly\"", "retention=\"rolling\"", "granularity=\"week\",status=\"dormant\""] {
+        assert!(want.iter().any(|(k, v)| k.contains(series) && *v > 0.0), "no {series} figures to compare");
+    }
 
     let mut producer = produce(&broker, &setup, 1000);
     let mut rng = fastrand::Rng::with_seed(42);

@@ -185,7 +185,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
     let max_ts = events.iter().map(|e| e.ts).max().expect("events");
     let wm = max_ts - cfg.engine.allowed_lateness_ms;
     let wm_day = day(wm);
-    let mut out = Figures { watermark_ms: Some(wm), ..Figures::default() };
+    let mut out = Figures { watermark_ms: Some(wm), watermark_date: Some(wm_day.to_string()), ..Figures::default() };
 
     let users: BTreeSet<u8> = events.iter().map(|e| e.user).collect();
     let days_of = |u: u8, pred: &dyn Fn(&Ev) -> bool| -> BTreeSet<jiff::civil::Date> {
@@ -510,7 +510,7 @@ proptest! {
 
     #[test]
     fn the_cross_checks_definitions_equal_the_naive_model(events in fixture_events()) {
-        let cfg = Config::from_toml_str(FIXTURE).expect("fixture");
+        let cfg = Config::from_toml_str(&format!("history_days = 63\nweek_start = \"tuesday\"\n{FIXTURE}")).expect("fixture");
         let mut sorted = events.clone();
         sorted.sort_by_key(|e| e.ts);
         prop_assert_eq!(comparable(run(&cfg, &sorted)), comparable(model(&cfg, &events)));

@@ -109,8 +109,22 @@ retention = dashboard(
               [target("cohortflow:active_rate:ratio", instant=True, fmt="table")],
               12, 28, unit="percentunit",
               transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}]),
+        panel(8, "Weekly cohorts (周报): retention by cohort week and week N", "table",
+              [target('cohortflow:retention_ratio{retention="$weekly",week!=""}', instant=True, fmt="table")],
+              0, 36, unit="percentunit", transformations=matrix("cohort_date", "week"),
+              description="Cohorts by the calendar week (from week_start) of the first cohort event, dated by its "
+                          "first day; week N is the N-th calendar week after it."),
+        panel(9, "Monthly cohorts (月报): retention by cohort month and month N", "table",
+              [target('cohortflow:retention_ratio{retention="$monthly",month!=""}', instant=True, fmt="table")],
+              12, 36, unit="percentunit", transformations=matrix("cohort_date", "month")),
+        panel(10, "Stickiness: users active on k of the 7 days ending on each day", "table",
+              [target('sum by (days, date) (cohortflow_stickiness_users{window="7d"})', instant=True, fmt="table")],
+              0, 44, w=24, transformations=matrix("date", "days"),
+              description="A sticky product has weight at the high k; a product visited once a week at k = 1."),
     ],
-    [variable("retention", "label_values(cohortflow_cohort_users, retention)")],
+    [variable("retention", 'label_values(cohortflow_retained_users{day!=""}, retention)'),
+     variable("weekly", 'label_values(cohortflow_retained_users{week!=""}, retention)'),
+     variable("monthly", 'label_values(cohortflow_retained_users{month!=""}, retention)')],
 )
 
 funnels = dashboard(

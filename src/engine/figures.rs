@@ -85,7 +85,7 @@ pub struct PeriodRow {
 
 /// The lifecycle of one day or week: every user active in it or in the one
 /// before, by status (PostHog's rule, with first seen as creation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LifecycleRow {
     /// The period's first day, `YYYY-MM-DD`.
     pub date: String,
@@ -188,6 +188,8 @@ impl TimeToConvert {
 pub struct Figures {
     /// The watermark, epoch ms (none before the first event).
     pub watermark_ms: Option<i64>,
+    /// The watermark's business day, `YYYY-MM-DD`.
+    pub watermark_date: Option<String>,
     /// The newest accepted event time, epoch ms.
     pub max_event_ms: Option<i64>,
     /// Counters.

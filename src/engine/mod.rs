@@ -241,6 +241,7 @@ impl Engine {
         let watermark = self.watermark_ms();
         let mut out = Figures {
             watermark_ms: watermark,
+            watermark_date: watermark.map(|w| Calendar::label(self.cal.day_of(w.max(0)))),
             max_event_ms: self.max_ts,
             counters: self.counters.clone(),
             tracked_users: self.users.len() as u64,
@@ -272,6 +273,7 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
     let mut out = Figures::sum(parts);
     let cal = Calendar::new(cfg.timezone.clone());
     out.watermark_ms = out.max_event_ms.map(|m| m - cfg.allowed_lateness_ms);
+    out.watermark_date = out.watermark_ms.map(|w| Calendar::label(cal.day_of(w.max(0))));
     let (from, to, wm) = match out.watermark_ms {
         Some(wm) => {
             let to = cal.day_of(wm.max(0));

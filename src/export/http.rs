@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -111,14 +111,34 @@ async fn funnels(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "watermark_ms": f.watermark_ms, "funnels": f.funnels }))
 }
 
-async fn activity(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// The query of `/api/v1/activity`.
+#[derive(Debug, serde::Deserialize)]
+struct ActivityQuery {
+    /// `day`, `week` or `month`: that table alone.
+    granularity: Option<String>,
+}
+
+async fn activity(State(state): State<AppState>, Query(q): Query<ActivityQuery>) -> Response {
     let f = state.published.figures();
-    Json(json!({
-        "watermark_ms": f.watermark_ms,
-        "activity": f.activity,
-        "weeks": f.weeks,
-        "months": f.months,
-    }))
+    let rows = match q.granularity.as_deref() {
+        None => {
+            return Json(json!({
+                "watermark_ms": f.watermark_ms,
+                "activity": f.activity,
+                "weeks": f.weeks,
+                "months": f.months,
+            }))
+            .into_response();
+        }
+        Some("day") => json!(f.activity),
+        Some("week") => json!(f.weeks),
+        Some("month") => json!(f.months),
+        Some(other) => {
+            let error = format!("granularity `{other}` is not one of day, week, month");
+            return (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response();
+        }
+    };
+    Json(json!({ "watermark_ms": f.watermark_ms, "granularity": q.granularity, "rows": rows })).into_response()
 }
 
 async fn lifecycle(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -4,7 +4,7 @@
 use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{Def, Family};
-use crate::engine::figures::Figures;
+use crate::engine::figures::{Figures, LifecycleRow};
 
 pub(super) const FAMILIES: &[Def] = &[
     ("new_users", "Users first seen on each business day.", MetricType::GAUGE, &["date"]),
@@ -23,6 +23,13 @@ pub(super) const FAMILIES: &[Def] = &[
          before, not in it).",
         MetricType::GAUGE,
         &["granularity", "status", "date"],
+    ),
+    (
+        "lifecycle_latest_users",
+        "lifecycle_users of the latest complete day and week (those before the watermark's), without a date label: \
+         what the lifecycle pulse alert reads (zeros when nobody was active in it or the one before).",
+        MetricType::GAUGE,
+        &["granularity", "status"],
     ),
     (
         "stickiness_users",
@@ -59,6 +66,23 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
             }
         }
     }
+    let mut latest = Family::new("lifecycle_latest_users");
+    let wm = f.watermark_date.as_deref().and_then(|d| d.parse::<jiff::civil::Date>().ok());
+    if let Some(wm) = wm {
+        let day = |r: &&LifecycleRow| r.date.parse::<jiff::civil::Date>().ok();
+        let since = |r: &&LifecycleRow| day(r).map(|d| (wm - d).get_days());
+        // The day before the watermark's; the week whose next one holds it.
+        let complete_day = f.lifecycle.day.iter().find(|r| since(r) == Some(1));
+        let complete_week = f.lifecycle.week.iter().find(|r| since(r).is_some_and(|n| (7..14).contains(&n)));
+        for (granularity, row) in [("day", complete_day), ("week", complete_week)] {
+            let r = row.cloned().unwrap_or_default();
+            for (status, n) in
+                [("new", r.new), ("returning", r.returning), ("resurrecting", r.resurrecting), ("dormant", r.dormant)]
+            {
+                latest.value(&[granularity, status], n as f64);
+            }
+        }
+    }
     let mut sticky = Family::new("stickiness_users");
     for t in &f.stickiness {
         let window = format!("{}d", t.window);
@@ -68,5 +92,5 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
             }
         }
     }
-    out.extend([new_users, active, known, lifecycle, sticky].map(|f| f.mf));
+    out.extend([new_users, active, known, lifecycle, latest, sticky].map(|f| f.mf));
 }
