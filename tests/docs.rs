@@ -79,3 +79,23 @@ fn the_readme_minimal_config_is_valid() {
     assert_eq!(periods(2), ["1", "2-7", "8-14"]);
     assert_eq!(config.engine.funnels[0].steps.len(), 3);
 }
+
+#[test]
+fn every_api_endpoint_is_documented_with_an_example_that_parses() {
+    let http = read(&root().join("src/export/http.rs"));
+    let api = read(&root().join("docs/api.md"));
+    let routes: Vec<&str> =
+        http.match_indices(".route(\"/api/").map(|(i, _)| &http[i + 8..]).filter_map(|r| r.split('"').next()).collect();
+    assert!(routes.len() >= 5, "{routes:?}");
+    for route in routes {
+        assert!(api.contains(&format!("## `GET {route}`")), "docs/api.md has no section for {route}");
+    }
+    let mut examples = 0;
+    for block in api.split("```json\n").skip(1) {
+        let json = block.split("```").next().expect("a closed block");
+        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}:\n{json}"));
+        assert!(value.get("watermark_ms").is_some(), "{json}");
+        examples += 1;
+    }
+    assert!(examples >= 5, "{examples} examples");
+}
