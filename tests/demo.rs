@@ -69,6 +69,9 @@ fn demo_serves_cohorts_retention_and_funnels() {
     let weeks = json["lifecycle"]["week"].as_array().expect("weeks");
     assert!(weeks.len() >= 2, "{}", weeks.len()); // 12 days: two or three weeks
     assert!(weeks.iter().all(|w| ["new", "returning", "resurrecting", "dormant"].iter().all(|s| w[s].is_u64())));
+    // The demo's 35 days of history hold the month before each day's.
+    let months = json["lifecycle"]["month"].as_array().expect("months");
+    assert!(!months.is_empty() && months.iter().all(|m| m["date"].as_str().is_some_and(|d| d.ends_with("-01"))));
     let (status, body) = get(&addr, "/api/v1/stickiness").expect("api");
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");

@@ -280,8 +280,14 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
     while month <= wm_day {
         let next = month + jiff::Span::new().months(1);
         let active = users.iter().filter(|&&u| active_on(u, month, next)).count() as u64;
+        let previous = month - jiff::Span::new().months(1);
+        let before = users.iter().filter(|&&u| active_on(u, previous, month)).count() as u64;
         if active > 0 {
             out.months.push(PeriodRow { date: month.to_string(), active_users: active });
+        }
+        // Exported where the users' active days reach the month before.
+        if (active > 0 || before > 0) && cohortflow::engine::activity::monthly_lifecycle(cfg.engine.history_days) {
+            out.lifecycle.month.push(status(month, previous, next));
         }
         month = next;
     }
@@ -664,6 +670,9 @@ fn model_sanity_on_weeks_brackets_and_windows() {
     assert_eq!(row("weekly"), ("2026-09-21".into(), vec![1]));
     assert_eq!(row("monthly"), ("2026-09-01".into(), vec![1]));
     assert_eq!(row("monthly_ca"), ("2026-10-01".into(), vec![0]));
+    // Active in September (first seen) and October (returning).
+    let months: Vec<_> = f.lifecycle.month.iter().map(|r| (r.date.as_str(), r.new, r.returning)).collect();
+    assert_eq!(months, [("2026-09-01", 1, 0), ("2026-10-01", 0, 1)]);
     assert_eq!(comparable(run(&cfg, &events)), comparable(f));
 }
 

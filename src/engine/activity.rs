@@ -1,7 +1,7 @@
 //! Activity: new and known users, users active in a day, in the 7 and 30
 //! days up to each day (DAU, WAU, MAU) and in each calendar week and
-//! month, and the lifecycle of each day and week. Per-user state: none of
-//! its own; it reads the users' first-seen and active days.
+//! month, and the lifecycle of each day, week and month. Per-user state:
+//! none of its own; it reads the users' first-seen and active days.
 //!
 //! Every count moves when a user gains an active day, from that day's
 //! nearest other active days alone, so arrival order changes none. A user
@@ -11,7 +11,9 @@
 //! first-seen ones, the resurrecting the rest of its active users, and the
 //! dormant the active users of the period before who did not return.
 //! Every neighbour it looks for is within the active days a user's set
-//! remembers (a month back from the oldest day an event may still have).
+//! remembers (a month back from the oldest day an event may still have);
+//! the monthly lifecycle looks two months back, which the sets remember
+//! for some histories only ([`monthly_lifecycle`]).
 
 use std::io::Write;
 
@@ -44,12 +46,23 @@ pub struct ActivityCounts {
 /// One calendar week's or month's counts, in the row of its first day.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeriodCounts {
-    /// Users first seen in the period (weeks only: the monthly lifecycle
-    /// is not exported).
+    /// Users first seen in the period (months: with the monthly lifecycle).
     new_users: i64,
     active: i64,
-    /// Users active in this period and the one before (weeks only).
+    /// Users active in this period and the one before (months: with the
+    /// monthly lifecycle).
     returning: i64,
+}
+
+/// Whether the monthly lifecycle is counted with `history_days`: whether a
+/// user gaining an active day still remembers the month before that day's
+/// month, up to 62 days back from a day up to `history_days + 2` days
+/// before their latest one. The active-day sets span 128 days from a
+/// history of 33 days on, 64 below (see `engine::days::DaySets`): so from
+/// 33 to 64 days, the default 35 included.
+pub fn monthly_lifecycle(history_days: u32) -> bool {
+    let span = 16 * super::days::DaySets::for_history(history_days).words() as u32;
+    history_days + 2 + 62 <= span
 }
 
 /// The activity family: a row of counts per day, per week and per month.
@@ -68,6 +81,9 @@ pub struct Activity {
     /// the month of the one before it. A cache only.
     #[serde(skip)]
     month: (Day, Day),
+    /// Whether the monthly lifecycle is counted (from the config).
+    #[serde(skip)]
+    monthly: bool,
 }
 
 /// The lifecycle row of a period from its counts and those of the period
@@ -100,12 +116,24 @@ impl Activity {
             if let Some(row) = self.weeks.row(week_of(old, week_start)) {
                 row.new_users -= 1;
             }
+            if self.monthly {
+                let month = self.month_of(old).0;
+                if let Some(row) = self.months.row(month) {
+                    row.new_users -= 1;
+                }
+            }
         }
         if let Some(row) = self.rows.row(day) {
             row.new_users += 1;
         }
         if let Some(row) = self.weeks.row(week_of(day, week_start)) {
             row.new_users += 1;
+        }
+        if self.monthly {
+            let month = self.month_of(day).0;
+            if let Some(row) = self.months.row(month) {
+                row.new_users += 1;
+            }
         }
     }
 
@@ -127,11 +155,21 @@ impl Activity {
             }
         }
         let (month, next_month) = self.month_of(day);
-        if prev.is_none_or(|p| p < month)
-            && next.is_none_or(|n| n >= next_month)
-            && let Some(row) = self.months.row(month)
-        {
-            row.active += 1;
+        if prev.is_none_or(|p| p < month) && next.is_none_or(|n| n >= next_month) {
+            // Newly active in the month: returning in it if active in the
+            // one before, and in the next if active in that.
+            let monthly = self.monthly;
+            let returning = monthly && prev.is_some_and(|p| p >= month_of(month - 1).0);
+            if let Some(row) = self.months.row(month) {
+                row.active += 1;
+                row.returning += i64::from(returning);
+            }
+            if monthly
+                && next.is_some_and(|n| n < month_of(next_month).1)
+                && let Some(row) = self.months.row(next_month)
+            {
+                row.returning += 1;
+            }
         }
     }
 }
@@ -140,6 +178,7 @@ impl Family for Activity {
     fn new(ctx: Ctx<'_>) -> Self {
         Activity {
             sticky: ctx.cfg.stickiness_windows.iter().map(|_| DayRows::default()).collect(),
+            monthly: monthly_lifecycle(ctx.cfg.history_days),
             ..Activity::default()
         }
     }
@@ -276,6 +315,28 @@ impl Family for Activity {
                 out.months.push(PeriodRow { date: Calendar::label(m), active_users: row.active as u64 });
             }
         }
+        if self.monthly {
+            // Month by month from the first one held, up to the month
+            // after the last (its dormant users); the first month kept
+            // after rows were dropped lacks the one before.
+            let kept = self.months.kept_from();
+            let lifecycle_from = if kept == Day::MIN { Day::MIN } else { month_of(kept).1 };
+            let first = self.months.range(month_of(view.from).0, view.to).next().map(|(d, _)| d);
+            let mut month = first.map_or(Day::MAX, |d| month_of(d).0);
+            while month <= view.to {
+                let none = PeriodCounts::default();
+                let row = self.months.get(month).unwrap_or(&none);
+                let (before, next) = (month_of(month - 1).0, month_of(month).1);
+                let active_before = self.months.get(before).map_or(0, |r| r.active);
+                if month >= lifecycle_from && (row.active > 0 || active_before > 0) {
+                    out.lifecycle.month.push(lifecycle(month, row.new_users, row.active, row.returning, active_before));
+                }
+                if row.active <= 0 && active_before <= 0 && self.months.get(month).is_none() {
+                    break;
+                }
+                month = next;
+            }
+        }
     }
 
     fn heap_bytes(&self) -> usize {
@@ -290,8 +351,9 @@ impl Family for Activity {
         Ok(())
     }
 
-    fn read_head(&mut self, _: Ctx<'_>, head: &[u8], _: u64) -> Result<u64, StateMismatch> {
+    fn read_head(&mut self, ctx: Ctx<'_>, head: &[u8], _: u64) -> Result<u64, StateMismatch> {
         *self = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("activity: {e}")))?;
+        self.monthly = monthly_lifecycle(ctx.cfg.history_days);
         Ok(0)
     }
 
@@ -315,5 +377,7 @@ pub fn rewindow(out: &mut Figures, cfg: &crate::engine::def::EngineConfig, from:
     out.weeks.retain(|r| in_weeks(&r.date));
     out.lifecycle.week.retain(|r| in_weeks(&r.date));
     let month = month_of(from).0;
-    out.months.retain(|r| day(&r.date).is_some_and(|d| d >= month && d <= to));
+    let in_months = |date: &str| day(date).is_some_and(|d| d >= month && d <= to);
+    out.months.retain(|r| in_months(&r.date));
+    out.lifecycle.month.retain(|r| in_months(&r.date));
 }

@@ -125,6 +125,9 @@ pub struct Lifecycle {
     pub day: Vec<LifecycleRow>,
     /// By calendar week, oldest first.
     pub week: Vec<LifecycleRow>,
+    /// By calendar month, oldest first (only with a `history_days` of 33
+    /// to 64: see `engine::activity::monthly_lifecycle`).
+    pub month: Vec<LifecycleRow>,
 }
 
 /// Users per step among those entering a funnel on one day.
@@ -288,6 +291,7 @@ impl Figures {
             let (lc, plc) = (&mut out.lifecycle, p.lifecycle);
             lc.day = merge_rows(std::mem::take(&mut lc.day), plc.day, |r| r.date.clone(), add_status);
             lc.week = merge_rows(std::mem::take(&mut lc.week), plc.week, |r| r.date.clone(), add_status);
+            lc.month = merge_rows(std::mem::take(&mut lc.month), plc.month, |r| r.date.clone(), add_status);
             for (t, pt) in out.funnels.iter_mut().zip(p.funnels) {
                 t.entries = merge_rows(
                     std::mem::take(&mut t.entries),

@@ -295,6 +295,18 @@ def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS, we
                 by_k[k - 1] += 1
         for k, n in enumerate(by_k, 1):
             expected[("cohortflow_stickiness_users", (("date", str(d)), ("days", str(k)), ("window", "7d")))] = n
+    # Months: exported with a history of 33 to 64 days (this check's 63).
+    month_of = {date(r["d"]): date(r["m"]) for r in q(
+        f"SELECT DISTINCT toString(day) AS d, toString(toStartOfMonth(day)) AS m FROM {base}")}
+    months_of = {u: {month_of[d] for d in days} for u, days in active.items()}
+    if 33 <= HISTORY_DAYS <= 64:
+        month = month_of[min(first.values())]
+        while month <= wm_day:
+            before = (month - one).replace(day=1)
+            if any(month in m or before in m for m in months_of.values()):
+                lifecycle("month", month, before, lambda u, p: p in months_of[u],
+                          lambda u, p: month_of[first[u]] == p)
+            month = (month + 32 * one).replace(day=1)
     week = week_of[min(first.values())]
     while week <= wm_day:
         before = week - 7 * one

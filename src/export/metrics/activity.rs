@@ -18,7 +18,7 @@ pub(super) const FAMILIES: &[Def] = &[
     ("known_users", "Users first seen on or before the day.", MetricType::GAUGE, &["date"]),
     (
         "lifecycle_users",
-        "Users active in the day or week starting on date, or in the one before, by status: new (first seen in it), \
+        "Users active in the day, week or month starting on date, or in the one before, by status: new (first seen in it), \
          returning (active in the one before too), resurrecting (the other active ones), dormant (active in the one \
          before, not in it).",
         MetricType::GAUGE,
@@ -57,7 +57,8 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
         }
     }
     let mut lifecycle = Family::new("lifecycle_users");
-    for (granularity, rows) in [("day", &f.lifecycle.day), ("week", &f.lifecycle.week)] {
+    let lc = &f.lifecycle;
+    for (granularity, rows) in [("day", &lc.day), ("week", &lc.week), ("month", &lc.month)] {
         for r in rows {
             for (status, n) in
                 [("new", r.new), ("returning", r.returning), ("resurrecting", r.resurrecting), ("dormant", r.dormant)]
