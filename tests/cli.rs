@@ -23,10 +23,20 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 
 #[test]
 fn check_config_accepts_the_example_and_names_bad_keys() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cohortflow.toml");
-    let ok = cohortflow(&["check-config", example], &[], b"");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+    // Every config the project ships: the example, the demo's, the
+    // benchmarks'.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut shipped = 0;
+    for entry in std::fs::read_dir(dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let ok = cohortflow(&["check-config", path.to_str().expect("path")], &[], b"");
+            assert!(ok.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&ok.stderr));
+            assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+            shipped += 1;
+        }
+    }
+    assert!(shipped >= 4, "{shipped} configs");
 
     let bad = config_file("[[funnel]]\nname = \"f\"\nwindow = \"forever\"\nsteps = [\"a\"]\n");
     let out = cohortflow(&["check-config", bad.path().to_str().expect("path")], &[], b"");

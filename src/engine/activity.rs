@@ -221,13 +221,17 @@ impl Family for Activity {
             }
         }
         self.calendar_periods(ctx.cfg.week_start, day, prev, next);
-        // Each window that holds the new day has the user on one day more.
+        // Each window that holds the new day has the user on one day more:
+        // the counts of the windows ending on day .. day + window - 1, from
+        // one read of the user's days.
+        let mut counts = [0u32; MAU_DAYS as usize];
         for (rows, &window) in self.sticky.iter_mut().zip(&ctx.cfg.stickiness_windows) {
-            let window = window as Day;
-            for end in day..day + window {
-                let k = users.active().count_in(t.uid as usize, end - window + 1, end) as usize;
-                if let Some(row) = rows.row(end) {
-                    let row = ensure_len(row, window as usize);
+            let n = window as usize;
+            users.active().window_counts(t.uid as usize, day, n, window, &mut counts);
+            for (i, &k) in counts[..n].iter().enumerate() {
+                let k = k as usize;
+                if let Some(row) = rows.row(day + i as Day) {
+                    let row = ensure_len(row, n);
                     if k >= 2 {
                         row[k - 2] -= 1;
                     }

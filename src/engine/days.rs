@@ -212,6 +212,34 @@ impl DaySets {
         ((bits >> lo) & mask).count_ones()
     }
 
+    /// For each of the `n` windows of `window` days ending on `first_end`,
+    /// `first_end + 1`, ...: how many of their days are in user `u`'s set
+    /// (those it still remembers), from one read of the set. `window` is
+    /// at most 64.
+    pub fn window_counts(&self, u: usize, first_end: Day, n: usize, window: u32, out: &mut [u32]) {
+        debug_assert!(window <= 64 && out.len() >= n);
+        let ((last, bits), span) = (self.load(u), span(self.words));
+        if last == NO_DAY {
+            out[..n].fill(0);
+            return;
+        }
+        // Only the days the set remembers: bit k is day last - k.
+        let bits = if span >= 128 { bits } else { bits & ((1u128 << span) - 1) };
+        let mask = (1u128 << window) - 1;
+        for (i, slot) in out[..n].iter_mut().enumerate() {
+            let end = first_end + i as Day;
+            // The window's days are bits last - end .. last - end + window - 1.
+            let shifted = if end <= last {
+                let k = (last - end) as u32;
+                if k >= 128 { 0 } else { bits >> k }
+            } else {
+                let k = (end - last) as u32;
+                if k >= 128 { 0 } else { bits << k }
+            };
+            *slot = (shifted & mask).count_ones();
+        }
+    }
+
     /// The latest day in user `u`'s set, if any.
     pub fn latest(&self, u: usize) -> Option<Day> {
         let last = self.last(u);
@@ -370,6 +398,30 @@ mod tests {
         assert_eq!(sets.count_in(0, 90, 200), 4);
         assert_eq!(sets.count_in(0, 111, 120), 0);
         assert_eq!(sets.count_in(0, 103, 102), 0);
+    }
+
+    #[test]
+    fn window_counts_equal_counts_in_each_window() {
+        for words in [4, 8] {
+            let mut sets = DaySets::new(words);
+            sets.push_empty();
+            sets.push_empty();
+            for d in [100, 102, 103, 110, 129, 130, 160] {
+                sets.insert(0, d);
+            }
+            let mut out = [0u32; 40];
+            for window in [1u32, 7, 30] {
+                for first_end in [40, 95, 100, 105, 128, 150, 161, 200] {
+                    sets.window_counts(0, first_end, 40, window, &mut out);
+                    for (i, &k) in out.iter().enumerate() {
+                        let end = first_end + i as Day;
+                        assert_eq!(k, sets.count_in(0, end - window as Day + 1, end), "{words} {window} {end}");
+                    }
+                    sets.window_counts(1, first_end, 40, window, &mut out);
+                    assert!(out.iter().all(|&k| k == 0));
+                }
+            }
+        }
     }
 
     #[test]

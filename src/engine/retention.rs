@@ -356,13 +356,14 @@ impl Retention {
             return;
         }
         let def = &ctx.cfg.retention[r];
-        let (plain, periods) = (state.plain, state.periods);
-        let Some(row) = state.rows.row(periods.start(cohort)) else { return };
+        let (plain, periods, n) = (state.plain, state.periods, def.periods.len());
         match def.mode {
             RetentionMode::On if plain => {
-                let n = day - cohort;
-                if let Some(i) = def.periods.iter().position(|b| b.from as i32 == n) {
-                    ensure_len(&mut row.retained, def.periods.len())[i] += 1;
+                let offset = day - cohort;
+                if let Some(i) = def.periods.iter().position(|b| b.from as i32 == offset)
+                    && let Some(row) = state.rows.row(cohort)
+                {
+                    ensure_len(&mut row.retained, n)[i] += 1;
                 }
             }
             RetentionMode::On => {
@@ -373,18 +374,28 @@ impl Retention {
                     Returns::Days(v) => v.count_in(uid as usize, from, to),
                     Returns::Latest(_) | Returns::Times(_) => 0,
                 };
-                for (i, &b) in def.periods.iter().enumerate() {
+                let filled: u128 = def.periods.iter().enumerate().fold(0, |m, (i, &b)| {
                     let (from, to) = periods.window(cohort, b);
-                    if (from..=to).contains(&day) && returned(from, to) == 1 {
-                        ensure_len(&mut row.retained, def.periods.len())[i] += 1;
+                    m | u128::from((from..=to).contains(&day) && returned(from, to) == 1) << i
+                });
+                if filled != 0
+                    && let Some(row) = state.rows.row(periods.start(cohort))
+                {
+                    for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
+                        *cell += (filled >> i & 1) as i64;
                     }
                 }
             }
             RetentionMode::OnOrAfter => {
-                for (i, &b) in def.periods.iter().enumerate() {
-                    let target = periods.window(cohort, b).0;
-                    if target <= day && prev_latest.is_none_or(|p| p < target) {
-                        ensure_len(&mut row.retained, def.periods.len())[i] += 1;
+                let filled: u128 = def.periods.iter().enumerate().fold(0, |m, (i, &b)| {
+                    let target = if plain { cohort + b.from as Day } else { periods.window(cohort, b).0 };
+                    m | u128::from(target <= day && prev_latest.is_none_or(|p| p < target)) << i
+                });
+                if filled != 0
+                    && let Some(row) = state.rows.row(periods.start(cohort))
+                {
+                    for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
+                        *cell += (filled >> i & 1) as i64;
                     }
                 }
             }
