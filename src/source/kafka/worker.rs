@@ -78,8 +78,8 @@ pub(super) const TICK: Duration = Duration::from_millis(10);
 /// librdkafka hands over a fetch a partition at a time (up to 1 MiB, some
 /// 9 000 small messages), so a queue shorter than a few such runs stops
 /// the consumer thread on one worker while the others run dry; 64
-/// batches of 512 messages cut that wait (BENCHMARKS-HISTORY.md); the cost is up to 64 batches of memory a
-/// worker.
+/// batches of 512 messages cut that wait (BENCHMARKS-HISTORY.md); the
+/// cost is up to 64 batches of memory a worker.
 pub(super) const WORKER_QUEUE: usize = 64;
 
 /// The worker threads: each owns the partitions hashed to it, so a
