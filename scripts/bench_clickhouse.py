@@ -27,7 +27,7 @@ import zoneinfo
 from chdb import session
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "reference"))
-from clickhouse_check import clickhouse_figures, definitions, differences, duration_ms, parse_metrics  # noqa: E402
+from clickhouse_check import clickhouse_figures, definitions, differences, duration_ms, parse_metrics, trends  # noqa: E402
 
 ONE_THREAD = "SETTINGS max_threads = 1, max_insert_threads = 1, input_format_parallel_parsing = 0"
 def main():
@@ -64,7 +64,7 @@ def main():
     loaded = time.perf_counter()
     max_ts = q("SELECT max(ts_ms) AS m FROM bench.events")[0]["m"]
     wm_day = dt.datetime.fromtimestamp((int(max_ts) - lateness) / 1000, tz).date()
-    expected, at_least = clickhouse_figures(q, "bench.events", wm_day, retention, funnels)
+    expected, at_least = clickhouse_figures(q, "bench.events", wm_day, retention, funnels, trend_defs=trends(config))
     done = time.perf_counter()
 
     figures = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users",

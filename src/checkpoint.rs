@@ -128,6 +128,9 @@ pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
             text.push_str(&format!("s:{}|{:?};", s.event.as_str(), s.filter));
         }
     }
+    for t in &cfg.trends {
+        text.push_str(&format!("t:{}|{}|{:?};", t.name, t.step.event.as_str(), t.step.filter));
+    }
     let state = foldhash::fast::FixedState::with_seed(0x5eed);
     let mut h = state.build_hasher();
     text.hash(&mut h);

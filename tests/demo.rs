@@ -92,6 +92,23 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert_eq!(status, 400);
     assert!(body.contains("fortnight"), "{body}");
 
+    // Trends: orders per day, from fewer users than orders, and the
+    // filtered one under the whole.
+    let orders = sum(&metrics, "cohortflow_trend_events{trend=\"orders\"");
+    let buyers = sum(&metrics, "cohortflow_trend_users{trend=\"orders\"");
+    let ads = sum(&metrics, "cohortflow_trend_events{trend=\"ads_orders\"");
+    assert!(
+        orders > 100.0 && buyers > 10.0 && buyers <= orders && ads > 0.0 && ads < orders,
+        "{orders} {buyers} {ads}"
+    );
+    assert!(sum(&metrics, "cohortflow_trend_events_total{trend=\"payments\"}") > 0.0);
+    let (status, body) = get(&addr, "/api/v1/trends").expect("api");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let names: Vec<&str> =
+        json["trends"].as_array().expect("trends").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["orders", "payments", "ads_orders"]);
+
     // Weekly cohorts labelled by week, 24-hour windows and brackets by day.
     assert!(sum(&metrics, "cohortflow_retained_users{retention=\"weekly\",cohort_date=") > 100.0);
     let week_one = metrics

@@ -173,10 +173,12 @@ const FIGURES: &[&str] = &[
     "cohortflow_known_users{",
     "cohortflow_lifecycle_users{",
     "cohortflow_stickiness_users{",
-    "cohortflow_retention_mature{",
     "cohortflow_funnel_users{",
     "cohortflow_funnel_conversions_total{",
     "cohortflow_funnel_time_to_convert_seconds_count{",
+    "cohortflow_trend_events{",
+    "cohortflow_trend_users{",
+    "cohortflow_trend_events_total{",
     "cohortflow_events_ingested_total",
     "cohortflow_events_rejected_total{",
 ];

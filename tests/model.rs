@@ -145,6 +145,15 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         return_event = "b"
         mode = "rolling_24h"
         days = [1, 2, "3-5"]
+        [[trend]]
+        name = "ta"
+        event = "a"
+        [[trend]]
+        name = "tb_x"
+        event = {{ event = "b", where = {{ channel = "x" }} }}
+        [[trend]]
+        name = "tall"
+        event = "*"
         [[funnel]]
         name = "abc"
         window = "{window}"
@@ -356,6 +365,35 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                             _ => wm >= midnight(window(d, b).1 + days(1)),
                         })
                         .collect(),
+                })
+                .collect(),
+        });
+    }
+
+    // Trends: distinct (user, time) and distinct users per day.
+    for def in &cfg.engine.trends {
+        let matches = |e: &Ev| {
+            def.step.event.matches(e.name)
+                && def.step.filter.iter().all(|(key, v)| {
+                    key == "channel" && matches!(v, FilterValue::Str(s) if Some(s.as_str()) == e.channel)
+                })
+        };
+        let mut by_day: BTreeMap<jiff::civil::Date, (BTreeSet<(u8, i64)>, BTreeSet<u8>)> = BTreeMap::new();
+        for e in events.iter().filter(|e| matches(e)) {
+            let (times, who) = by_day.entry(day(e.ts)).or_default();
+            times.insert((e.user, e.ts));
+            who.insert(e.user);
+        }
+        out.trends.push(cohortflow::engine::figures::TrendTable {
+            name: def.name.clone(),
+            events_total: by_day.values().map(|(times, _)| times.len() as u64).sum(),
+            rows: by_day
+                .iter()
+                .filter(|(d, _)| **d <= wm_day)
+                .map(|(d, (times, who))| cohortflow::engine::figures::TrendRow {
+                    date: d.to_string(),
+                    events: times.len() as u64,
+                    users: who.len() as u64,
                 })
                 .collect(),
         });
@@ -673,6 +711,29 @@ fn model_sanity_on_weeks_brackets_and_windows() {
     // Active in September (first seen) and October (returning).
     let months: Vec<_> = f.lifecycle.month.iter().map(|r| (r.date.as_str(), r.new, r.returning)).collect();
     assert_eq!(months, [("2026-09-01", 1, 0), ("2026-10-01", 0, 1)]);
+    assert_eq!(comparable(run(&cfg, &events)), comparable(f));
+}
+
+#[test]
+fn trends_count_a_users_events_at_one_time_once() {
+    let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
+    let ev = |user, name, ts, channel| Ev { user, name, ts: START + ts, channel };
+    let events = vec![
+        ev(1, "a", 0, None),
+        ev(1, "a", 0, None),
+        ev(1, "a", HOUR, Some("x")),
+        ev(2, "a", HOUR, None),
+        ev(1, "b", 2 * HOUR, Some("x")),
+        ev(1, "b", 2 * HOUR, Some("y")),
+    ];
+    let f = model(&cfg, &events);
+    let row = |name: &str| {
+        let t = f.trends.iter().find(|t| t.name == name).expect("trend");
+        (t.rows[0].events, t.rows[0].users, t.events_total)
+    };
+    assert_eq!(row("ta"), (3, 2, 3));
+    assert_eq!(row("tb_x"), (1, 1, 1));
+    assert_eq!(row("tall"), (4, 2, 4));
     assert_eq!(comparable(run(&cfg, &events)), comparable(f));
 }
 

@@ -151,6 +151,37 @@ funnels = dashboard(
     [variable("funnel", "label_values(cohortflow_funnel_users, funnel)")],
 )
 
+def repeated(p, var):
+    """A panel repeated for each value of `var`."""
+    return dict(p, repeat=var, repeatDirection="h", maxPerRow=3)
+
+
+def multi_variable(name, query):
+    return dict(variable(name, query), multi=True, includeAll=True, current={"text": "All", "value": "$__all"})
+
+
+trends = dashboard(
+    "cohortflow-trends",
+    "cohortflow / Trends",
+    [
+        repeated(panel(1, "$trend per hour: today, yesterday, the same day last week", "timeseries",
+                       [target('cohortflow:trend_events:increase1h{trend="$trend"}', "today"),
+                        target('cohortflow:trend_events:increase1h{trend="$trend"} offset 1d', "yesterday", ref="B"),
+                        target('cohortflow:trend_events:increase1h{trend="$trend"} offset 1w', "a week ago", ref="C")],
+                       0, 0, w=8,
+                       description="Events in the hour up to each moment (a user's events at one time once)."),
+                 "trend"),
+        panel(2, "Events by day", "table",
+              [target("cohortflow:trend_events:sum", instant=True, fmt="table")],
+              0, 8, transformations=matrix("date", "trend")),
+        panel(3, "Users by day", "table",
+              [target("cohortflow:trend_users:sum", instant=True, fmt="table")],
+              12, 8, transformations=matrix("date", "trend"),
+              description="Distinct users with an event of the trend that day."),
+    ],
+    [multi_variable("trend", "label_values(cohortflow_trend_events_total, trend)")],
+)
+
 operations = dashboard(
     "cohortflow-operations",
     "cohortflow / Operations",
@@ -192,7 +223,7 @@ operations = dashboard(
 )
 
 here = os.path.dirname(os.path.abspath(__file__))
-for name, d in (("retention", retention), ("funnels", funnels), ("operations", operations)):
+for name, d in (("retention", retention), ("funnels", funnels), ("trends", trends), ("operations", operations)):
     with open(os.path.join(here, "dashboards", f"{name}.json"), "w") as f:
         json.dump(d, f, indent=2)
         f.write("\n")

@@ -291,6 +291,46 @@ mod tests {
     }
 
     #[test]
+    fn trends_are_read_or_refused_by_key() {
+        let c = Config::from_toml_str(
+            "[[trend]]\nname = \"orders\"\nevent = \"order\"\n\
+             [[trend]]\nname = \"ads\"\nevent = { event = \"order\", where = { channel = \"ads\", paid = true } }",
+        )
+        .expect("config");
+        let t = &c.engine.trends;
+        assert_eq!((t[0].name.as_str(), t[0].step.event.as_str(), t[0].step.filter.len()), ("orders", "order", 0));
+        assert_eq!((t[1].step.event.as_str(), t[1].step.filter.len()), ("order", 2));
+        for (body, key, says) in [
+            ("[[trend]]\nname = \"\"\nevent = \"a\"", "trend[0].name", "empty"),
+            ("[[trend]]\nname = \"t\"\nevent = \"\"", "trend[0].event", "empty"),
+            ("[[trend]]\nname = \"t\"\nevent = { event = \"\" }", "trend[0].event.event", "empty"),
+            (
+                "[[trend]]\nname = \"t\"\nevent = \"a\"\n[[trend]]\nname = \"t\"\nevent = \"b\"",
+                "trend[1].name",
+                "twice",
+            ),
+            (
+                "[[trend]]\nname = \"t\"\nevent = { event = \"a\", where = { x = [1] } }",
+                "trend[0].event.where.x",
+                "string",
+            ),
+            (
+                "[[trend]]\nname = \"t\"\nevent = { event = \"a\", where = { x = nan } }",
+                "trend[0].event.where.x",
+                "finite",
+            ),
+        ] {
+            let e = err(body);
+            assert!(e.contains(&format!("`{key}`")) && e.contains(says), "{body}: {e}");
+        }
+        let e = err("[[trend]]\nname = \"t\"");
+        assert!(e.contains("event"), "{e}");
+        let many = (0..23).map(|i| format!("[[trend]]\nname = \"t{i}\"\nevent = \"e\"\n")).collect::<String>();
+        let e = err(&many);
+        assert!(e.contains("`trend`") && e.contains("at most 22"), "{e}");
+    }
+
+    #[test]
     fn bounds_are_checked_without_wrapping() {
         // max + 2 once wrapped round to 1 and passed.
         let e = err("[[retention]]\nname = \"r\"\ndays = [1, 4294967295]");

@@ -66,6 +66,8 @@ pub(super) struct RawConfig {
     pub(super) retention: Vec<RawRetention>,
     #[serde(default)]
     pub(super) funnel: Vec<RawFunnel>,
+    #[serde(default)]
+    pub(super) trend: Vec<RawTrend>,
 }
 
 pub(super) fn default_timezone() -> String {
@@ -256,6 +258,14 @@ pub(super) struct RawFunnel {
 }
 pub(super) fn default_funnel_mode() -> String {
     "default".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrend {
+    pub(super) name: String,
+    /// An event name, or `{ event, where }` as a funnel step.
+    pub(super) event: RawStep,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,14 +9,15 @@ use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use super::raw::{
-    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawStep, default_days,
+    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawStep, RawTrend, default_days,
     default_granularity, default_mode, star,
 };
 use super::{Config, ConfigError, KafkaConfig, MAX_USER_ID_BYTES, MAX_WORKERS, invalid};
 use crate::engine::def::{
     Bracket, EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, Granularity, MAX_RETENTION, MAX_STEPS,
-    MAX_USERS, RetentionDef, RetentionMode, StepDef,
+    MAX_USERS, RetentionDef, RetentionMode, StepDef, TrendDef,
 };
+use crate::engine::trend::MAX_TRENDS;
 use crate::event::FieldNames;
 use crate::export::http::Limits as HttpLimits;
 
@@ -97,6 +98,7 @@ impl RawConfig {
         let fields = fields(self.fields, self.max_user_id_bytes)?;
         let retention = retention(self.retention, self.history_days)?;
         let funnels = funnels(self.funnel)?;
+        let trends = trends(self.trend)?;
         let kafka = self.kafka.map(kafka).transpose()?;
 
         Ok(Config {
@@ -115,6 +117,7 @@ impl RawConfig {
                 max_funnel_events_per_user,
                 retention,
                 funnels,
+                trends,
             },
             listen,
             http_limits,
@@ -390,36 +393,67 @@ fn funnels(raw: Vec<RawFunnel>) -> Result<Vec<FunnelDef>, ConfigError> {
         let mut steps = Vec::new();
         for (j, s) in f.steps.into_iter().enumerate() {
             let skey = format!("funnel[{i}].steps[{j}]");
-            let (event, raw_filter) = match s {
-                RawStep::Name(n) => (n, BTreeMap::new()),
-                RawStep::Full(full) => (full.event, full.filter),
-            };
-            if event.is_empty() {
-                return Err(invalid(format!("{skey}.event"), "must not be empty"));
-            }
-            let mut filter = Vec::new();
-            for (prop, value) in raw_filter {
-                let v = match value {
-                    toml::Value::String(s) => FilterValue::Str(s),
-                    toml::Value::Integer(n) => FilterValue::Num(n as f64),
-                    // A NaN equals nothing: a step that could never match.
-                    toml::Value::Float(x) if !x.is_finite() => {
-                        return Err(invalid(format!("{skey}.where.{prop}"), "must be a finite number"));
-                    }
-                    toml::Value::Float(x) => FilterValue::Num(x),
-                    toml::Value::Boolean(b) => FilterValue::Bool(b),
-                    _ => {
-                        return Err(invalid(format!("{skey}.where.{prop}"), "must be a string, a number or a boolean"));
-                    }
-                };
-                filter.push((prop, v));
-            }
-            steps.push(StepDef { event: EventMatch::parse(&event), filter });
+            steps.push(step(&skey, s)?);
         }
         funnels.push(FunnelDef { name: f.name, window_ms, mode, steps });
     }
 
     Ok(funnels)
+}
+
+/// A funnel step or a trend's event (`skey` names it in errors): an event
+/// name, or `{ event, where }` with property equalities.
+fn step(skey: &str, s: RawStep) -> Result<StepDef, ConfigError> {
+    let (event, raw_filter) = match s {
+        RawStep::Name(n) => (n, BTreeMap::new()),
+        RawStep::Full(full) => (full.event, full.filter),
+    };
+    if event.is_empty() {
+        return Err(invalid(format!("{skey}.event"), "must not be empty"));
+    }
+    let mut filter = Vec::new();
+    for (prop, value) in raw_filter {
+        let v = match value {
+            toml::Value::String(s) => FilterValue::Str(s),
+            toml::Value::Integer(n) => FilterValue::Num(n as f64),
+            // A NaN equals nothing: a step that could never match.
+            toml::Value::Float(x) if !x.is_finite() => {
+                return Err(invalid(format!("{skey}.where.{prop}"), "must be a finite number"));
+            }
+            toml::Value::Float(x) => FilterValue::Num(x),
+            toml::Value::Boolean(b) => FilterValue::Bool(b),
+            _ => {
+                return Err(invalid(format!("{skey}.where.{prop}"), "must be a string, a number or a boolean"));
+            }
+        };
+        filter.push((prop, v));
+    }
+    Ok(StepDef { event: EventMatch::parse(&event), filter })
+}
+
+/// `[[trend]]`: names and the events each counts.
+fn trends(raw: Vec<RawTrend>) -> Result<Vec<TrendDef>, ConfigError> {
+    if raw.len() > MAX_TRENDS {
+        return Err(invalid("trend", format!("{} trends; at most {MAX_TRENDS} are supported", raw.len())));
+    }
+    let mut names = HashSet::new();
+    let mut trends = Vec::new();
+    for (i, t) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("trend[{i}].{k}");
+        if t.name.is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if !names.insert(t.name.clone()) {
+            return Err(invalid(key("name"), format!("`{}` is defined twice", t.name)));
+        }
+        // A plain name's key is `event`; a table's own event is `event.event`.
+        let step = match t.event {
+            RawStep::Name(n) if n.is_empty() => return Err(invalid(key("event"), "must not be empty")),
+            s => step(&key("event"), s)?,
+        };
+        trends.push(TrendDef { name: t.name, step });
+    }
+    Ok(trends)
 }
 
 /// `[kafka]`: topics, group, brokers, librdkafka's options, workers.

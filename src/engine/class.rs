@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::def::EngineConfig;
-use super::{funnel, retention};
+use super::{funnel, retention, trend};
 
 /// An event name's meaning: a part per family that asks about names.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +13,8 @@ pub struct Class {
     pub retention: retention::Bits,
     /// Which funnel steps it fills.
     pub funnel: funnel::Fills,
+    /// Which trends count it.
+    pub trend: trend::Fills,
 }
 
 /// The classes of the names the definitions name, and of every other.
@@ -29,9 +31,10 @@ impl Classes {
         let of = |name: Option<&str>| Class {
             retention: retention::classify(cfg, name),
             funnel: funnel::classify(cfg, name),
+            trend: trend::classify(cfg, name),
         };
         let mut named: HashMap<Box<str>, Class, _> = HashMap::default();
-        for name in retention::names(cfg).chain(funnel::names(cfg)) {
+        for name in retention::names(cfg).chain(funnel::names(cfg)).chain(trend::names(cfg)) {
             if !named.contains_key(name) {
                 named.insert(name.into(), of(Some(name)));
             }

@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub retention: Vec<RetentionDef>,
     /// Funnel definitions.
     pub funnels: Vec<FunnelDef>,
+    /// Trend definitions.
+    pub trends: Vec<TrendDef>,
 }
 
 /// An event selector: a name, or any event.
@@ -269,6 +271,15 @@ pub struct FunnelDef {
     pub steps: Vec<StepDef>,
 }
 
+/// One named trend: the events of a name, filtered as a funnel step is.
+#[derive(Debug, Clone)]
+pub struct TrendDef {
+    /// Label value `trend`.
+    pub name: String,
+    /// The events it counts.
+    pub step: StepDef,
+}
+
 #[cfg(test)]
 impl EngineConfig {
     /// A configuration for the engine's own tests, built without the
@@ -290,6 +301,7 @@ impl EngineConfig {
             max_funnel_events_per_user: 10_000,
             retention,
             funnels,
+            trends: Vec::new(),
         }
     }
 }

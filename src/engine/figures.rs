@@ -130,6 +130,28 @@ pub struct Lifecycle {
     pub month: Vec<LifecycleRow>,
 }
 
+/// One day of a trend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrendRow {
+    /// The date, `YYYY-MM-DD`.
+    pub date: String,
+    /// Events of the trend (a user's at one time counting once).
+    pub events: u64,
+    /// Distinct users with such an event.
+    pub users: u64,
+}
+
+/// One trend's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrendTable {
+    /// Trend name.
+    pub name: String,
+    /// Monotonic: events ever counted (since each shard's state began).
+    pub events_total: u64,
+    /// Days, oldest first.
+    pub rows: Vec<TrendRow>,
+}
+
 /// Users per step among those entering a funnel on one day.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FunnelRow {
@@ -224,6 +246,12 @@ pub struct Figures {
     pub stickiness: Vec<StickinessTable>,
     /// Funnels.
     pub funnels: Vec<FunnelTable>,
+    /// Trend tables.
+    pub trends: Vec<TrendTable>,
+    /// Trend events left out (their user at `max_funnel_events_per_user`
+    /// entries, or the store full), since each shard's engine was made or
+    /// restored.
+    pub trend_left_out: u64,
 }
 
 impl Figures {
@@ -245,6 +273,19 @@ impl Figures {
             out.counters.untracked += p.counters.untracked;
             out.funnel_refused += p.funnel_refused;
             out.funnel_capped += p.funnel_capped;
+            out.trend_left_out += p.trend_left_out;
+            for (t, pt) in out.trends.iter_mut().zip(p.trends) {
+                t.events_total += pt.events_total;
+                t.rows = merge_rows(
+                    std::mem::take(&mut t.rows),
+                    pt.rows,
+                    |r| r.date.clone(),
+                    |a, b| {
+                        a.events += b.events;
+                        a.users += b.users;
+                    },
+                );
+            }
             out.funnel_store_fill = out.funnel_store_fill.max(p.funnel_store_fill);
             out.tracked_users += p.tracked_users;
             out.state_bytes += p.state_bytes;

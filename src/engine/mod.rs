@@ -32,6 +32,7 @@ pub mod funnel;
 pub mod ids;
 pub mod retention;
 pub mod state;
+pub mod trend;
 pub mod users;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use figures::{Counters, Figures};
 use funnel::Funnels;
 use retention::Retention;
 pub use state::StateMismatch;
+use trend::Trends;
 use users::Users;
 
 const DAY_MS: i64 = 86_400_000;
@@ -63,6 +65,7 @@ pub struct Engine {
     activity: Activity,
     retention: Retention,
     funnels: Funnels,
+    trends: Trends,
     max_ts: Option<i64>,
     /// The watermark day at the last maintenance pass.
     maintained_day: Day,
@@ -77,18 +80,21 @@ impl Engine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
         let cal = Calendar::new(cfg.timezone.clone());
         let ctx = Ctx { cfg: &cfg, cal: &cal };
-        let (activity, retention, funnels) = (Activity::new(ctx), Retention::new(ctx), Funnels::new(ctx));
-        let reach_days = [activity.reach_days(ctx), retention.reach_days(ctx), funnels.reach_days(ctx)]
-            .into_iter()
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let (activity, retention, funnels, trends) =
+            (Activity::new(ctx), Retention::new(ctx), Funnels::new(ctx), Trends::new(ctx));
+        let reach_days =
+            [activity.reach_days(ctx), retention.reach_days(ctx), funnels.reach_days(ctx), trends.reach_days(ctx)]
+                .into_iter()
+                .max()
+                .unwrap_or(0)
+                + 1;
         Engine {
             classes: Classes::new(&cfg),
             users: Users::new(cfg.history_days),
             activity,
             retention,
             funnels,
+            trends,
             max_ts: None,
             maintained_day: Day::MIN,
             counters: Counters::default(),
@@ -99,13 +105,15 @@ impl Engine {
     }
 
     /// The families, in order, for what is not done per event.
-    fn families(&self) -> [&dyn Family; 3] {
-        [&self.activity, &self.retention, &self.funnels]
+    fn families(&self) -> [&dyn Family; 4] {
+        [&self.activity, &self.retention, &self.funnels, &self.trends]
     }
 
     /// The same, to change, with what they read.
-    fn families_mut(&mut self) -> (Ctx<'_>, [&mut dyn Family; 3]) {
-        (Ctx { cfg: &self.cfg, cal: &self.cal }, [&mut self.activity, &mut self.retention, &mut self.funnels])
+    fn families_mut(&mut self) -> (Ctx<'_>, [&mut dyn Family; 4]) {
+        let families: [&mut dyn Family; 4] =
+            [&mut self.activity, &mut self.retention, &mut self.funnels, &mut self.trends];
+        (Ctx { cfg: &self.cfg, cal: &self.cal }, families)
     }
 
     /// The configuration this engine runs.
@@ -177,6 +185,7 @@ impl Engine {
         self.activity.record(ctx, &self.users, &touch);
         self.retention.record(ctx, &self.users, &touch);
         self.funnels.record(ctx, &self.users, &touch);
+        self.trends.record(ctx, &self.users, &touch);
         Ok(())
     }
 
@@ -286,7 +295,8 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
         |date: &str| date.parse::<jiff::civil::Date>().map(calendar::day_number).is_ok_and(|d| d >= from && d <= to);
     activity::rewindow(&mut out, cfg, from, to);
     retention::rewindow(&mut out, Ctx { cfg, cal: &cal }, wm, from, to);
-    funnel::rewindow(&mut out, in_window);
+    funnel::rewindow(&mut out, &in_window);
+    trend::rewindow(&mut out, in_window);
     out
 }
 

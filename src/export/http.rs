@@ -85,6 +85,7 @@ pub fn router(registry: Registry, published: Arc<Published>) -> Router {
         .route("/api/v1/activity", get(activity))
         .route("/api/v1/lifecycle", get(lifecycle))
         .route("/api/v1/stickiness", get(stickiness))
+        .route("/api/v1/trends", get(trends))
         .with_state(AppState { registry, published })
 }
 
@@ -144,6 +145,11 @@ async fn activity(State(state): State<AppState>, Query(q): Query<ActivityQuery>)
 async fn lifecycle(State(state): State<AppState>) -> Json<serde_json::Value> {
     let f = state.published.figures();
     Json(json!({ "watermark_ms": f.watermark_ms, "lifecycle": f.lifecycle }))
+}
+
+async fn trends(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let f = state.published.figures();
+    Json(json!({ "watermark_ms": f.watermark_ms, "trends": f.trends }))
 }
 
 async fn stickiness(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -78,8 +78,24 @@ def definitions(config):
     return retention, funnels
 
 
+def trends(config):
+    """A config's trends, as (name, event, channel filter or None)."""
+    out = []
+    for t in config.get("trend", []):
+        ev = t["event"]
+        if isinstance(ev, str):
+            out.append((t["name"], ev, None))
+        elif set(ev.get("where", {})) <= {"channel"} and ev["event"] != "*":
+            out.append((t["name"], ev["event"], ev.get("where", {}).get("channel")))
+        else:
+            raise SystemExit(f"trend {t['name']}: the reference takes event names and channel filters only")
+    return out
+
+
 with open(FIXTURE, "rb") as fixture:
-    RETENTION, FUNNELS = definitions(tomllib.load(fixture))
+    _FIXTURE = tomllib.load(fixture)
+    RETENTION, FUNNELS = definitions(_FIXTURE)
+    TRENDS = trends(_FIXTURE)
 
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
@@ -224,7 +240,8 @@ def week_sql(day, week_start):
     return f"addDays(toMonday(subtractDays({day}, {k})), {k})"
 
 
-def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS, week_start="monday", tz="UTC"):
+def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS, week_start="monday", tz="UTC",
+                       trend_defs=TRENDS):
     """Every figure cohortflow exports, computed by ClickHouse over `base`
     (a subquery of distinct events with user_id, event, ts_ms, channel and
     day), for the business days up to `wm_day`: {(metric, labels): value},
@@ -356,6 +373,18 @@ def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS, we
                        tuple(sorted((("cohort_date", r["cohort"]), (granularity, label), ("retention", name)))))
                 expected[key] = int(r[f"r{i}"])
 
+    # Trends: uniqExact((user_id, ts)) and uniqExact(user_id) per day.
+    for name, ev, channel in trend_defs:
+        cond = f"event = '{ev}'" + (f" AND channel = '{channel}'" if channel else "")
+        total = 0
+        for r in q(f"SELECT toString(day) AS d, uniqExact((user_id, ts_ms)) AS e, uniqExact(user_id) AS u "
+                   f"FROM {base} WHERE {cond} GROUP BY d"):
+            total += int(r["e"])
+            if date(r["d"]) <= wm_day:
+                expected[("cohortflow_trend_events", (("date", r["d"]), ("trend", name)))] = int(r["e"])
+                expected[("cohortflow_trend_users", (("date", r["d"]), ("trend", name)))] = int(r["u"])
+        expected[("cohortflow_trend_events_total", (("trend", name),))] = total
+
     # Funnels.
     at_least = set()
     for name, window, mode, steps in funnels:
@@ -459,7 +488,8 @@ def main():
     got = parse_metrics(args.metrics)
     checked = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
                "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total",
-               "cohortflow_known_users", "cohortflow_lifecycle_users", "cohortflow_stickiness_users"}
+               "cohortflow_known_users", "cohortflow_lifecycle_users", "cohortflow_stickiness_users",
+               "cohortflow_trend_events", "cohortflow_trend_users", "cohortflow_trend_events_total"}
     got = {k: v for k, v in got.items() if k[0] in checked}
     diffs, above = differences(expected, at_least, got)
     # Every definition is compared on something it retained: a check of

@@ -460,7 +460,9 @@ impl Family for Funnels {
     }
 }
 
-fn write_store<S: Segments>(out: &mut dyn Write, store: &S) -> std::io::Result<()> {
+/// Writes a store's columns: each user's number of entries, then the
+/// entries user after user.
+pub(crate) fn write_store<S: Segments>(out: &mut dyn Write, store: &S) -> std::io::Result<()> {
     for len in store.lens() {
         out.write_all(&len.to_le_bytes())?;
     }
@@ -472,7 +474,8 @@ fn write_store<S: Segments>(out: &mut dyn Write, store: &S) -> std::io::Result<(
     Ok(())
 }
 
-fn rebuild<S: Segments>(lens: &[u32], words: &[u64]) -> Option<S> {
+/// The store of columns [`write_store`] wrote.
+pub(crate) fn rebuild<S: Segments>(lens: &[u32], words: &[u64]) -> Option<S> {
     S::from_parts(lens, bytemuck::try_cast_slice(words).ok()?)
 }
 
@@ -490,7 +493,8 @@ fn event_tag(ev: &Event<'_>) -> u32 {
     state.hash_one((ev.name.as_ref(), ev.props_raw().unwrap_or(""))) as u32
 }
 
-fn prop_equals(value: Option<&PropValue<'_>>, want: &FilterValue) -> bool {
+/// Whether a prop's value passes a filter's equality.
+pub(crate) fn prop_equals(value: Option<&PropValue<'_>>, want: &FilterValue) -> bool {
     match (value, want) {
         (Some(PropValue::Str(s)), FilterValue::Str(w)) => s == w.as_str(),
         (Some(PropValue::Num(x)), FilterValue::Num(w)) => x == w,

@@ -5,7 +5,7 @@
 //!
 //! A module per metric family declares its metric families (a `FAMILIES`
 //! table: name, help, type, labels) and builds them from the figures:
-//! `retention`, `activity`, `funnel`; `shard` has what every
+//! `retention`, `activity`, `funnel`, `trend`; `shard` has what every
 //! shard reports, `source` the Kafka source's status. `docs/metrics.md`
 //! is generated from the tables ([`reference()`]).
 //!
@@ -18,6 +18,7 @@ mod funnel;
 mod retention;
 mod shard;
 mod source;
+mod trend;
 
 use std::sync::Arc;
 
@@ -50,9 +51,17 @@ const PROCESS: &[Def] = &[
 
 /// Every declared family, in the order of the reference.
 fn all() -> impl Iterator<Item = &'static Def> {
-    [retention::FAMILIES, activity::FAMILIES, funnel::FAMILIES, shard::FAMILIES, source::FAMILIES, PROCESS]
-        .into_iter()
-        .flatten()
+    [
+        retention::FAMILIES,
+        activity::FAMILIES,
+        funnel::FAMILIES,
+        trend::FAMILIES,
+        shard::FAMILIES,
+        source::FAMILIES,
+        PROCESS,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Reads the latest figures at scrape time.
@@ -86,6 +95,7 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     retention::families(f, &mut out);
     activity::families(f, &mut out);
     funnel::families(f, &mut out);
+    trend::families(f, &mut out);
     shard::families(f, max_users, &mut out);
     out
 }
