@@ -295,7 +295,7 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
         |date: &str| date.parse::<jiff::civil::Date>().map(calendar::day_number).is_ok_and(|d| d >= from && d <= to);
     activity::rewindow(&mut out, cfg, from, to);
     retention::rewindow(&mut out, Ctx { cfg, cal: &cal }, wm, from, to);
-    funnel::rewindow(&mut out, &in_window);
+    funnel::rewindow(&mut out, in_window);
     trend::rewindow(&mut out, in_window);
     out
 }
