@@ -378,7 +378,9 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                     key == "channel" && matches!(v, FilterValue::Str(s) if Some(s.as_str()) == e.channel)
                 })
         };
-        let mut by_day: BTreeMap<jiff::civil::Date, (BTreeSet<(u8, i64)>, BTreeSet<u8>)> = BTreeMap::new();
+        // Per day: the (user, time) pairs and the users.
+        type Day = (BTreeSet<(u8, i64)>, BTreeSet<u8>);
+        let mut by_day: BTreeMap<jiff::civil::Date, Day> = BTreeMap::new();
         for e in events.iter().filter(|e| matches(e)) {
             let (times, who) = by_day.entry(day(e.ts)).or_default();
             times.insert((e.user, e.ts));

@@ -196,6 +196,8 @@ fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
             // The demo has no monthly definition: month 1 needs 63 days of
             // history, the demo keeps 35.
             let monthly = expr.contains("$monthly");
+            // A Prometheus started for the test holds no yesterday.
+            let past = expr.contains(" offset ");
             let expr = expr
                 .replace("$retention", "new_users")
                 .replace("$funnel", "checkout")
@@ -204,7 +206,7 @@ fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
                 .replace("$trend", "orders");
             let (status, n, error) = query(&prom, &expr);
             assert_eq!(status, "success", "{name}: {expr}: {error}");
-            if !kafka_only.iter().any(|k| expr.contains(k)) && !monthly {
+            if !kafka_only.iter().any(|k| expr.contains(k)) && !monthly && !past {
                 assert!(n > 0, "{name}: no data for {expr}");
             }
             checked += 1;
