@@ -1,5 +1,5 @@
-//! cohortflow: exact, continuously updated retention, activity and funnel
-//! figures from a stream of user-action events, served as Prometheus
+//! cohortflow: exact, continuously updated retention, activity, funnel and
+//! trend figures from a stream of user-action events, served as Prometheus
 //! metrics.
 //!
 //! The data flows through the modules in this order:
@@ -37,7 +37,7 @@
 //!
 //! # Adding a metric family
 //!
-//! A metric family (retention, activity and funnels today) is a room of
+//! A metric family (retention, activity, funnels and trends today) is a room of
 //! its own under `src/engine/`; the shard ([`engine::Engine`]) keeps only
 //! what all of them read (users, first-seen and active days, calendar,
 //! watermark). A new family touches these files and no others:

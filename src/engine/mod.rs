@@ -1,4 +1,4 @@
-//! The engine: exact retention, activity and funnel state for the events of
+//! The engine: exact retention, activity, funnel and trend state for the events of
 //! one shard (one Kafka partition, or one replay).
 //!
 //! It is a deterministic state machine with no I/O and no clock of its own:
@@ -17,7 +17,7 @@
 //! ([`users`]), the calendar, the watermark and the counters. Each metric
 //! family is a room of its own that keeps its per-user columns, its
 //! per-day rows, its snapshot section and its figures, behind
-//! [`family::Family`]: [`activity`], [`retention`], [`funnel`]. The
+//! [`family::Family`]: [`activity`], [`retention`], [`funnel`], [`trend`]. The
 //! definitions they run are [`def`]; [`class`] says what an event name
 //! means to each.
 
