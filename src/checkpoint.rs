@@ -131,6 +131,9 @@ pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
     for t in &cfg.trends {
         text.push_str(&format!("t:{}|{}|{:?};", t.name, t.step.event.as_str(), t.step.filter));
     }
+    if let Some(r) = &cfg.revenue {
+        text.push_str(&format!("rev:{:?}|{}|{};", r.events, r.amount_prop, r.scale));
+    }
     let state = foldhash::fast::FixedState::with_seed(0x5eed);
     let mut h = state.build_hasher();
     text.hash(&mut h);

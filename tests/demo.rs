@@ -109,6 +109,22 @@ fn demo_serves_cohorts_retention_and_funnels() {
         json["trends"].as_array().expect("trends").iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, ["orders", "payments", "ads_orders"]);
 
+    // Revenue: exact decimal sums over HTTP, paying users under the sum.
+    assert!(sum(&metrics, "cohortflow_revenue{") > 1000.0);
+    assert!(sum(&metrics, "cohortflow_paying_users{") > 10.0);
+    assert!(sum(&metrics, "cohortflow_new_paying_users{") > 10.0);
+    assert!(sum(&metrics, "cohortflow_revenue_total ") > 1000.0);
+    let (status, body) = get(&addr, "/api/v1/revenue").expect("api");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let days = json["revenue"]["days"].as_array().expect("days");
+    assert!(!days.is_empty());
+    for day in days {
+        let text = day["revenue"].as_str().expect("decimal text");
+        let (_, cents) = text.split_once('.').expect("two decimals");
+        assert_eq!(cents.len(), 2, "{text}");
+    }
+
     // Weekly cohorts labelled by week, 24-hour windows and brackets by day.
     assert!(sum(&metrics, "cohortflow_retained_users{retention=\"weekly\",cohort_date=") > 100.0);
     let week_one = metrics

@@ -250,6 +250,8 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("[kafka.options]", &["\"auto.offset.reset\"", "\"fetch.min.bytes\""]),
     ("[[retention]]", &["name", "cohort_event", "return_event", "days", "periods", "granularity", "mode"]),
     ("[[funnel]]", &["name", "window", "mode", "steps"]),
+    ("[[trend]]", &["name", "event"]),
+    ("[revenue]", &["events", "amount_prop", "scale"]),
 ];
 
 fn toml_value() -> BoxedStrategy<String> {

@@ -28,14 +28,32 @@ struct Ev {
     name: &'static str,
     ts: i64,
     channel: Option<&'static str>,
+    /// The JSON text of its `amount` prop, if any.
+    amount: Option<&'static str>,
 }
+
+/// Amounts as payment events carry them, and what they are in cents
+/// (`None`: not counted).
+const AMOUNTS: &[(&str, Option<i64>)] = &[
+    ("12.30", Some(1230)),
+    ("\"0.10\"", Some(10)),
+    ("0.2", Some(20)),
+    ("-5", Some(-500)),
+    ("1e2", Some(10_000)),
+    ("1.005", None),
+    ("\"x\"", None),
+];
 
 impl Ev {
     fn json(&self) -> String {
-        let props = match self.channel {
-            Some(c) => format!(r#","props":{{"channel":"{c}"}}"#),
-            None => String::new(),
-        };
+        let mut props: Vec<String> = Vec::new();
+        if let Some(c) = self.channel {
+            props.push(format!(r#""channel":"{c}""#));
+        }
+        if let Some(a) = self.amount {
+            props.push(format!(r#""amount":{a}"#));
+        }
+        let props = if props.is_empty() { String::new() } else { format!(r#","props":{{{}}}"#, props.join(",")) };
         format!(r#"{{"user_id":"u{}","event":"{}","ts":{}{props}}}"#, self.user, self.name, self.ts)
     }
 }
@@ -53,8 +71,15 @@ fn event_of(names: Vec<&'static str>, channels: Vec<&'static str>) -> impl Strat
         // Coarse times over ~9 days, so that equal timestamps are common.
         0i64..(9 * 24 * 4),
         prop::option::of(prop::sample::select(channels)),
+        prop::option::of(prop::sample::select(AMOUNTS.iter().map(|a| a.0).collect::<Vec<_>>())),
     )
-        .prop_map(|(user, name, quarter, channel)| Ev { user, name, ts: START + quarter * HOUR / 4, channel })
+        .prop_map(|(user, name, quarter, channel, amount)| Ev {
+            user,
+            name,
+            ts: START + quarter * HOUR / 4,
+            channel,
+            amount,
+        })
 }
 
 fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
@@ -145,6 +170,8 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         return_event = "b"
         mode = "rolling_24h"
         days = [1, 2, "3-5"]
+        [revenue]
+        events = ["c", "d"]
         [[trend]]
         name = "ta"
         event = "a"
@@ -401,6 +428,46 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
         });
     }
 
+    // Revenue: distinct (user, event, time, amount) payments.
+    if let Some(def) = &cfg.engine.revenue {
+        let units = |e: &Ev| e.amount.and_then(|a| AMOUNTS.iter().find(|x| x.0 == a)).and_then(|x| x.1);
+        let payments: BTreeSet<(u8, &str, i64, i64)> = events
+            .iter()
+            .filter(|e| def.events.iter().any(|p| p == e.name))
+            .filter_map(|e| Some((e.user, e.name, e.ts, units(e)?)))
+            .collect();
+        let mut rows: BTreeMap<jiff::civil::Date, (i128, BTreeSet<u8>)> = BTreeMap::new();
+        let mut first: BTreeMap<u8, jiff::civil::Date> = BTreeMap::new();
+        for &(user, _, ts, units) in &payments {
+            let row = rows.entry(day(ts)).or_default();
+            row.0 += i128::from(units);
+            if units > 0 {
+                row.1.insert(user);
+                let d = first.entry(user).or_insert(day(ts));
+                *d = (*d).min(day(ts));
+            }
+        }
+        let paid = payments.iter().filter(|p| p.3 > 0).map(|p| i128::from(p.3)).sum();
+        let refunded = payments.iter().filter(|p| p.3 < 0).map(|p| -i128::from(p.3)).sum();
+        out.revenue = Some(cohortflow::engine::figures::RevenueFigures {
+            scale: def.scale,
+            rows: rows
+                .iter()
+                .filter(|(d, _)| **d <= wm_day)
+                .map(|(d, (units, paying))| cohortflow::engine::figures::RevenueRow {
+                    date: d.to_string(),
+                    units: *units,
+                    paying_users: paying.len() as u64,
+                    new_paying_users: first.values().filter(|f| *f == d).count() as u64,
+                })
+                .filter(|r| r.units != 0 || r.paying_users != 0 || r.new_paying_users != 0)
+                .collect(),
+            paid_units: paid,
+            refunded_units: refunded,
+            rejected: [0; 4],
+        });
+    }
+
     // Funnels: exhaustive search over chains.
     for def in &cfg.engine.funnels {
         let k_steps = def.steps.len();
@@ -506,6 +573,10 @@ fn comparable(mut f: Figures) -> Figures {
     f.tracked_users = 0;
     f.state_bytes = 0;
     f.funnel_store_fill = 0.0;
+    // Counted as read, duplicates included, like the counters.
+    if let Some(r) = &mut f.revenue {
+        r.rejected = [0; 4];
+    }
     for t in &mut f.funnels {
         t.time_to_convert.clear();
         t.histograms.clear();
@@ -641,7 +712,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         // Without props, an event's name and time tell it from another.
-        let mut arrived: Vec<Ev> = events.into_iter().map(|e| Ev { channel: None, ..e }).collect();
+        let mut arrived: Vec<Ev> = events.into_iter().map(|e| Ev { channel: None, amount: None, ..e }).collect();
         fastrand::Rng::with_seed(seed).shuffle(&mut arrived);
         let mut kept: BTreeMap<u8, BTreeSet<(i64, &str)>> = BTreeMap::new();
         let mut left_out = 0;
@@ -676,7 +747,7 @@ fn model_sanity_on_a_known_case() {
     // u1: a on day 0 and b on days 1, 2; funnel a->b->c within 1h.
     let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
     let day = 24 * HOUR;
-    let ev = |user, name, ts| Ev { user, name, ts: START + ts, channel: None };
+    let ev = |user, name, ts| Ev { user, name, ts: START + ts, channel: None, amount: None };
     let events = vec![
         ev(1, "a", 0),
         ev(1, "b", day + 10),
@@ -697,7 +768,7 @@ fn model_sanity_on_a_known_case() {
 fn model_sanity_on_weeks_brackets_and_windows() {
     let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
     let day = 24 * HOUR;
-    let ev = |user, name, ts| Ev { user, name, ts: START + ts, channel: None };
+    let ev = |user, name, ts| Ev { user, name, ts: START + ts, channel: None, amount: None };
     // Sunday 2026-09-27, Monday 09-28, Wednesday 09-30, Friday 10-02.
     let events = vec![ev(1, "a", 0), ev(1, "b", day), ev(1, "b", 3 * day + HOUR), ev(1, "c", 5 * day)];
     let f = model(&cfg, &events);
@@ -719,7 +790,7 @@ fn model_sanity_on_weeks_brackets_and_windows() {
 #[test]
 fn trends_count_a_users_events_at_one_time_once() {
     let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
-    let ev = |user, name, ts, channel| Ev { user, name, ts: START + ts, channel };
+    let ev = |user, name, ts, channel| Ev { user, name, ts: START + ts, channel, amount: None };
     let events = vec![
         ev(1, "a", 0, None),
         ev(1, "a", 0, None),
@@ -737,6 +808,29 @@ fn trends_count_a_users_events_at_one_time_once() {
     assert_eq!(row("tb_x"), (1, 1, 1));
     assert_eq!(row("tall"), (4, 2, 4));
     assert_eq!(comparable(run(&cfg, &events)), comparable(f));
+}
+
+#[test]
+fn revenue_counts_each_payment_once_exactly() {
+    let cfg = Config::from_toml_str(&config("UTC", "1h", FunnelMode::Default)).expect("config");
+    let pay = |user, name, ts, amount| Ev { user, name, ts: START + ts, channel: None, amount: Some(amount) };
+    let events = vec![
+        pay(1, "c", 0, "12.30"),
+        pay(1, "c", 0, "12.30"),
+        pay(1, "d", 0, "\"0.10\""),
+        pay(2, "c", HOUR, "-5"),
+        pay(2, "c", 2 * HOUR, "1.005"),
+        pay(2, "c", 3 * HOUR, "\"x\""),
+    ];
+    let f = model(&cfg, &events);
+    let r = f.revenue.as_ref().expect("revenue");
+    assert_eq!((r.rows[0].units, r.rows[0].paying_users, r.rows[0].new_paying_users), (740, 1, 1));
+    assert_eq!((r.paid_units, r.refunded_units), (1240, 500));
+    let got = run(&cfg, &events);
+    let g = got.revenue.as_ref().expect("revenue");
+    // absent, not_a_number, too_many_decimals, out_of_range
+    assert_eq!(g.rejected, [0, 1, 1, 0]);
+    assert_eq!(comparable(got), comparable(f));
 }
 
 /// A random configuration in TOML: any number of retention definitions

@@ -291,6 +291,25 @@ mod tests {
     }
 
     #[test]
+    fn revenue_is_read_or_refused_by_key() {
+        let c = Config::from_toml_str("[revenue]\nevents = [\"pay\", \"renew\"]").expect("config");
+        let r = c.engine.revenue.expect("revenue");
+        assert_eq!((r.events.len(), r.amount_prop.as_str(), r.scale), (2, "amount", 2));
+        for (body, key) in [
+            ("[revenue]\nevents = []", "revenue.events"),
+            ("[revenue]\nevents = [\"\"]", "revenue.events"),
+            ("[revenue]\nevents = [\"*\"]", "revenue.events"),
+            ("[revenue]\nevents = [\"pay\"]\namount_prop = \"\"", "revenue.amount_prop"),
+            ("[revenue]\nevents = [\"pay\"]\nscale = 7", "revenue.scale"),
+            ("[revenue]\nevents = [\"pay\"]\nscale = -1", "revenue.scale"),
+        ] {
+            let e = err(body);
+            assert!(e.contains(&format!("`{key}`")), "{body}: {e}");
+        }
+        assert!(err("[revenue]\namount_prop = \"a\"").contains("events"));
+    }
+
+    #[test]
     fn trends_are_read_or_refused_by_key() {
         let c = Config::from_toml_str(
             "[[trend]]\nname = \"orders\"\nevent = \"order\"\n\

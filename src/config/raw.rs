@@ -68,6 +68,8 @@ pub(super) struct RawConfig {
     pub(super) funnel: Vec<RawFunnel>,
     #[serde(default)]
     pub(super) trend: Vec<RawTrend>,
+    #[serde(default)]
+    pub(super) revenue: Option<RawRevenue>,
 }
 
 pub(super) fn default_timezone() -> String {
@@ -258,6 +260,22 @@ pub(super) struct RawFunnel {
 }
 pub(super) fn default_funnel_mode() -> String {
     "default".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRevenue {
+    pub(super) events: Vec<String>,
+    #[serde(default = "default_amount_prop")]
+    pub(super) amount_prop: String,
+    #[serde(default = "default_scale")]
+    pub(super) scale: i64,
+}
+pub(super) fn default_amount_prop() -> String {
+    "amount".into()
+}
+pub(super) fn default_scale() -> i64 {
+    2
 }
 
 #[derive(Debug, Deserialize)]

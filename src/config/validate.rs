@@ -9,13 +9,13 @@ use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use super::raw::{
-    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawStep, RawTrend, default_days,
-    default_granularity, default_mode, star,
+    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawRevenue, RawStep, RawTrend,
+    default_days, default_granularity, default_mode, star,
 };
 use super::{Config, ConfigError, KafkaConfig, MAX_USER_ID_BYTES, MAX_WORKERS, invalid};
 use crate::engine::def::{
     Bracket, EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, Granularity, MAX_RETENTION, MAX_STEPS,
-    MAX_USERS, RetentionDef, RetentionMode, StepDef, TrendDef,
+    MAX_USERS, RetentionDef, RetentionMode, RevenueDef, StepDef, TrendDef,
 };
 use crate::engine::trend::MAX_TRENDS;
 use crate::event::FieldNames;
@@ -99,6 +99,7 @@ impl RawConfig {
         let retention = retention(self.retention, self.history_days)?;
         let funnels = funnels(self.funnel)?;
         let trends = trends(self.trend)?;
+        let revenue = self.revenue.map(revenue).transpose()?;
         let kafka = self.kafka.map(kafka).transpose()?;
 
         Ok(Config {
@@ -118,6 +119,7 @@ impl RawConfig {
                 retention,
                 funnels,
                 trends,
+                revenue,
             },
             listen,
             http_limits,
@@ -429,6 +431,22 @@ fn step(skey: &str, s: RawStep) -> Result<StepDef, ConfigError> {
         filter.push((prop, v));
     }
     Ok(StepDef { event: EventMatch::parse(&event), filter })
+}
+
+/// `[revenue]`: the payment events, the amount's prop and its decimals.
+fn revenue(r: RawRevenue) -> Result<RevenueDef, ConfigError> {
+    if r.events.is_empty() || r.events.iter().any(|e| e.is_empty() || e == "*") {
+        return Err(invalid("revenue.events", "must list at least one event name (not \"*\")"));
+    }
+    if r.amount_prop.is_empty() {
+        return Err(invalid("revenue.amount_prop", "must not be empty"));
+    }
+    // 64-bit units: up to 9.2e12 currency units at 6 decimals.
+    let scale = u32::try_from(r.scale)
+        .ok()
+        .filter(|&s| s <= 6)
+        .ok_or_else(|| invalid("revenue.scale", "must be between 0 and 6"))?;
+    Ok(RevenueDef { events: r.events, amount_prop: r.amount_prop, scale })
 }
 
 /// `[[trend]]`: names and the events each counts.

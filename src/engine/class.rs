@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::def::EngineConfig;
-use super::{funnel, retention, trend};
+use super::{funnel, retention, revenue, trend};
 
 /// An event name's meaning: a part per family that asks about names.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +15,8 @@ pub struct Class {
     pub funnel: funnel::Fills,
     /// Which trends count it.
     pub trend: trend::Fills,
+    /// 1 + its index among the payment events, or 0.
+    pub revenue: u32,
 }
 
 /// The classes of the names the definitions name, and of every other.
@@ -32,9 +34,11 @@ impl Classes {
             retention: retention::classify(cfg, name),
             funnel: funnel::classify(cfg, name),
             trend: trend::classify(cfg, name),
+            revenue: revenue::classify(cfg, name),
         };
         let mut named: HashMap<Box<str>, Class, _> = HashMap::default();
-        for name in retention::names(cfg).chain(funnel::names(cfg)).chain(trend::names(cfg)) {
+        for name in retention::names(cfg).chain(funnel::names(cfg)).chain(trend::names(cfg)).chain(revenue::names(cfg))
+        {
             if !named.contains_key(name) {
                 named.insert(name.into(), of(Some(name)));
             }

@@ -53,6 +53,19 @@ pub struct EngineConfig {
     pub funnels: Vec<FunnelDef>,
     /// Trend definitions.
     pub trends: Vec<TrendDef>,
+    /// Payments, if configured.
+    pub revenue: Option<RevenueDef>,
+}
+
+/// `[revenue]`: the payment events and where their amount is.
+#[derive(Debug, Clone)]
+pub struct RevenueDef {
+    /// Events that are payments.
+    pub events: Vec<String>,
+    /// The prop holding the amount (a JSON number or a decimal string).
+    pub amount_prop: String,
+    /// Decimals kept: amounts are integers of 10^-scale units.
+    pub scale: u32,
 }
 
 /// An event selector: a name, or any event.
@@ -302,6 +315,7 @@ impl EngineConfig {
             retention,
             funnels,
             trends: Vec::new(),
+            revenue: None,
         }
     }
 }

@@ -130,6 +130,42 @@ pub struct Lifecycle {
     pub month: Vec<LifecycleRow>,
 }
 
+/// One day of revenue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevenueRow {
+    /// The date, `YYYY-MM-DD`.
+    pub date: String,
+    /// Sum of the day's amounts (refunds included), in 10^-scale units.
+    #[serde(serialize_with = "units_text")]
+    pub units: i128,
+    /// Users with a payment of a positive amount that day.
+    pub paying_users: u64,
+    /// Users whose first such payment ever fell on the day.
+    pub new_paying_users: u64,
+}
+
+/// Revenue figures (with `[revenue]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevenueFigures {
+    /// Decimals of the units.
+    pub scale: u32,
+    /// Days, oldest first.
+    pub rows: Vec<RevenueRow>,
+    /// Monotonic: units of payments of positive amounts, ever.
+    #[serde(serialize_with = "units_text")]
+    pub paid_units: i128,
+    /// Monotonic: units of refunds (negative amounts, as positive), ever.
+    #[serde(serialize_with = "units_text")]
+    pub refunded_units: i128,
+    /// Amounts not counted, by `engine::revenue::AmountReject::ALL`.
+    pub rejected: [u64; 4],
+}
+
+/// An `i128` as its decimal digits (JSON numbers lose precision past 2^53).
+fn units_text<S: serde::Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
+}
+
 /// One day of a trend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TrendRow {
@@ -252,6 +288,8 @@ pub struct Figures {
     /// entries, or the store full), since each shard's engine was made or
     /// restored.
     pub trend_left_out: u64,
+    /// Revenue, with `[revenue]`.
+    pub revenue: Option<RevenueFigures>,
 }
 
 impl Figures {
@@ -274,6 +312,23 @@ impl Figures {
             out.funnel_refused += p.funnel_refused;
             out.funnel_capped += p.funnel_capped;
             out.trend_left_out += p.trend_left_out;
+            if let (Some(r), Some(pr)) = (&mut out.revenue, p.revenue) {
+                r.paid_units += pr.paid_units;
+                r.refunded_units += pr.refunded_units;
+                for (a, b) in r.rejected.iter_mut().zip(pr.rejected) {
+                    *a += b;
+                }
+                r.rows = merge_rows(
+                    std::mem::take(&mut r.rows),
+                    pr.rows,
+                    |row| row.date.clone(),
+                    |a, b| {
+                        a.units += b.units;
+                        a.paying_users += b.paying_users;
+                        a.new_paying_users += b.new_paying_users;
+                    },
+                );
+            }
             for (t, pt) in out.trends.iter_mut().zip(p.trends) {
                 t.events_total += pt.events_total;
                 t.rows = merge_rows(

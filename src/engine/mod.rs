@@ -31,6 +31,7 @@ pub mod figures;
 pub mod funnel;
 pub mod ids;
 pub mod retention;
+pub mod revenue;
 pub mod state;
 pub mod trend;
 pub mod users;
@@ -46,6 +47,7 @@ use family::{Ctx, Family, Horizon, Touch, View};
 use figures::{Counters, Figures};
 use funnel::Funnels;
 use retention::Retention;
+use revenue::Revenue;
 pub use state::StateMismatch;
 use trend::Trends;
 use users::Users;
@@ -66,6 +68,7 @@ pub struct Engine {
     retention: Retention,
     funnels: Funnels,
     trends: Trends,
+    revenue: Revenue,
     max_ts: Option<i64>,
     /// The watermark day at the last maintenance pass.
     maintained_day: Day,
@@ -80,8 +83,8 @@ impl Engine {
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
         let cal = Calendar::new(cfg.timezone.clone());
         let ctx = Ctx { cfg: &cfg, cal: &cal };
-        let (activity, retention, funnels, trends) =
-            (Activity::new(ctx), Retention::new(ctx), Funnels::new(ctx), Trends::new(ctx));
+        let (activity, retention, funnels, trends, revenue) =
+            (Activity::new(ctx), Retention::new(ctx), Funnels::new(ctx), Trends::new(ctx), Revenue::new(ctx));
         let reach_days =
             [activity.reach_days(ctx), retention.reach_days(ctx), funnels.reach_days(ctx), trends.reach_days(ctx)]
                 .into_iter()
@@ -95,6 +98,7 @@ impl Engine {
             retention,
             funnels,
             trends,
+            revenue,
             max_ts: None,
             maintained_day: Day::MIN,
             counters: Counters::default(),
@@ -105,14 +109,14 @@ impl Engine {
     }
 
     /// The families, in order, for what is not done per event.
-    fn families(&self) -> [&dyn Family; 4] {
-        [&self.activity, &self.retention, &self.funnels, &self.trends]
+    fn families(&self) -> [&dyn Family; 5] {
+        [&self.activity, &self.retention, &self.funnels, &self.trends, &self.revenue]
     }
 
     /// The same, to change, with what they read.
-    fn families_mut(&mut self) -> (Ctx<'_>, [&mut dyn Family; 4]) {
-        let families: [&mut dyn Family; 4] =
-            [&mut self.activity, &mut self.retention, &mut self.funnels, &mut self.trends];
+    fn families_mut(&mut self) -> (Ctx<'_>, [&mut dyn Family; 5]) {
+        let families: [&mut dyn Family; 5] =
+            [&mut self.activity, &mut self.retention, &mut self.funnels, &mut self.trends, &mut self.revenue];
         (Ctx { cfg: &self.cfg, cal: &self.cal }, families)
     }
 
@@ -186,6 +190,7 @@ impl Engine {
         self.retention.record(ctx, &self.users, &touch);
         self.funnels.record(ctx, &self.users, &touch);
         self.trends.record(ctx, &self.users, &touch);
+        self.revenue.record(ctx, &self.users, &touch);
         Ok(())
     }
 
@@ -297,6 +302,7 @@ pub fn merge(parts: Vec<Figures>, cfg: &EngineConfig) -> Figures {
     retention::rewindow(&mut out, Ctx { cfg, cal: &cal }, wm, from, to);
     funnel::rewindow(&mut out, in_window);
     trend::rewindow(&mut out, in_window);
+    revenue::rewindow(&mut out, in_window);
     out
 }
 

@@ -193,6 +193,15 @@ impl<'a> Event<'a> {
         found[0].map(RawValue::get).and_then(interpret_prop)
     }
 
+    /// The JSON text of property `key` as the event has it (a number's
+    /// digits, a string with its quotes and escapes), for readers that
+    /// must not go through a float: money.
+    pub fn prop_raw(&self, key: &str) -> Option<&'a str> {
+        let mut found = [None];
+        self.find_props(&[key], &mut found);
+        found[0].map(RawValue::get)
+    }
+
     /// The values of several properties in one pass over `props` (the
     /// last occurrence of a repeated key wins, as for a repeated `props`
     /// and in most JSON readers), read like [`Event::prop`].

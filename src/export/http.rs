@@ -86,6 +86,7 @@ pub fn router(registry: Registry, published: Arc<Published>) -> Router {
         .route("/api/v1/lifecycle", get(lifecycle))
         .route("/api/v1/stickiness", get(stickiness))
         .route("/api/v1/trends", get(trends))
+        .route("/api/v1/revenue", get(revenue))
         .with_state(AppState { registry, published })
 }
 
@@ -145,6 +146,40 @@ async fn activity(State(state): State<AppState>, Query(q): Query<ActivityQuery>)
 async fn lifecycle(State(state): State<AppState>) -> Json<serde_json::Value> {
     let f = state.published.figures();
     Json(json!({ "watermark_ms": f.watermark_ms, "lifecycle": f.lifecycle }))
+}
+
+async fn revenue(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let f = state.published.figures();
+    let Some(r) = &f.revenue else {
+        return Json(json!({ "watermark_ms": f.watermark_ms, "revenue": null }));
+    };
+    let money = |units: i128| crate::engine::revenue::decimal_text(units, r.scale);
+    let days: Vec<_> = r
+        .rows
+        .iter()
+        .map(|row| {
+            json!({
+                "date": row.date,
+                "revenue": money(row.units),
+                "paying_users": row.paying_users,
+                "new_paying_users": row.new_paying_users,
+            })
+        })
+        .collect();
+    let rejected: serde_json::Map<String, serde_json::Value> = crate::engine::revenue::AmountReject::ALL
+        .iter()
+        .zip(r.rejected)
+        .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
+        .collect();
+    Json(json!({
+        "watermark_ms": f.watermark_ms,
+        "revenue": {
+            "days": days,
+            "revenue_total": money(r.paid_units),
+            "refunds_total": money(r.refunded_units),
+            "amounts_rejected": rejected,
+        },
+    }))
 }
 
 async fn trends(State(state): State<AppState>) -> Json<serde_json::Value> {

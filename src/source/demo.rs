@@ -160,18 +160,20 @@ impl Generator {
         }
     }
 
-    fn amount(&mut self) -> f64 {
-        (self.rng.f64() * 200.0 * 100.0).round() / 100.0 + 1.0
+    /// An amount in cents, 1.00 to 201.00.
+    fn amount(&mut self) -> u32 {
+        100 + self.rng.u32(..=20_000)
     }
 
-    fn emit(&mut self, idx: usize, event: &str, ts: i64, amount: Option<f64>) {
+    fn emit(&mut self, idx: usize, event: &str, ts: i64, amount: Option<u32>) {
         let user = self.users[idx];
         // 1 in 500 lines is hostile, as real topics have.
         let line = if self.rng.u32(..500) == 0 && self.hostile {
             self.hostile(user.id, ts)
         } else {
             let stamp = jiff::Timestamp::from_millisecond(ts).map(|t| t.to_string()).unwrap_or_default();
-            let amount = amount.map(|a| format!(",\"amount\":{a}")).unwrap_or_default();
+            // Exact decimal text, as a payment system writes it.
+            let amount = amount.map(|c| format!(",\"amount\":{}.{:02}", c / 100, c % 100)).unwrap_or_default();
             format!(
                 r#"{{"user_id":"u{}","event":"{event}","ts":"{stamp}","props":{{"platform":"{}","channel":"{}"{amount}}}}}"#,
                 user.id, user.platform, user.channel

@@ -5,7 +5,7 @@
 //!
 //! A module per metric family declares its metric families (a `FAMILIES`
 //! table: name, help, type, labels) and builds them from the figures:
-//! `retention`, `activity`, `funnel`, `trend`; `shard` has what every
+//! `retention`, `activity`, `funnel`, `trend`, `revenue`; `shard` has what every
 //! shard reports, `source` the Kafka source's status. `docs/metrics.md`
 //! is generated from the tables ([`reference()`]).
 //!
@@ -16,6 +16,7 @@ mod activity;
 mod family;
 mod funnel;
 mod retention;
+mod revenue;
 mod shard;
 mod source;
 mod trend;
@@ -56,6 +57,7 @@ fn all() -> impl Iterator<Item = &'static Def> {
         activity::FAMILIES,
         funnel::FAMILIES,
         trend::FAMILIES,
+        revenue::FAMILIES,
         shard::FAMILIES,
         source::FAMILIES,
         PROCESS,
@@ -96,6 +98,7 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     activity::families(f, &mut out);
     funnel::families(f, &mut out);
     trend::families(f, &mut out);
+    revenue::families(f, &mut out);
     shard::families(f, max_users, &mut out);
     out
 }
