@@ -184,7 +184,7 @@ fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
         }
         checked += 1;
     }
-    for name in ["retention", "funnels", "trends", "operations"] {
+    for name in ["retention", "funnels", "trends", "revenue", "operations"] {
         let path = root().join(format!("deploy/grafana/dashboards/{name}.json"));
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("valid JSON");

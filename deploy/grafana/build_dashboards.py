@@ -182,6 +182,28 @@ trends = dashboard(
     [multi_variable("trend", "label_values(cohortflow_trend_events_total, trend)")],
 )
 
+revenue = dashboard(
+    "cohortflow-revenue",
+    "cohortflow / Revenue",
+    [
+        panel(1, "Revenue by day", "barchart",
+              [target("cohortflow:revenue:sum", instant=True, fmt="table")],
+              0, 0, transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+              description="Sum of the day's payments, refunds included, in currency units."),
+        panel(2, "Paying and first-time paying users by day", "table",
+              [target("cohortflow:paying_users:sum", instant=True, fmt="table"),
+               target("sum by (date) (cohortflow_new_paying_users)", instant=True, fmt="table", ref="B")],
+              12, 0, transformations=[{"id": "merge", "options": {}}]),
+        panel(3, "ARPPU by day (revenue per paying user)", "table",
+              [target("cohortflow:arppu:ratio", instant=True, fmt="table")],
+              0, 8, transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}]),
+        panel(4, "Revenue per hour: now and a week ago", "timeseries",
+              [target("cohortflow:revenue:increase1h", "last hour"),
+               target("cohortflow:revenue:increase1h offset 1w", "a week ago", ref="B")],
+              12, 8),
+    ],
+)
+
 operations = dashboard(
     "cohortflow-operations",
     "cohortflow / Operations",
@@ -223,7 +245,8 @@ operations = dashboard(
 )
 
 here = os.path.dirname(os.path.abspath(__file__))
-for name, d in (("retention", retention), ("funnels", funnels), ("trends", trends), ("operations", operations)):
+for name, d in (("retention", retention), ("funnels", funnels), ("trends", trends), ("revenue", revenue),
+                ("operations", operations)):
     with open(os.path.join(here, "dashboards", f"{name}.json"), "w") as f:
         json.dump(d, f, indent=2)
         f.write("\n")

@@ -63,8 +63,12 @@ pub fn amount(raw: Option<&str>, scale: u32) -> Result<i64, AmountReject> {
     } else {
         raw.to_owned()
     };
-    // JSON's number grammar, for strings too: no "1,5", "0x10", " 3".
-    if serde_json::from_str::<serde_json::Number>(&text).is_err() || text.starts_with(|c: char| c.is_whitespace()) {
+    // JSON's number grammar, for strings too: no "1,5", "0x10", " 3"; a
+    // number too large for a float (1e999) is still a number.
+    let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        && !text.ends_with(char::is_whitespace)
+        && serde_json::from_str::<&serde_json::value::RawValue>(&text).is_ok();
+    if !is_number {
         return Err(AmountReject::NotANumber);
     }
     let parsed =
@@ -284,6 +288,9 @@ mod tests {
         assert_eq!(two("1.005"), Err(AmountReject::TooManyDecimals));
         assert_eq!(two("\"0.001\""), Err(AmountReject::TooManyDecimals));
         assert_eq!(two("1e30"), Err(AmountReject::OutOfRange));
+        assert_eq!(two("1e999"), Err(AmountReject::OutOfRange));
+        assert_eq!(two("\"3 \""), Err(AmountReject::NotANumber));
+        assert_eq!(two("\"-\""), Err(AmountReject::NotANumber));
         assert_eq!(two("99999999999999999999"), Err(AmountReject::OutOfRange));
         assert_eq!(amount(Some("7"), 0), Ok(7));
         assert_eq!(decimal_text(30, 2), "0.30");

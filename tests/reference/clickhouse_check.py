@@ -15,6 +15,7 @@ tests/clickhouse.rs gives cohortflow too.
 
 import argparse
 import datetime as dt
+import decimal
 import json
 import math
 import os
@@ -78,6 +79,41 @@ def definitions(config):
     return retention, funnels
 
 
+def revenue_def(config):
+    """A config's [revenue], as (events, amount prop, scale), or None."""
+    r = config.get("revenue")
+    return None if r is None else (r["events"], r.get("amount_prop", "amount"), r.get("scale", 2))
+
+
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def amount_text(raw, prop, scale):
+    """The amount of a payment line as exact decimal text with `scale`
+    decimals, or the reason it is not counted (docs/semantics.md)."""
+    def literal(v):
+        return v
+
+    top = json.loads(raw.decode("utf-8"), object_pairs_hook=Obj, parse_float=literal, parse_int=literal,
+                     parse_constant=no_constants)
+    props = None
+    for k, v in top:
+        if k == "props":
+            props = v
+    value = dict(props).get(prop) if isinstance(props, Obj) else None
+    if value is None and not (isinstance(props, Obj) and prop in dict(props)):
+        return None, "absent"
+    if not isinstance(value, str) or not NUMBER.fullmatch(value):
+        return None, "not_a_number"
+    d = decimal.Decimal(value).normalize()
+    if d.as_tuple().exponent < -scale:
+        return None, "too_many_decimals"
+    units = int(d.scaleb(scale))
+    if not -(1 << 63) <= units < (1 << 63):
+        return None, "out_of_range"
+    return str(decimal.Decimal(units).scaleb(-scale)), None
+
+
 def trends(config):
     """A config's trends, as (name, event, channel filter or None)."""
     out = []
@@ -96,6 +132,7 @@ with open(FIXTURE, "rb") as fixture:
     _FIXTURE = tomllib.load(fixture)
     RETENTION, FUNNELS = definitions(_FIXTURE)
     TRENDS = trends(_FIXTURE)
+    REVENUE = revenue_def(_FIXTURE)
 
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
@@ -428,6 +465,10 @@ def differences(expected, at_least, got):
     return diffs, above
 
 
+def date_of(s):
+    return dt.date.fromisoformat(s)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tz", required=True)
@@ -440,6 +481,7 @@ def main():
     now_ms = int(time.time() * 1000)
 
     counts = {}
+    amount_rejects = {}
     accepted = []
     max_ts = None
     with open(args.events, "rb") as f:
@@ -459,19 +501,25 @@ def main():
                 continue
             counts["ingested"] = counts.get("ingested", 0) + 1
             max_ts = ts if max_ts is None else max(max_ts, ts)
-            accepted.append(ev)
+            amount = None
+            if REVENUE and ev[1] in REVENUE[0]:
+                amount, why = amount_text(raw, REVENUE[1], REVENUE[2])
+                if why:
+                    amount_rejects[why] = amount_rejects.get(why, 0) + 1
+            accepted.append(ev + (amount,))
 
     wm_day = dt.datetime.fromtimestamp((max_ts - LATENESS_MS) / 1000, tz).date()
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "events.jsonl")
         with open(path, "w") as f:
-            for uid, ev, ts, props in accepted:
+            for uid, ev, ts, props, amount in accepted:
                 channel = usable_str(props.get("channel")) if props else None
                 f.write(json.dumps({"user_id": uid, "event": ev, "ts_ms": ts, "channel": channel,
-                                    "props": canonical(props)}) + "\n")
-        src = f"file('{path}', 'JSONEachRow', 'user_id String, event String, ts_ms Int64, channel Nullable(String), props String')"
-        base = (f"(SELECT DISTINCT user_id, event, ts_ms, channel, props, "
+                                    "props": canonical(props), "amount": amount}) + "\n")
+        src = (f"file('{path}', 'JSONEachRow', 'user_id String, event String, ts_ms Int64, channel Nullable(String), "
+               f"props String, amount Nullable(String)')")
+        base = (f"(SELECT DISTINCT user_id, event, ts_ms, channel, props, amount, "
                 f"toDate(fromUnixTimestamp64Milli(ts_ms, '{args.tz}')) AS day FROM {src})")
 
         def q(sql):
@@ -479,6 +527,28 @@ def main():
             return [json.loads(l) for l in str(res).splitlines() if l.strip()]
 
         expected, at_least = clickhouse_figures(q, base, wm_day, week_start=args.week_start, tz=args.tz)
+        if REVENUE:
+            # Payments: one per user, event, time and amount; sums in
+            # Decimal128 of the configured scale.
+            events, _, scale = REVENUE
+            names = ", ".join(f"'{e}'" for e in events)
+            pays = (f"(SELECT DISTINCT user_id, event, ts_ms, day, toDecimal128(ifNull(amount, '0'), {scale}) AS amount "
+                    f"FROM {base} WHERE event IN ({names}) AND amount IS NOT NULL)")
+            for r in q(f"SELECT toString(day) AS d, toString(sum(amount)) AS s, "
+                       f"uniqExactIf(user_id, amount > 0) AS p FROM {pays} GROUP BY d"):
+                if date_of(r["d"]) <= wm_day:
+                    expected[("cohortflow_revenue", (("date", r["d"]),))] = float(r["s"])
+                    expected[("cohortflow_paying_users", (("date", r["d"]),))] = int(r["p"])
+            for r in q(f"SELECT toString(first) AS d, count() AS c FROM (SELECT user_id, min(day) AS first "
+                       f"FROM {pays} WHERE amount > 0 GROUP BY user_id) GROUP BY d"):
+                if date_of(r["d"]) <= wm_day:
+                    expected[("cohortflow_new_paying_users", (("date", r["d"]),))] = int(r["c"])
+            [t] = q(f"SELECT toString(sumIf(amount, amount > 0)) AS paid, toString(-sumIf(amount, amount < 0)) AS refunded "
+                    f"FROM {pays}")
+            expected[("cohortflow_revenue_total", ())] = float(t["paid"])
+            expected[("cohortflow_refunds_total", ())] = float(t["refunded"])
+            for why in ("absent", "not_a_number", "too_many_decimals", "out_of_range"):
+                expected[("cohortflow_revenue_amounts_rejected_total", (("reason", why),))] = amount_rejects.get(why, 0)
 
     for reason in ("too_large", "invalid_utf8", "invalid_json", "not_object", "duplicate_key", "bad_user_id",
                    "bad_event", "bad_timestamp", "too_late", "too_early"):
@@ -489,7 +559,9 @@ def main():
     checked = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
                "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total",
                "cohortflow_known_users", "cohortflow_lifecycle_users", "cohortflow_stickiness_users",
-               "cohortflow_trend_events", "cohortflow_trend_users", "cohortflow_trend_events_total"}
+               "cohortflow_trend_events", "cohortflow_trend_users", "cohortflow_trend_events_total",
+               "cohortflow_revenue", "cohortflow_paying_users", "cohortflow_new_paying_users",
+               "cohortflow_revenue_total", "cohortflow_refunds_total", "cohortflow_revenue_amounts_rejected_total"}
     got = {k: v for k, v in got.items() if k[0] in checked}
     diffs, above = differences(expected, at_least, got)
     # Every definition is compared on something it retained: a check of
