@@ -113,13 +113,14 @@ pub fn fingerprint(cfg: &EngineConfig, group: &str) -> u64 {
     );
     for r in &cfg.retention {
         text.push_str(&format!(
-            "r:{}|{}|{}|{}|{:?}|{};",
+            "r:{}|{}|{}|{}|{:?}|{}|{};",
             r.name,
             r.cohort_event.as_str(),
             r.return_event.as_str(),
             r.granularity.as_str(),
             r.periods,
-            r.mode.as_str()
+            r.mode.as_str(),
+            r.revenue
         ));
     }
     for f in &cfg.funnels {

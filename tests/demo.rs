@@ -125,6 +125,10 @@ fn demo_serves_cohorts_retention_and_funnels() {
         assert_eq!(cents.len(), 2, "{text}");
     }
 
+    // N-day LTV of the sign-up cohorts.
+    assert!(sum(&metrics, "cohortflow_cohort_revenue{retention=\"payers\"") > 100.0);
+    assert!(sum(&metrics, "cohortflow_cohort_paying_users{retention=\"payers\"") > 10.0);
+
     // Weekly cohorts labelled by week, 24-hour windows and brackets by day.
     assert!(sum(&metrics, "cohortflow_retained_users{retention=\"weekly\",cohort_date=") > 100.0);
     let week_one = metrics

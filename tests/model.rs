@@ -170,6 +170,17 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         return_event = "b"
         mode = "rolling_24h"
         days = [1, 2, "3-5"]
+        # N-day LTV of the cohorts of "a" and of first-seen users.
+        [[retention]]
+        name = "ltv"
+        cohort_event = "a"
+        return_event = "c"
+        days = [1, 3]
+        revenue = true
+        [[retention]]
+        name = "ltv_all"
+        days = [2]
+        revenue = true
         [revenue]
         events = ["c", "d"]
         [[trend]]
@@ -447,6 +458,53 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                 *d = (*d).min(day(ts));
             }
         }
+        // N-day LTV: per cohort and N, the payments from the cohort day
+        // through day D+N, and the users with a positive one.
+        let mut cohorts = Vec::new();
+        for r in cfg.engine.retention.iter().filter(|r| r.revenue) {
+            let days: Vec<u32> = r.periods.iter().map(|b| b.from).collect();
+            let mut rows: BTreeMap<jiff::civil::Date, (Vec<i128>, Vec<u64>)> = BTreeMap::new();
+            for &u in &users {
+                let Some(c) =
+                    events.iter().filter(|e| e.user == u && r.cohort_event.matches(e.name)).map(|e| day(e.ts)).min()
+                else {
+                    continue;
+                };
+                let mine: Vec<_> = payments.iter().filter(|p| p.0 == u).collect();
+                let cells: Vec<(i128, bool)> = days
+                    .iter()
+                    .map(|&n| {
+                        let within = mine
+                            .iter()
+                            .filter(|p| day(p.2) >= c && day(p.2) <= c + jiff::Span::new().days(i64::from(n)));
+                        within.fold((0, false), |(s, paid), p| (s + i128::from(p.3), paid || p.3 > 0))
+                    })
+                    .collect();
+                if cells.iter().all(|&(s, paid)| s == 0 && !paid) {
+                    continue;
+                }
+                let row = rows.entry(c).or_insert_with(|| (vec![0; days.len()], vec![0; days.len()]));
+                for (i, (s, paid)) in cells.into_iter().enumerate() {
+                    row.0[i] += s;
+                    row.1[i] += u64::from(paid);
+                }
+            }
+            cohorts.push(cohortflow::engine::figures::CohortRevenueTable {
+                name: r.name.clone(),
+                days,
+                rows: rows
+                    .into_iter()
+                    .filter(|(d, (units, paying))| {
+                        *d <= wm_day && (units.iter().any(|&x| x != 0) || paying.iter().any(|&x| x != 0))
+                    })
+                    .map(|(d, (units, paying_users))| cohortflow::engine::figures::CohortRevenueRow {
+                        date: d.to_string(),
+                        units,
+                        paying_users,
+                    })
+                    .collect(),
+            });
+        }
         let paid = payments.iter().filter(|p| p.3 > 0).map(|p| i128::from(p.3)).sum();
         let refunded = payments.iter().filter(|p| p.3 < 0).map(|p| -i128::from(p.3)).sum();
         out.revenue = Some(cohortflow::engine::figures::RevenueFigures {
@@ -465,6 +523,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             paid_units: paid,
             refunded_units: refunded,
             rejected: [0; 4],
+            cohorts,
         });
     }
 
@@ -826,6 +885,9 @@ fn revenue_counts_each_payment_once_exactly() {
     let r = f.revenue.as_ref().expect("revenue");
     assert_eq!((r.rows[0].units, r.rows[0].paying_users, r.rows[0].new_paying_users), (740, 1, 1));
     assert_eq!((r.paid_units, r.refunded_units), (1240, 500));
+    // Both first seen that day: the 2-day LTV of the day's cohort.
+    let all = r.cohorts.iter().find(|t| t.name == "ltv_all").expect("ltv_all");
+    assert_eq!((all.rows[0].units.clone(), all.rows[0].paying_users.clone()), (vec![740], vec![1]));
     let got = run(&cfg, &events);
     let g = got.revenue.as_ref().expect("revenue");
     // absent, not_a_number, too_many_decimals, out_of_range

@@ -203,7 +203,8 @@ fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
                 .replace("$funnel", "checkout")
                 .replace("$weekly", "weekly")
                 .replace("$monthly", "monthly")
-                .replace("$trend", "orders");
+                .replace("$trend", "orders")
+                .replace("$ltv", "payers");
             let (status, n, error) = query(&prom, &expr);
             assert_eq!(status, "success", "{name}: {expr}: {error}");
             if !kafka_only.iter().any(|k| expr.contains(k)) && !monthly && !past {

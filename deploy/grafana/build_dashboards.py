@@ -201,7 +201,13 @@ revenue = dashboard(
               [target("cohortflow:revenue:increase1h", "last hour"),
                target("cohortflow:revenue:increase1h offset 1w", "a week ago", ref="B")],
               12, 8),
+        panel(5, "N-day LTV: revenue per cohort through day N", "table",
+              [target('cohortflow:cohort_revenue:sum{retention="$ltv"}', instant=True, fmt="table")],
+              0, 16, w=24, transformations=matrix("cohort_date", "day"),
+              description="What each cohort's users paid from the cohort day through day D+N (refunds included): "
+                          "read along a row for the cohort's LTV curve."),
     ],
+    [variable("ltv", "label_values(cohortflow_cohort_revenue, retention)")],
 )
 
 operations = dashboard(

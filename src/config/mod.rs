@@ -307,6 +307,12 @@ mod tests {
             assert!(e.contains(&format!("`{key}`")), "{body}: {e}");
         }
         assert!(err("[revenue]\namount_prop = \"a\"").contains("events"));
+        let e = err("[[retention]]\nname = \"r\"\nrevenue = true");
+        assert!(e.contains("`retention[0].revenue`") && e.contains("[revenue]"), "{e}");
+        let e = err(
+            "[revenue]\nevents = [\"pay\"]\n[[retention]]\nname = \"r\"\ngranularity = \"week\"\nperiods = [1]\nrevenue = true",
+        );
+        assert!(e.contains("`retention[0].revenue`"), "{e}");
     }
 
     #[test]

@@ -235,6 +235,8 @@ pub(super) struct RawRetention {
     pub(super) granularity: String,
     #[serde(default = "default_mode")]
     pub(super) mode: String,
+    #[serde(default)]
+    pub(super) revenue: bool,
 }
 pub(super) fn star() -> String {
     "*".into()

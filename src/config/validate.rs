@@ -100,6 +100,11 @@ impl RawConfig {
         let funnels = funnels(self.funnel)?;
         let trends = trends(self.trend)?;
         let revenue = self.revenue.map(revenue).transpose()?;
+        if revenue.is_none()
+            && let Some(i) = retention.iter().position(|r| r.revenue)
+        {
+            return Err(invalid(format!("retention[{i}].revenue"), "needs a [revenue] section (its payment events)"));
+        }
         let kafka = self.kafka.map(kafka).transpose()?;
 
         Ok(Config {
@@ -218,6 +223,7 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
             periods: None,
             granularity: default_granularity(),
             mode: default_mode(),
+            revenue: false,
         }]
     } else {
         raw
@@ -307,6 +313,12 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
                 format!("{what} needs history_days ≥ {needed} (history_days is {history_days}, at most 90)"),
             ));
         }
+        if r.revenue && (granularity != Granularity::Day || periods.iter().any(|b| !b.is_one())) {
+            return Err(invalid(
+                key("revenue"),
+                "cohort revenue is counted by day N: granularity = \"day\", no brackets",
+            ));
+        }
         retention.push(RetentionDef {
             name: r.name,
             cohort_event: EventMatch::parse(&r.cohort_event),
@@ -314,6 +326,7 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
             granularity,
             periods,
             mode,
+            revenue: r.revenue,
         });
     }
 

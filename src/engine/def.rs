@@ -192,6 +192,9 @@ pub struct RetentionDef {
     pub periods: Vec<Bracket>,
     /// How returns are counted.
     pub mode: RetentionMode,
+    /// Whether the cohorts' revenue and payers through day N are counted
+    /// too (`revenue = true`, with `[revenue]`; day definitions).
+    pub revenue: bool,
 }
 
 impl RetentionDef {
@@ -205,6 +208,7 @@ impl RetentionDef {
             granularity: Granularity::Day,
             periods: days.iter().map(|&n| Bracket::one(n)).collect(),
             mode,
+            revenue: false,
         }
     }
 

@@ -144,6 +144,39 @@ pub struct RevenueRow {
     pub new_paying_users: u64,
 }
 
+/// One cohort's revenue through each day N (N-day LTV) and its payers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CohortRevenueRow {
+    /// Cohort date, `YYYY-MM-DD`.
+    pub date: String,
+    /// Per N: units paid by the cohort's users from the cohort day through
+    /// day D+N, refunds included.
+    #[serde(serialize_with = "all_units_text")]
+    pub units: Vec<i128>,
+    /// Per N: the cohort's users with a positive payment in those days.
+    pub paying_users: Vec<u64>,
+}
+
+/// The cohort revenue of one `revenue = true` retention definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CohortRevenueTable {
+    /// The retention definition.
+    pub name: String,
+    /// Its days N.
+    pub days: Vec<u32>,
+    /// Cohorts, oldest first.
+    pub rows: Vec<CohortRevenueRow>,
+}
+
+fn all_units_text<S: serde::Serializer>(v: &[i128], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for x in v {
+        seq.serialize_element(&x.to_string())?;
+    }
+    seq.end()
+}
+
 /// Revenue figures (with `[revenue]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RevenueFigures {
@@ -159,6 +192,8 @@ pub struct RevenueFigures {
     pub refunded_units: i128,
     /// Amounts not counted, by `engine::revenue::AmountReject::ALL`.
     pub rejected: [u64; 4],
+    /// Per `revenue = true` retention definition.
+    pub cohorts: Vec<CohortRevenueTable>,
 }
 
 /// An `i128` as its decimal digits (JSON numbers lose precision past 2^53).
@@ -317,6 +352,19 @@ impl Figures {
                 r.refunded_units += pr.refunded_units;
                 for (a, b) in r.rejected.iter_mut().zip(pr.rejected) {
                     *a += b;
+                }
+                for (t, pt) in r.cohorts.iter_mut().zip(pr.cohorts) {
+                    t.rows = merge_rows(
+                        std::mem::take(&mut t.rows),
+                        pt.rows,
+                        |row| row.date.clone(),
+                        |a, b| {
+                            for (x, y) in a.units.iter_mut().zip(&b.units) {
+                                *x += y;
+                            }
+                            add_all(&mut a.paying_users, &b.paying_users);
+                        },
+                    );
                 }
                 r.rows = merge_rows(
                     std::mem::take(&mut r.rows),

@@ -35,6 +35,13 @@ pub struct Bits {
     returns: u64,
 }
 
+impl Bits {
+    /// Bit r: a cohort event of definition r.
+    pub fn cohorts(&self) -> u64 {
+        self.cohort
+    }
+}
+
 /// The names the definitions match by name.
 pub fn names(cfg: &EngineConfig) -> impl Iterator<Item = &str> {
     cfg.retention.iter().flat_map(|def| [&def.cohort_event, &def.return_event]).filter_map(|m| match m {

@@ -22,7 +22,7 @@ use super::calendar::{Calendar, Day};
 use super::days::{DayRows, NO_DAY};
 use super::def::EngineConfig;
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{Figures, RevenueFigures, RevenueRow};
+use super::figures::{CohortRevenueRow, CohortRevenueTable, Figures, RevenueFigures, RevenueRow};
 use super::users::Users;
 
 /// Why an amount was not counted (the event counts everywhere else).
@@ -115,9 +115,42 @@ struct DayCounts {
     new_paying: i64,
 }
 
+/// One cohort's revenue and payers through each day N.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LtvCounts {
+    units: Vec<i128>,
+    paying: Vec<i64>,
+}
+
+/// The cohort revenue of one `revenue = true` retention definition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Ltv {
+    /// Index of the definition in `[[retention]]`.
+    def: usize,
+    /// Per user: their cohort day, or [`NO_DAY`].
+    cohort: Vec<Day>,
+    rows: DayRows<LtvCounts>,
+}
+
+/// What a user's payments add to their cohort `c`'s cells: per day N of
+/// `days`, the units paid from the cohort day through day c + N, and
+/// whether a positive one is among them.
+fn contribution(cal: &Calendar, payments: &[Payment], c: Day, days: &[u32]) -> Vec<(i128, bool)> {
+    let start = cal.bounds(c).0;
+    days.iter()
+        .map(|&n| {
+            let end = cal.bounds(c + n as Day).1;
+            let within = payments.iter().filter(|p| p.ts >= start && p.ts < end);
+            within.fold((0i128, false), |(sum, paid), p| (sum + i128::from(p.units), paid || p.units > 0))
+        })
+        .collect()
+}
+
 /// The revenue family (empty without `[revenue]`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Revenue {
+    /// Per `revenue = true` retention definition, its cohorts' revenue.
+    ltv: Vec<Ltv>,
     rows: DayRows<DayCounts>,
     payers: HashMap<u32, Payer>,
     /// Units of payments (positive amounts) and of refunds, ever.
@@ -139,18 +172,9 @@ pub fn names(cfg: &EngineConfig) -> impl Iterator<Item = &str> {
     cfg.revenue.iter().flat_map(|r| r.events.iter().map(String::as_str))
 }
 
-impl Family for Revenue {
-    fn new(_: Ctx<'_>) -> Self {
-        Revenue::default()
-    }
-
-    fn push_user(&mut self) {}
-
-    fn record(&mut self, ctx: Ctx<'_>, _: &Users, t: &Touch<'_>) {
-        let event = t.class.revenue;
-        if event == 0 {
-            return;
-        }
+impl Revenue {
+    /// A payment event (its event's index + 1 in `[revenue] events`).
+    fn pay(&mut self, ctx: Ctx<'_>, t: &Touch<'_>, event: u32) {
         let Some(def) = ctx.cfg.revenue.as_ref() else { return };
         let units = match amount(t.ev.prop_raw(&def.amount_prop), def.scale) {
             Ok(units) => units,
@@ -167,7 +191,23 @@ impl Family for Revenue {
         };
         let (start, end) = ctx.cal.bounds(t.day);
         let paid_that_day = payer.payments.iter().any(|p| p.ts >= start && p.ts < end && p.units > 0);
+        // Cohort cells: what the user's payments gave before and after.
+        let u = t.uid as usize;
+        let mut before = Vec::with_capacity(self.ltv.len());
+        for l in &self.ltv {
+            let c = l.cohort[u];
+            let days: Vec<u32> = ctx.cfg.retention[l.def].periods.iter().map(|b| b.from).collect();
+            before.push((c != NO_DAY).then(|| contribution(ctx.cal, &payer.payments, c, &days)));
+        }
         payer.payments.insert(pos, payment);
+        for (l, before) in self.ltv.iter_mut().zip(before) {
+            if let Some(before) = before {
+                let c = l.cohort[u];
+                let days: Vec<u32> = ctx.cfg.retention[l.def].periods.iter().map(|b| b.from).collect();
+                l.add(c, &before, -1);
+                l.add(c, &contribution(ctx.cal, &payer.payments, c, &days), 1);
+            }
+        }
         if units > 0 {
             self.paid_units += i128::from(units);
         } else {
@@ -191,8 +231,76 @@ impl Family for Revenue {
         }
     }
 
+    /// An event that may set or move the user's cohort of a `revenue =
+    /// true` definition: its cells move with it, from the payments kept.
+    fn move_cohorts(&mut self, ctx: Ctx<'_>, t: &Touch<'_>) {
+        let cohorts = t.class.retention.cohorts();
+        let u = t.uid as usize;
+        for l in &mut self.ltv {
+            if cohorts & (1 << l.def) == 0 {
+                continue;
+            }
+            let old = l.cohort[u];
+            if old != NO_DAY && old <= t.day {
+                continue;
+            }
+            l.cohort[u] = t.day;
+            let Some(payer) = self.payers.get(&t.uid) else { continue };
+            let days = ctx.cfg.retention[l.def].periods.iter().map(|b| b.from).collect::<Vec<_>>();
+            if old != NO_DAY {
+                l.add(old, &contribution(ctx.cal, &payer.payments, old, &days), -1);
+            }
+            l.add(t.day, &contribution(ctx.cal, &payer.payments, t.day, &days), 1);
+        }
+    }
+}
+
+impl Ltv {
+    /// Adds `sign` times a user's contribution to cohort `c`'s row.
+    fn add(&mut self, c: Day, cells: &[(i128, bool)], sign: i64) {
+        if cells.iter().all(|&(units, paid)| units == 0 && !paid) {
+            return;
+        }
+        if let Some(row) = self.rows.row(c) {
+            row.units.resize(cells.len(), 0);
+            row.paying.resize(cells.len(), 0);
+            for (i, &(units, paid)) in cells.iter().enumerate() {
+                row.units[i] += i128::from(sign) * units;
+                row.paying[i] += sign * i64::from(paid);
+            }
+        }
+    }
+}
+
+impl Family for Revenue {
+    fn new(ctx: Ctx<'_>) -> Self {
+        let ltv = (ctx.cfg.retention.iter().enumerate())
+            .filter(|(_, r)| r.revenue)
+            .map(|(def, _)| Ltv { def, ..Ltv::default() })
+            .collect();
+        Revenue { ltv, ..Revenue::default() }
+    }
+
+    fn push_user(&mut self) {
+        for l in &mut self.ltv {
+            l.cohort.push(NO_DAY);
+        }
+    }
+
+    fn record(&mut self, ctx: Ctx<'_>, _: &Users, t: &Touch<'_>) {
+        let event = t.class.revenue;
+        if event != 0 {
+            self.pay(ctx, t, event);
+        }
+        if !self.ltv.is_empty() {
+            self.move_cohorts(ctx, t);
+        }
+    }
     fn maintain(&mut self, ctx: Ctx<'_>, horizon: Horizon) {
         self.rows.drop_before(horizon.keep_from);
+        for l in &mut self.ltv {
+            l.rows.drop_before(horizon.keep_from);
+        }
         // An accepted payment is at or after the horizon; whether its user
         // paid that day already reads the day's payments from its start.
         let from = ctx.cal.bounds(ctx.cal.day_of(horizon.horizon_ms.max(0))).0;
@@ -201,12 +309,31 @@ impl Family for Revenue {
         }
     }
 
-    fn reach_days(&self, _: Ctx<'_>) -> i32 {
-        0
+    fn reach_days(&self, ctx: Ctx<'_>) -> i32 {
+        self.ltv.iter().map(|l| ctx.cfg.retention[l.def].reach_days()).max().unwrap_or(0) as i32
     }
 
     fn publish(&self, ctx: Ctx<'_>, view: View, out: &mut Figures) {
         let Some(def) = ctx.cfg.revenue.as_ref() else { return };
+        let cohorts = self
+            .ltv
+            .iter()
+            .map(|l| {
+                let r = &ctx.cfg.retention[l.def];
+                let n = r.periods.len();
+                let rows = l
+                    .rows
+                    .range(view.from, view.to)
+                    .filter(|(_, c)| c.units.iter().any(|&u| u != 0) || c.paying.iter().any(|&p| p != 0))
+                    .map(|(d, c)| CohortRevenueRow {
+                        date: Calendar::label(d),
+                        units: (0..n).map(|i| c.units.get(i).copied().unwrap_or(0)).collect(),
+                        paying_users: (0..n).map(|i| c.paying.get(i).copied().unwrap_or(0).max(0) as u64).collect(),
+                    })
+                    .collect();
+                CohortRevenueTable { name: r.name.clone(), days: r.periods.iter().map(|b| b.from).collect(), rows }
+            })
+            .collect();
         let rows = self
             .rows
             .range(view.from, view.to)
@@ -224,12 +351,15 @@ impl Family for Revenue {
             paid_units: self.paid_units,
             refunded_units: self.refunded_units,
             rejected: self.rejected,
+            cohorts,
         });
     }
 
     fn heap_bytes(&self) -> usize {
         let payer = std::mem::size_of::<(u32, Payer)>() + 8;
-        self.payers.capacity() * payer
+        let cohorts: usize = self.ltv.iter().map(|l| l.cohort.capacity() * std::mem::size_of::<Day>()).sum();
+        cohorts
+            + self.payers.capacity() * payer
             + self.payers.values().map(|p| p.payments.capacity() * std::mem::size_of::<Payment>()).sum::<usize>()
     }
 
@@ -242,7 +372,12 @@ impl Family for Revenue {
     }
 
     fn read_head(&mut self, _: Ctx<'_>, head: &[u8], users: u64) -> Result<u64, StateMismatch> {
-        *self = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("revenue: {e}")))?;
+        let state: Revenue = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("revenue: {e}")))?;
+        let defs = |r: &Revenue| r.ltv.iter().map(|l| l.def).collect::<Vec<_>>();
+        if defs(&state) != defs(self) || state.ltv.iter().any(|l| l.cohort.len() as u64 != users) {
+            return Err(StateMismatch::new("revenue: the cohort revenue definitions differ"));
+        }
+        *self = state;
         if self.payers.keys().any(|&u| u64::from(u) >= users) {
             return Err(StateMismatch::new("revenue: a payer beyond the users"));
         }
@@ -258,6 +393,9 @@ impl Family for Revenue {
 pub fn rewindow(out: &mut Figures, in_window: impl Fn(&str) -> bool) {
     if let Some(r) = &mut out.revenue {
         r.rows.retain(|row| in_window(&row.date));
+        for t in &mut r.cohorts {
+            t.rows.retain(|row| in_window(&row.date));
+        }
     }
 }
 

@@ -171,10 +171,26 @@ async fn revenue(State(state): State<AppState>) -> Json<serde_json::Value> {
         .zip(r.rejected)
         .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
         .collect();
+    let cohorts: Vec<_> = r
+        .cohorts
+        .iter()
+        .map(|t| {
+            let rows: Vec<_> = t
+                .rows
+                .iter()
+                .map(|row| {
+                    let ltv: Vec<String> = row.units.iter().map(|&u| money(u)).collect();
+                    json!({ "date": row.date, "revenue": ltv, "paying_users": row.paying_users })
+                })
+                .collect();
+            json!({ "retention": t.name, "days": t.days, "cohorts": rows })
+        })
+        .collect();
     Json(json!({
         "watermark_ms": f.watermark_ms,
         "revenue": {
             "days": days,
+            "ltv": cohorts,
             "revenue_total": money(r.paid_units),
             "refunds_total": money(r.refunded_units),
             "amounts_rejected": rejected,

@@ -45,6 +45,9 @@ def duration_ms(text):
     return int(m.group(1)) * UNITS_MS[m.group(2)]
 
 
+LTV = []  # (name, cohort event or None, days) of the revenue = true definitions
+
+
 def definitions(config):
     """A config's retention definitions, as (name, cohort event or None for
     any, return event or None, granularity, periods as (from, to), mode),
@@ -65,6 +68,8 @@ def definitions(config):
         periods = r.get("days", [1, 3, 7, 14, 30]) if granularity == "day" else r["periods"]
         retention.append((r["name"], event(r.get("cohort_event", "*")), event(r.get("return_event", "*")),
                           granularity, sorted(bracket(p) for p in periods), r.get("mode", "on")))
+        if r.get("revenue"):
+            LTV.append((r["name"], event(r.get("cohort_event", "*")), [lo for lo, _ in sorted(bracket(p) for p in periods)]))
     funnels = []
     for f in config.get("funnel", []):
         steps = []
@@ -547,6 +552,25 @@ def main():
                     f"FROM {pays}")
             expected[("cohortflow_revenue_total", ())] = float(t["paid"])
             expected[("cohortflow_refunds_total", ())] = float(t["refunded"])
+            # N-day LTV: the cohort's payments from its day through D+N.
+            for name, cohort_ev, days in LTV:
+                cohort_cond = f"event = '{cohort_ev}'" if cohort_ev else "1"
+                cells = {}  # cohort date -> {n: (sum, payers)}
+                for n in days:
+                    for r in q(f"SELECT toString(c.cohort) AS d, toString(sum(p.amount)) AS s, "
+                               f"uniqExactIf(p.user_id, p.amount > 0) AS u FROM {pays} AS p INNER JOIN "
+                               f"(SELECT user_id, min(day) AS cohort FROM {base} WHERE {cohort_cond} GROUP BY user_id) AS c "
+                               f"USING user_id WHERE p.day >= c.cohort AND p.day <= addDays(c.cohort, {n}) GROUP BY d"):
+                        cells.setdefault(r["d"], {})[n] = (float(r["s"]), int(r["u"]))
+                # A cohort row is exported, every N of it, once a cell is not zero.
+                for d, by_n in cells.items():
+                    if date_of(d) > wm_day or all(s == 0 and u == 0 for s, u in by_n.values()):
+                        continue
+                    for n in days:
+                        s, u = by_n.get(n, (0.0, 0))
+                        labels = (("cohort_date", d), ("day", str(n)), ("retention", name))
+                        expected[("cohortflow_cohort_revenue", labels)] = s
+                        expected[("cohortflow_cohort_paying_users", labels)] = u
             for why in ("absent", "not_a_number", "too_many_decimals", "out_of_range"):
                 expected[("cohortflow_revenue_amounts_rejected_total", (("reason", why),))] = amount_rejects.get(why, 0)
 
@@ -561,7 +585,8 @@ def main():
                "cohortflow_known_users", "cohortflow_lifecycle_users", "cohortflow_stickiness_users",
                "cohortflow_trend_events", "cohortflow_trend_users", "cohortflow_trend_events_total",
                "cohortflow_revenue", "cohortflow_paying_users", "cohortflow_new_paying_users",
-               "cohortflow_revenue_total", "cohortflow_refunds_total", "cohortflow_revenue_amounts_rejected_total"}
+               "cohortflow_revenue_total", "cohortflow_refunds_total", "cohortflow_revenue_amounts_rejected_total",
+               "cohortflow_cohort_revenue", "cohortflow_cohort_paying_users"}
     got = {k: v for k, v in got.items() if k[0] in checked}
     diffs, above = differences(expected, at_least, got)
     # Every definition is compared on something it retained: a check of

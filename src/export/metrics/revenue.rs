@@ -30,6 +30,19 @@ pub(super) const FAMILIES: &[Def] = &[
     ),
     ("refunds_total", "Sum of the refunds (negative amounts) counted, as a positive amount.", MetricType::COUNTER, &[]),
     (
+        "cohort_revenue",
+        "Revenue from the cohort's users from the cohort day through day D+N (N-day LTV), refunds included, in \
+         currency units; for retention definitions with revenue = true.",
+        MetricType::GAUGE,
+        &["retention", "cohort_date", "day"],
+    ),
+    (
+        "cohort_paying_users",
+        "Users of the cohort with a payment of a positive amount from the cohort day through day D+N.",
+        MetricType::GAUGE,
+        &["retention", "cohort_date", "day"],
+    ),
+    (
         "revenue_amounts_rejected_total",
         "Payment events whose amount was not counted (the event counts everywhere else), by reason: absent, \
          not_a_number, too_many_decimals (more than [revenue] scale), out_of_range.",
@@ -64,5 +77,17 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
     for (reason, n) in AmountReject::ALL.iter().zip(r.rejected) {
         rejected.value(&[reason.as_str()], n as f64);
     }
-    out.extend([revenue, paying, new_paying, total, refunds, rejected].map(|f| f.mf));
+    let mut ltv = Family::new("cohort_revenue");
+    let mut payers = Family::new("cohort_paying_users");
+    for t in &r.cohorts {
+        let days: Vec<String> = t.days.iter().map(u32::to_string).collect();
+        for row in &t.rows {
+            for (i, day) in days.iter().enumerate() {
+                let labels = [t.name.as_str(), row.date.as_str(), day.as_str()];
+                ltv.value(&labels, currency(row.units[i], r.scale));
+                payers.value(&labels, row.paying_users[i] as f64);
+            }
+        }
+    }
+    out.extend([revenue, paying, new_paying, total, refunds, rejected, ltv, payers].map(|f| f.mf));
 }
