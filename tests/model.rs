@@ -895,6 +895,25 @@ fn revenue_counts_each_payment_once_exactly() {
     assert_eq!(comparable(got), comparable(f));
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The days' revenue adds up to what the counters grew by: payments
+    /// less refunds, every day held counted.
+    #[test]
+    fn the_days_revenue_sums_to_the_counters((events, tz, window, mode) in scenario()) {
+        let cfg = Config::from_toml_str(&config(tz, window, mode)).expect("config");
+        let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
+        for e in &events {
+            prop_assert!(engine.apply(e.json().as_bytes(), None, START + 30 * 24 * HOUR).is_ok());
+        }
+        let f = engine.figures_all();
+        let r = f.revenue.expect("revenue");
+        let days: i128 = r.rows.iter().map(|row| row.units).sum();
+        prop_assert_eq!(days, r.paid_units - r.refunded_units);
+    }
+}
+
 /// A random configuration in TOML: any number of retention definitions
 /// (past the most the engine takes), a day anywhere in `u32` (the largest
 /// ones once wrapped round to −1), any `history_days`.

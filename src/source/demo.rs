@@ -160,20 +160,30 @@ impl Generator {
         }
     }
 
-    /// An amount in cents, 1.00 to 201.00.
-    fn amount(&mut self) -> u32 {
-        100 + self.rng.u32(..=20_000)
+    /// An amount as a payment system writes it: 1.00 to 10 000.00, most
+    /// often a JSON number, now and then a decimal string or a refund (a
+    /// negative amount), and 2 in 100 one that is not counted (three
+    /// decimals, or a decimal comma).
+    fn amount(&mut self) -> String {
+        let cents = 100 + self.rng.u32(..=999_900);
+        let text = format!("{}.{:02}", cents / 100, cents % 100);
+        match self.rng.u32(..100) {
+            0 => format!("{text}5"),
+            1 => format!("\"{},{:02}\"", cents / 100, cents % 100),
+            2..=4 => format!("-{text}"),
+            5..=14 => format!("\"{text}\""),
+            _ => text,
+        }
     }
 
-    fn emit(&mut self, idx: usize, event: &str, ts: i64, amount: Option<u32>) {
+    fn emit(&mut self, idx: usize, event: &str, ts: i64, amount: Option<String>) {
         let user = self.users[idx];
         // 1 in 500 lines is hostile, as real topics have.
         let line = if self.rng.u32(..500) == 0 && self.hostile {
             self.hostile(user.id, ts)
         } else {
             let stamp = jiff::Timestamp::from_millisecond(ts).map(|t| t.to_string()).unwrap_or_default();
-            // Exact decimal text, as a payment system writes it.
-            let amount = amount.map(|c| format!(",\"amount\":{}.{:02}", c / 100, c % 100)).unwrap_or_default();
+            let amount = amount.map(|a| format!(",\"amount\":{a}")).unwrap_or_default();
             format!(
                 r#"{{"user_id":"u{}","event":"{event}","ts":"{stamp}","props":{{"platform":"{}","channel":"{}"{amount}}}}}"#,
                 user.id, user.platform, user.channel

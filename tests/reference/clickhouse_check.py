@@ -595,6 +595,13 @@ def main():
         retained = [v for k, v in expected.items() if k[0] == "cohortflow_retained_users" and ("retention", name) in k[1]]
         if not any(retained):
             diffs.append((("cohortflow_retained_users", (("retention", name),)), "some retained users", None))
+    # The data has refunds, string amounts and bad ones: all compared.
+    if REVENUE:
+        for key in (("cohortflow_refunds_total", ()),
+                    ("cohortflow_revenue_amounts_rejected_total", (("reason", "not_a_number"),)),
+                    ("cohortflow_revenue_amounts_rejected_total", (("reason", "too_many_decimals"),))):
+            if not expected.get(key):
+                diffs.append((key, "more than 0", expected.get(key)))
     for key, want, have in diffs[:50]:
         print(f"DIFF {key[0]}{dict(key[1])}: clickhouse={want} cohortflow={have}")
     print(f"{args.tz}: {len(accepted)} accepted, rejected {dict(sorted((k, v) for k, v in counts.items() if k != 'ingested'))}")
