@@ -31,6 +31,11 @@ fn run(cfg: &Config, lines: &[Vec<u8>]) -> Figures {
 
 fn without_counters(mut f: Figures) -> Figures {
     f.counters = Default::default();
+    // Amounts not counted are counted as read, replays included, as
+    // rejected messages are.
+    if let Some(r) = &mut f.revenue {
+        r.rejected = [0; 4];
+    }
     f.state_bytes = 0;
     f.funnel_store_fill = 0.0;
     for t in &mut f.funnels {
