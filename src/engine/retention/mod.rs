@@ -19,7 +19,13 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use super::StateMismatch;
-use super::calendar::{Calendar, Day, add_months, month_of, week_of};
+mod periods;
+mod rolling;
+
+use periods::Periods;
+use rolling::{NO_TIME, ReturnTimes, SLICE_MS, Slice};
+
+use super::calendar::{Calendar, Day};
 use super::days::{Day16, DayRows, DaySets, NO_DAY, ensure_len};
 use super::def::{Bracket, EngineConfig, EventMatch, Granularity, RetentionDef, RetentionMode};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
@@ -80,113 +86,10 @@ struct Definition {
     periods: Periods,
     /// Days, each figure one day N: the direct paths.
     plain: bool,
-    /// How many figures.
-    periods_len: usize,
     /// Return slices announced by a snapshot head, until the columns are
     /// read.
     slices: u64,
 }
-
-/// How a definition's periods fall on the calendar.
-#[derive(Debug, Clone, Copy)]
-struct Periods {
-    granularity: Granularity,
-    week_start: jiff::civil::Weekday,
-}
-
-impl Periods {
-    /// The first day of the period holding `day`.
-    fn start(self, day: Day) -> Day {
-        match self.granularity {
-            Granularity::Day => day,
-            Granularity::Week => week_of(day, self.week_start),
-            Granularity::Month => month_of(day).0,
-        }
-    }
-
-    /// The first and last day of periods `b.from..=b.to` after the one
-    /// holding `cohort`.
-    fn window(self, cohort: Day, b: Bracket) -> (Day, Day) {
-        match self.granularity {
-            Granularity::Day => (cohort + b.from as Day, cohort + b.to as Day),
-            Granularity::Week => {
-                let week = week_of(cohort, self.week_start);
-                (week + 7 * b.from as Day, week + 7 * b.to as Day + 6)
-            }
-            Granularity::Month => {
-                let month = month_of(cohort).0;
-                (add_months(month, b.from), add_months(month, b.to + 1) - 1)
-            }
-        }
-    }
-}
-
-/// The milliseconds of a slice of event time (see the module docs).
-const SLICE_MS: i64 = 86_400_000;
-
-/// A slice of event time in which a user returned: its number since the
-/// epoch, and the first and last return in it, in milliseconds from its
-/// start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-struct Slice {
-    n: u32,
-    first: u32,
-    last: u32,
-}
-
-/// Per user, the slices with a return, in ascending order.
-#[derive(Debug, Clone, Default)]
-struct ReturnTimes {
-    users: Vec<Vec<Slice>>,
-}
-
-impl ReturnTimes {
-    /// Adds a return at `ts` to user `u`'s slices, forgetting those a
-    /// return no longer reaches (further back than `keep_slices` before
-    /// it); true when the slices changed.
-    fn insert(&mut self, u: usize, ts: i64, keep_slices: u32) -> bool {
-        let (n, at) = ((ts / SLICE_MS) as u32, (ts % SLICE_MS) as u32);
-        let slices = &mut self.users[u];
-        let old = slices.iter().take_while(|s| s.n.saturating_add(keep_slices) < n).count();
-        slices.drain(..old);
-        match slices.binary_search_by_key(&n, |s| s.n) {
-            Ok(i) => {
-                let s = &mut slices[i];
-                let before = *s;
-                s.first = s.first.min(at);
-                s.last = s.last.max(at);
-                *s != before || old > 0
-            }
-            Err(i) => {
-                slices.insert(i, Slice { n, first: at, last: at });
-                true
-            }
-        }
-    }
-
-    /// Whether user `u` returned in `[from, to)`, a span of at least one
-    /// slice.
-    fn any_in(&self, u: usize, from: i64, to: i64) -> bool {
-        debug_assert!(to - from >= SLICE_MS);
-        let (lo, hi) = ((from / SLICE_MS) as u32, ((to - 1) / SLICE_MS) as u32);
-        let slices = &self.users[u];
-        let start = slices.partition_point(|s| s.n < lo);
-        slices[start..].iter().take_while(|s| s.n <= hi).any(|s| {
-            let base = i64::from(s.n) * SLICE_MS;
-            // At most one of the two bounds falls inside the slice.
-            base + i64::from(s.last) >= from && base + i64::from(s.first) < to
-        })
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.users.capacity() * std::mem::size_of::<Vec<Slice>>()
-            + self.users.iter().map(|v| v.capacity() * std::mem::size_of::<Slice>()).sum::<usize>()
-    }
-}
-
-/// "No cohort event yet", in a column of first cohort times.
-const NO_TIME: i64 = i64::MAX;
 
 /// Where a retention definition finds each user's cohort day.
 #[derive(Debug, Clone)]
@@ -276,17 +179,12 @@ impl Retention {
     /// 24-hour windows of the definition's i-th figure.
     fn rolling_flags(&self, ctx: Ctx<'_>, r: usize, uid: u32, t0: i64) -> u128 {
         let Returns::Times(times) = &self.defs[r].returns else { return 0 };
-        let at = |n: u32| t0.saturating_add(i64::from(n) * SLICE_MS);
-        ctx.cfg.retention[r]
-            .periods
-            .iter()
-            .enumerate()
-            .fold(0, |m, (i, b)| m | u128::from(times.any_in(uid as usize, at(b.from), at(b.to + 1))) << i)
+        times.flags(uid as usize, t0, &ctx.cfg.retention[r].periods)
     }
 
     /// Adds `sign` times the user's flags to the row of cohort day `day`.
-    fn count_rolling(&mut self, r: usize, day: Day, flags: u128, users: i64, sign: i64) {
-        let n = self.defs[r].periods_len;
+    fn count_rolling(&mut self, ctx: Ctx<'_>, r: usize, day: Day, flags: u128, users: i64, sign: i64) {
+        let n = ctx.cfg.retention[r].periods.len();
         if let Some(row) = self.defs[r].rows.row(day) {
             row.users += users;
             for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
@@ -317,21 +215,21 @@ impl Retention {
                 let after = self.rolling_flags(ctx, r, t.uid, t0);
                 if after != before {
                     let day = ctx.cal.day_of(t0);
-                    self.count_rolling(r, day, before, 0, -1);
-                    self.count_rolling(r, day, after, 0, 1);
+                    self.count_rolling(ctx, r, day, before, 0, -1);
+                    self.count_rolling(ctx, r, day, after, 0, 1);
                 }
             }
         }
         if cohort && t.ts < t0 {
             if t0 != NO_TIME {
                 let was = self.rolling_flags(ctx, r, t.uid, t0);
-                self.count_rolling(r, ctx.cal.day_of(t0), was, -1, -1);
+                self.count_rolling(ctx, r, ctx.cal.day_of(t0), was, -1, -1);
             }
             if let Cohort::Time(v) = &mut self.defs[r].cohort {
                 v[u] = t.ts;
             }
             let now = self.rolling_flags(ctx, r, t.uid, t.ts);
-            self.count_rolling(r, t.day, now, 1, 1);
+            self.count_rolling(ctx, r, t.day, now, 1, 1);
         }
     }
 
@@ -471,7 +369,6 @@ impl Family for Retention {
                 rows: DayRows::default(),
                 periods: Periods { granularity: def.granularity, week_start: ctx.cfg.week_start },
                 plain: def.granularity == Granularity::Day && def.periods.iter().all(|b| b.is_one()) && !rolling(def),
-                periods_len: def.periods.len(),
                 slices: 0,
             })
             .collect();
