@@ -127,6 +127,9 @@ struct LtvCounts {
 struct Ltv {
     /// Index of the definition in `[[retention]]`.
     def: usize,
+    /// Its days N (from the definition).
+    #[serde(skip)]
+    days: Vec<u32>,
     /// Per user: their cohort day, or [`NO_DAY`].
     cohort: Vec<Day>,
     rows: DayRows<LtvCounts>,
@@ -196,16 +199,15 @@ impl Revenue {
         let mut before = Vec::with_capacity(self.ltv.len());
         for l in &self.ltv {
             let c = l.cohort[u];
-            let days: Vec<u32> = ctx.cfg.retention[l.def].periods.iter().map(|b| b.from).collect();
-            before.push((c != NO_DAY).then(|| contribution(ctx.cal, &payer.payments, c, &days)));
+            before.push((c != NO_DAY).then(|| contribution(ctx.cal, &payer.payments, c, &l.days)));
         }
         payer.payments.insert(pos, payment);
         for (l, before) in self.ltv.iter_mut().zip(before) {
             if let Some(before) = before {
                 let c = l.cohort[u];
-                let days: Vec<u32> = ctx.cfg.retention[l.def].periods.iter().map(|b| b.from).collect();
+                let after = contribution(ctx.cal, &payer.payments, c, &l.days);
                 l.add(c, &before, -1);
-                l.add(c, &contribution(ctx.cal, &payer.payments, c, &days), 1);
+                l.add(c, &after, 1);
             }
         }
         if units > 0 {
@@ -246,11 +248,12 @@ impl Revenue {
             }
             l.cohort[u] = t.day;
             let Some(payer) = self.payers.get(&t.uid) else { continue };
-            let days = ctx.cfg.retention[l.def].periods.iter().map(|b| b.from).collect::<Vec<_>>();
             if old != NO_DAY {
-                l.add(old, &contribution(ctx.cal, &payer.payments, old, &days), -1);
+                let was = contribution(ctx.cal, &payer.payments, old, &l.days);
+                l.add(old, &was, -1);
             }
-            l.add(t.day, &contribution(ctx.cal, &payer.payments, t.day, &days), 1);
+            let now = contribution(ctx.cal, &payer.payments, t.day, &l.days);
+            l.add(t.day, &now, 1);
         }
     }
 }
@@ -276,7 +279,7 @@ impl Family for Revenue {
     fn new(ctx: Ctx<'_>) -> Self {
         let ltv = (ctx.cfg.retention.iter().enumerate())
             .filter(|(_, r)| r.revenue)
-            .map(|(def, _)| Ltv { def, ..Ltv::default() })
+            .map(|(def, r)| Ltv { def, days: r.periods.iter().map(|b| b.from).collect(), ..Ltv::default() })
             .collect();
         Revenue { ltv, ..Revenue::default() }
     }
@@ -377,7 +380,11 @@ impl Family for Revenue {
         if defs(&state) != defs(self) || state.ltv.iter().any(|l| l.cohort.len() as u64 != users) {
             return Err(StateMismatch::new("revenue: the cohort revenue definitions differ"));
         }
+        let days: Vec<Vec<u32>> = self.ltv.iter().map(|l| l.days.clone()).collect();
         *self = state;
+        for (l, days) in self.ltv.iter_mut().zip(days) {
+            l.days = days;
+        }
         if self.payers.keys().any(|&u| u64::from(u) >= users) {
             return Err(StateMismatch::new("revenue: a payer beyond the users"));
         }
