@@ -10,6 +10,7 @@
 #              "1000000 10000000"), BENCH_DIR (dataset cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench_lib.sh
 
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000000 10000000)
@@ -30,13 +31,7 @@ echo "definitions: $config; both sides pinned with taskset -c 0"
 printf '%-10s %12s %16s %16s %14s %8s %12s\n' events MiB cohortflow/s clickhouse/s "ratio" agree "peak RSS"
 for events in "${sizes[@]}"; do
     # 30 simulated days; sign-ups per day chosen for about $events lines.
-    per_day=$(( events / 397 ))
-    data="$data_dir/clean-30d-$per_day.ndjson"
-    if [ ! -s "$data" ]; then
-        # A fixed start and seed keep the dataset identical from run to run.
-        "$bin" generate --clean --days 30 --users-per-day "$per_day" --start-ms 1785000000000 > "$data.tmp"
-        mv "$data.tmp" "$data"
-    fi
+    data=$(bench_dataset "$bin" "$events" "$data_dir")
     lines=$(wc -l < "$data")
     mib=$(( $(stat -c %s "$data") / 1048576 ))
     rates=()

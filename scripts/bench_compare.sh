@@ -11,6 +11,7 @@
 #              state benchmark; default 1000000), BENCH_DIR (dataset cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench_lib.sh
 
 old=${1:?usage: scripts/bench_compare.sh OLD [NEW] [CONFIG]}
 new=${2:-}
@@ -38,29 +39,15 @@ build() { # NAME COMMIT|"" -> prints the directory of its release binaries
 old_dir=$(build old "$old")
 new_dir=$(build new "$new")
 
-per_day=$(( events / 397 ))
-data="$data_dir/clean-30d-$per_day.ndjson"
-if [ ! -s "$data" ]; then
-    "$new_dir/cohortflow" generate --clean --days 30 --users-per-day "$per_day" --start-ms 1785000000000 > "$data.tmp"
-    mv "$data.tmp" "$data"
-fi
+data=$(bench_dataset "$new_dir/cohortflow" "$events" "$data_dir")
 lines=$(wc -l < "$data")
-
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-rate() { # BIN OUT
-    local start end
-    start=$(date +%s.%N)
-    taskset -c 0 "$1" replay --config "$config" "$data" > "$2" 2> /dev/null
-    end=$(date +%s.%N)
-    echo "$lines / ($end - $start)" | bc -l
-}
 old_rates=() new_rates=()
 for _ in $(seq "$runs"); do
-    old_rates+=("$(rate "$old_dir/cohortflow" "$work/old.prom")")
-    new_rates+=("$(rate "$new_dir/cohortflow" "$work/new.prom")")
+    old_rates+=("$(bench_rate "$old_dir/cohortflow" "$config" "$data" "$work/old.prom")")
+    new_rates+=("$(bench_rate "$new_dir/cohortflow" "$config" "$data" "$work/new.prom")")
 done
-old_rate=$(printf '%s\n' "${old_rates[@]}" | median)
-new_rate=$(printf '%s\n' "${new_rates[@]}" | median)
+old_rate=$(printf '%s\n' "${old_rates[@]}" | bench_median)
+new_rate=$(printf '%s\n' "${new_rates[@]}" | bench_median)
 # Every series the old side exports is in the new one with the same value;
 # series the new side adds (a metric, or new label values of one) are
 # counted, and a metric only one side has is named.
@@ -77,9 +64,8 @@ fi
 only_new=$(comm -13 <(names "$work/old.prom") <(names "$work/new.prom") | tr '\n' ' ')
 only_old=$(comm -23 <(names "$work/old.prom") <(names "$work/new.prom") | tr '\n' ' ')
 
-per_user() { "$1/examples/state_scale" "$users" "$config" | sed -n -E 's/.*bytes_per_user=([0-9.]+).*/\1/p' | head -1; }
-old_bytes=$(per_user "$old_dir")
-new_bytes=$(per_user "$new_dir")
+old_bytes=$(bench_bytes_per_user "$old_dir/examples/state_scale" "$users" "$config")
+new_bytes=$(bench_bytes_per_user "$new_dir/examples/state_scale" "$users" "$config")
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "old: $(git rev-parse --short "$old"), new: ${new:-work tree at $(git rev-parse --short HEAD)}; $config; $lines events; replay pinned to core 0, median of $runs alternating runs"

@@ -10,6 +10,7 @@
 #              state benchmark; default 1000000), BENCH_DIR (dataset cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench_lib.sh
 
 a=${1:?usage: scripts/bench_configs.sh CONFIG_A CONFIG_B}
 b=${2:?usage: scripts/bench_configs.sh CONFIG_A CONFIG_B}
@@ -22,32 +23,17 @@ mkdir -p "$data_dir"
 cargo build --release --locked -q --bin cohortflow --example state_scale
 bin=$target/release
 
-per_day=$(( events / 397 ))
-data="$data_dir/clean-30d-$per_day.ndjson"
-if [ ! -s "$data" ]; then
-    "$bin/cohortflow" generate --clean --days 30 --users-per-day "$per_day" --start-ms 1785000000000 > "$data.tmp"
-    mv "$data.tmp" "$data"
-fi
+data=$(bench_dataset "$bin/cohortflow" "$events" "$data_dir")
 lines=$(wc -l < "$data")
-
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-rate() { # CONFIG
-    local start end
-    start=$(date +%s.%N)
-    taskset -c 0 "$bin/cohortflow" replay --config "$1" "$data" > /dev/null 2>&1
-    end=$(date +%s.%N)
-    echo "$lines / ($end - $start)" | bc -l
-}
 a_rates=() b_rates=()
 for _ in $(seq "$runs"); do
-    a_rates+=("$(rate "$a")")
-    b_rates+=("$(rate "$b")")
+    a_rates+=("$(bench_rate "$bin/cohortflow" "$a" "$data" /dev/null)")
+    b_rates+=("$(bench_rate "$bin/cohortflow" "$b" "$data" /dev/null)")
 done
-a_rate=$(printf '%s\n' "${a_rates[@]}" | median)
-b_rate=$(printf '%s\n' "${b_rates[@]}" | median)
-per_user() { "$bin/examples/state_scale" "$users" "$1" | sed -n -E 's/.*bytes_per_user=([0-9.]+).*/\1/p' | head -1; }
-a_bytes=$(per_user "$a")
-b_bytes=$(per_user "$b")
+a_rate=$(printf '%s\n' "${a_rates[@]}" | bench_median)
+b_rate=$(printf '%s\n' "${b_rates[@]}" | bench_median)
+a_bytes=$(bench_bytes_per_user "$bin/examples/state_scale" "$users" "$a")
+b_bytes=$(bench_bytes_per_user "$bin/examples/state_scale" "$users" "$b")
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "build: work tree at $(git rev-parse --short HEAD); A $a, B $b; $lines events; replay pinned to core 0, median of $runs alternating runs"
