@@ -12,6 +12,13 @@ fn sum(metrics: &str, prefix: &str) -> f64 {
     metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
+/// The JSON answer of `path`, which must be a 200.
+fn api(addr: &str, path: &str) -> serde_json::Value {
+    let (status, body) = get(addr, path).unwrap_or_else(|| panic!("{path}: no answer"));
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
 #[test]
 fn demo_serves_cohorts_retention_and_funnels() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohortflow"));
@@ -46,15 +53,11 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert!(metrics.contains("cohortflow_retention_latest_ratio{retention=\"new_users\",day=\"1\"}"));
     assert!(metrics.contains("# TYPE cohortflow_funnel_time_to_convert_seconds summary"));
 
-    let (status, body) = get(&addr, "/api/v1/retention").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/retention");
     let cohorts = json["retention"][0]["cohorts"].as_array().expect("cohorts");
     assert!(cohorts.len() >= 10, "{}", cohorts.len());
     assert!(cohorts.iter().all(|c| c["retained"].as_array().map(Vec::len) == Some(5)));
-    let (status, body) = get(&addr, "/api/v1/funnels").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/funnels");
     assert_eq!(json["funnels"][0]["name"], "checkout");
     assert!(!json["funnels"][0]["entries"].as_array().expect("entries").is_empty());
 
@@ -63,26 +66,20 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert!(sum(&metrics, "cohortflow_known_users{") > 1000.0);
     assert!(sum(&metrics, "cohortflow_lifecycle_users{granularity=\"week\",status=\"returning\"") > 100.0);
     assert!(sum(&metrics, "cohortflow_stickiness_users{window=\"7d\",days=\"1\"") > 100.0);
-    let (status, body) = get(&addr, "/api/v1/lifecycle").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/lifecycle");
     let weeks = json["lifecycle"]["week"].as_array().expect("weeks");
     assert!(weeks.len() >= 2, "{}", weeks.len()); // 12 days: two or three weeks
     assert!(weeks.iter().all(|w| ["new", "returning", "resurrecting", "dormant"].iter().all(|s| w[s].is_u64())));
     // The demo's 35 days of history hold the month before each day's.
     let months = json["lifecycle"]["month"].as_array().expect("months");
     assert!(!months.is_empty() && months.iter().all(|m| m["date"].as_str().is_some_and(|d| d.ends_with("-01"))));
-    let (status, body) = get(&addr, "/api/v1/stickiness").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/stickiness");
     assert_eq!(json["stickiness"][0]["window"], 7);
     let rows = json["stickiness"][0]["rows"].as_array().expect("rows");
     assert!(!rows.is_empty() && rows.iter().all(|r| r["users"].as_array().map(Vec::len) == Some(7)));
 
     // One calendar table at a time, and a clear refusal of an unknown one.
-    let (status, body) = get(&addr, "/api/v1/activity?granularity=week").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/activity?granularity=week");
     assert_eq!(json["granularity"], "week");
     assert!(json["rows"].as_array().is_some_and(|r| r.len() >= 2 && r.iter().all(|w| w["active_users"].is_u64())));
     let (status, body) = get(&addr, "/api/v1/activity?granularity=day").expect("api");
@@ -102,9 +99,7 @@ fn demo_serves_cohorts_retention_and_funnels() {
         "{orders} {buyers} {ads}"
     );
     assert!(sum(&metrics, "cohortflow_trend_events_total{trend=\"payments\"}") > 0.0);
-    let (status, body) = get(&addr, "/api/v1/trends").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/trends");
     let names: Vec<&str> =
         json["trends"].as_array().expect("trends").iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, ["orders", "payments", "ads_orders"]);
@@ -114,9 +109,7 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert!(sum(&metrics, "cohortflow_paying_users{") > 10.0);
     assert!(sum(&metrics, "cohortflow_new_paying_users{") > 10.0);
     assert!(sum(&metrics, "cohortflow_revenue_total ") > 1000.0);
-    let (status, body) = get(&addr, "/api/v1/revenue").expect("api");
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/revenue");
     let days = json["revenue"]["days"].as_array().expect("days");
     assert!(!days.is_empty());
     for day in days {
@@ -143,8 +136,7 @@ fn demo_serves_cohorts_retention_and_funnels() {
             .lines()
             .any(|l| l.starts_with("cohortflow_retained_users{retention=\"rolling\"") && l.contains("day=\"2-7\""))
     );
-    let (_, body) = get(&addr, "/api/v1/retention").expect("api");
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = api(&addr, "/api/v1/retention");
     let weekly =
         json["retention"].as_array().expect("definitions").iter().find(|d| d["name"] == "weekly").expect("weekly");
     assert_eq!(weekly["granularity"], "week");

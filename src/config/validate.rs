@@ -236,12 +236,7 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
     }
     for (i, r) in raw_retention.into_iter().enumerate() {
         let key = |k: &str| format!("retention[{i}].{k}");
-        if r.name.is_empty() {
-            return Err(invalid(key("name"), "must not be empty"));
-        }
-        if !names.insert(r.name.clone()) {
-            return Err(invalid(key("name"), format!("`{}` is defined twice", r.name)));
-        }
+        new_name(&mut names, key("name"), &r.name)?;
         for (k, v) in [("cohort_event", &r.cohort_event), ("return_event", &r.return_event)] {
             if v.is_empty() {
                 return Err(invalid(key(k), "must not be empty (use \"*\" for any event)"));
@@ -375,18 +370,25 @@ fn brackets(key: &str, list: &[toml::Value]) -> Result<Vec<Bracket>, ConfigError
     Ok(out)
 }
 
+/// A definition's `name`, under `key`: not empty, and not one an earlier
+/// definition of its kind took (`names`).
+fn new_name(names: &mut HashSet<String>, key: String, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if !names.insert(name.to_owned()) {
+        return Err(invalid(key, format!("`{name}` is defined twice")));
+    }
+    Ok(())
+}
+
 /// `[[funnel]]`: names, windows, modes and steps with their filters.
 fn funnels(raw: Vec<RawFunnel>) -> Result<Vec<FunnelDef>, ConfigError> {
     let mut funnels = Vec::new();
     let mut names = HashSet::new();
     for (i, f) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("funnel[{i}].{k}");
-        if f.name.is_empty() {
-            return Err(invalid(key("name"), "must not be empty"));
-        }
-        if !names.insert(f.name.clone()) {
-            return Err(invalid(key("name"), format!("`{}` is defined twice", f.name)));
-        }
+        new_name(&mut names, key("name"), &f.name)?;
         let window_ms = duration_ms(&key("window"), &f.window)?;
         if window_ms == 0 || window_ms > 30 * DAY_MS {
             return Err(invalid(key("window"), "must be more than 0 and at most 30d"));
@@ -471,12 +473,7 @@ fn trends(raw: Vec<RawTrend>) -> Result<Vec<TrendDef>, ConfigError> {
     let mut trends = Vec::new();
     for (i, t) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("trend[{i}].{k}");
-        if t.name.is_empty() {
-            return Err(invalid(key("name"), "must not be empty"));
-        }
-        if !names.insert(t.name.clone()) {
-            return Err(invalid(key("name"), format!("`{}` is defined twice", t.name)));
-        }
+        new_name(&mut names, key("name"), &t.name)?;
         // A plain name's key is `event`; a table's own event is `event.event`.
         let step = match t.event {
             RawStep::Name(n) if n.is_empty() => return Err(invalid(key("event"), "must not be empty")),
