@@ -13,7 +13,9 @@ use std::sync::Arc;
 use cohortflow::config::Config;
 use cohortflow::engine::Engine;
 use cohortflow::engine::def::{Bracket, FilterValue, FunnelMode, Granularity, RetentionMode};
-use cohortflow::engine::figures::{Figures, LifecycleRow, PeriodRow, StickinessRow, StickinessTable};
+use cohortflow::engine::figures::{
+    CohortRow, Figures, LifecycleRow, PeriodRow, Split, SplitActivityRow, StickinessRow, StickinessTable, ValueRows,
+};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
@@ -59,7 +61,7 @@ impl Ev {
 }
 
 fn event() -> impl Strategy<Value = Ev> {
-    event_of(vec!["a", "b", "c", "d"], vec!["x", "y"])
+    event_of(vec!["a", "b", "c", "d"], vec!["x", "y", "w", "z"])
 }
 
 /// An event named from `names`, its channel (when it has one) from
@@ -89,20 +91,34 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         week_start = "{week_start}"
         stickiness_windows = [7, 30]
         history_days = 63
+        activity_breakdowns = ["ch2", "channel"]
+        # "y" is other in one, listed in the other: ties at one time
+        # between a listed and an unlisted value go both ways.
+        [[breakdown]]
+        name = "channel"
+        prop = "channel"
+        values = ["x"]
+        [[breakdown]]
+        name = "ch2"
+        prop = "channel"
+        values = ["z", "y"]
         [[retention]]
         name = "all"
         days = [1, 2, 3]
+        breakdowns = ["channel", "ch2"]
         [[retention]]
         name = "ab"
         cohort_event = "a"
         return_event = "b"
         days = [1, 2]
         mode = "on_or_after"
+        breakdowns = ["channel"]
         [[retention]]
         name = "ca"
         cohort_event = "c"
         return_event = "a"
         days = [1, 4]
+        breakdowns = ["ch2"]
         [[retention]]
         name = "any_b"
         cohort_event = "*"
@@ -139,6 +155,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         granularity = "week"
         periods = [1]
         mode = "on_or_after"
+        breakdowns = ["channel"]
         [[retention]]
         name = "monthly_ca"
         cohort_event = "c"
@@ -155,6 +172,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         cohort_event = "a"
         return_event = "*"
         days = [1, "2-4", "5-6"]
+        breakdowns = ["ch2"]
         [[retention]]
         name = "brackets_b"
         cohort_event = "*"
@@ -170,6 +188,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         return_event = "b"
         mode = "rolling_24h"
         days = [1, 2, "3-5"]
+        breakdowns = ["channel"]
         # N-day LTV of the cohorts of "a" and of first-seen users.
         [[retention]]
         name = "ltv"
@@ -197,6 +216,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         window = "{window}"
         mode = "{mode}"
         steps = ["a", "b", "c"]
+        breakdowns = ["channel", "ch2"]
         [[funnel]]
         name = "filtered"
         window = "{window}"
@@ -225,11 +245,107 @@ fn run(cfg: &Config, events: &[Ev]) -> Figures {
 /// Figures from scratch. Returns only what the engine exports (dates up
 /// to the watermark's day), in the same shape.
 fn model(cfg: &Config, events: &[Ev]) -> Figures {
+    let max_ts = events.iter().map(|e| e.ts).max().expect("events");
+    let mut out = model_at(cfg, events, max_ts);
+    // Breakdowns: a user's value is the prop of their earliest event
+    // carrying it (at equal times the smallest value); each value's
+    // figures are those of its users alone.
+    for (b, def) in cfg.engine.breakdowns.iter().enumerate() {
+        let mut value: BTreeMap<u8, (i64, &str)> = BTreeMap::new();
+        for e in events {
+            if let Some(c) = e.channel {
+                let v = value.entry(e.user).or_insert((e.ts, c));
+                *v = (*v).min((e.ts, c));
+            }
+        }
+        let label = |u: u8| match value.get(&u) {
+            None => "none",
+            Some((_, v)) if def.values.iter().any(|l| l == v) => v,
+            Some(_) => "other",
+        };
+        let labels: Vec<String> = def.values.iter().cloned().chain(["other".into(), "none".into()]).collect();
+        let parts: Vec<Option<Figures>> = labels
+            .iter()
+            .map(|l| {
+                let mine: Vec<Ev> = events.iter().filter(|e| label(e.user) == l).cloned().collect();
+                (!mine.is_empty()).then(|| model_at(cfg, &mine, max_ts))
+            })
+            .collect();
+        let split = |rows: &dyn Fn(&Figures) -> Vec<CohortRow>| Split {
+            breakdown: def.name.clone(),
+            values: labels
+                .iter()
+                .zip(&parts)
+                .map(|(l, p)| ValueRows { value: l.clone(), rows: p.as_ref().map(rows).unwrap_or_default() })
+                .collect(),
+        };
+        for (r, rdef) in cfg.engine.retention.iter().enumerate() {
+            if rdef.breakdowns.contains(&b) {
+                let s = split(&|f: &Figures| f.retention[r].cohorts.clone());
+                out.retention[r].breakdowns.push(s);
+            }
+        }
+        for (f, fdef) in cfg.engine.funnels.iter().enumerate() {
+            if fdef.breakdowns.contains(&b) {
+                let values = labels
+                    .iter()
+                    .zip(&parts)
+                    .map(|(l, p)| ValueRows {
+                        value: l.clone(),
+                        rows: p.as_ref().map(|p| p.funnels[f].entries.clone()).unwrap_or_default(),
+                    })
+                    .collect();
+                out.funnels[f].breakdowns.push(Split { breakdown: def.name.clone(), values });
+            }
+        }
+        if cfg.engine.activity_breakdowns.contains(&b) {
+            let values = labels
+                .iter()
+                .zip(&parts)
+                .map(|(l, p)| ValueRows {
+                    value: l.clone(),
+                    rows: p
+                        .as_ref()
+                        .map(|p| {
+                            p.activity
+                                .iter()
+                                .map(|a| SplitActivityRow {
+                                    date: a.date.clone(),
+                                    new_users: a.new_users,
+                                    dau: a.dau,
+                                    wau: a.wau,
+                                    mau: a.mau,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect();
+            out.activity_breakdowns.push(Split { breakdown: def.name.clone(), values });
+        }
+    }
+    // In the order the engine publishes them: by the definitions'
+    // breakdown lists.
+    for (t, def) in out.retention.iter_mut().zip(&cfg.engine.retention) {
+        let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
+        t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+    }
+    for (t, def) in out.funnels.iter_mut().zip(&cfg.engine.funnels) {
+        let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
+        t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+    }
+    let names: Vec<&str> =
+        cfg.engine.activity_breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
+    out.activity_breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+    out
+}
+
+/// The figures of `events` alone, with the watermark of `max_ts`.
+fn model_at(cfg: &Config, events: &[Ev], max_ts: i64) -> Figures {
     let tz: &TimeZone = &cfg.engine.timezone;
     let day =
         |ts: i64| -> jiff::civil::Date { Timestamp::from_millisecond(ts).expect("ts").to_zoned(tz.clone()).date() };
     let events: BTreeSet<Ev> = events.iter().cloned().collect();
-    let max_ts = events.iter().map(|e| e.ts).max().expect("events");
     let wm = max_ts - cfg.engine.allowed_lateness_ms;
     let wm_day = day(wm);
     let mut out = Figures { watermark_ms: Some(wm), watermark_date: Some(wm_day.to_string()), ..Figures::default() };
@@ -388,6 +504,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             granularity: def.granularity.as_str(),
             mode: def.mode.as_str(),
             periods: def.periods.iter().map(ToString::to_string).collect(),
+            breakdowns: Vec::new(),
             cohorts: rows
                 .into_iter()
                 .filter(|(d, _)| *d <= wm_day)
@@ -580,6 +697,7 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
             conversions_total: conversions,
             time_to_convert: Vec::new(),
             histograms: Vec::new(),
+            breakdowns: Vec::new(),
         });
     }
     out
@@ -622,6 +740,51 @@ fn extend(
         }
     }
     best
+}
+
+/// Over the values of each breakdown, every split figure sums to the
+/// figure itself (so no user is under two values), row by row.
+fn splits_sum_to_totals(f: &Figures) -> Result<(), TestCaseError> {
+    fn sums<T, K: Ord, V: Default + std::ops::AddAssign + Copy>(
+        rows: impl Iterator<Item = T>,
+        key: impl Fn(&T) -> K,
+        counts: impl Fn(&T) -> Vec<V>,
+    ) -> BTreeMap<K, Vec<V>> {
+        let mut out: BTreeMap<K, Vec<V>> = BTreeMap::new();
+        for r in rows {
+            let c = counts(&r);
+            let sum = out.entry(key(&r)).or_insert_with(|| vec![V::default(); c.len()]);
+            for (s, x) in sum.iter_mut().zip(c) {
+                *s += x;
+            }
+        }
+        out
+    }
+    let cohort = |r: &&CohortRow| std::iter::once(r.users).chain(r.retained.iter().copied()).collect::<Vec<u64>>();
+    for t in &f.retention {
+        let total = sums(t.cohorts.iter(), |r| r.date.clone(), cohort);
+        for split in &t.breakdowns {
+            let parts = sums(split.values.iter().flat_map(|v| &v.rows), |r| r.date.clone(), cohort);
+            prop_assert_eq!(&parts, &total, "retention {} by {}", &t.name, &split.breakdown);
+        }
+    }
+    for t in &f.funnels {
+        let total = sums(t.entries.iter(), |r| r.date.clone(), |r| r.users.clone());
+        for split in &t.breakdowns {
+            let parts = sums(split.values.iter().flat_map(|v| &v.rows), |r| r.date.clone(), |r| r.users.clone());
+            prop_assert_eq!(&parts, &total, "funnel {} by {}", &t.name, &split.breakdown);
+        }
+    }
+    let total = sums(f.activity.iter(), |r| r.date.clone(), |r| vec![r.new_users, r.dau, r.wau, r.mau]);
+    for split in &f.activity_breakdowns {
+        let parts = sums(
+            split.values.iter().flat_map(|v| &v.rows),
+            |r| r.date.clone(),
+            |r| vec![r.new_users, r.dau, r.wau, r.mau],
+        );
+        prop_assert_eq!(&parts, &total, "activity by {}", &split.breakdown);
+    }
+    Ok(())
 }
 
 /// What must agree: everything but the counters (duplicates are counted as
@@ -698,6 +861,7 @@ proptest! {
         let mut sorted = events.clone();
         sorted.sort_by_key(|e| e.ts);
         let got = comparable(run(&cfg, &sorted));
+        splits_sum_to_totals(&got)?;
         let want = comparable(model(&cfg, &events));
         prop_assert_eq!(got, want);
     }

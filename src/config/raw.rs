@@ -70,6 +70,19 @@ pub(super) struct RawConfig {
     pub(super) trend: Vec<RawTrend>,
     #[serde(default)]
     pub(super) revenue: Option<RawRevenue>,
+    #[serde(default)]
+    pub(super) breakdown: Vec<RawBreakdown>,
+    /// The breakdowns of new and active users.
+    #[serde(default)]
+    pub(super) activity_breakdowns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBreakdown {
+    pub(super) name: String,
+    pub(super) prop: String,
+    pub(super) values: Vec<String>,
 }
 
 pub(super) fn default_timezone() -> String {
@@ -237,6 +250,8 @@ pub(super) struct RawRetention {
     pub(super) mode: String,
     #[serde(default)]
     pub(super) revenue: bool,
+    #[serde(default)]
+    pub(super) breakdowns: Vec<String>,
 }
 pub(super) fn star() -> String {
     "*".into()
@@ -259,6 +274,8 @@ pub(super) struct RawFunnel {
     #[serde(default = "default_funnel_mode")]
     pub(super) mode: String,
     pub(super) steps: Vec<RawStep>,
+    #[serde(default)]
+    pub(super) breakdowns: Vec<String>,
 }
 pub(super) fn default_funnel_mode() -> String {
     "default".into()

@@ -9,13 +9,14 @@ use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use super::raw::{
-    RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawRevenue, RawStep, RawTrend,
-    default_days, default_granularity, default_mode, star,
+    RawBreakdown, RawConfig, RawFields, RawFunnel, RawHttp, RawKafka, RawLog, RawRetention, RawRevenue, RawStep,
+    RawTrend, default_days, default_granularity, default_mode, star,
 };
 use super::{Config, ConfigError, KafkaConfig, MAX_USER_ID_BYTES, MAX_WORKERS, invalid};
 use crate::engine::def::{
-    Bracket, EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, Granularity, MAX_RETENTION, MAX_STEPS,
-    MAX_USERS, RetentionDef, RetentionMode, RevenueDef, StepDef, TrendDef,
+    Bracket, BreakdownDef, EngineConfig, EventMatch, FilterValue, FunnelDef, FunnelMode, Granularity,
+    MAX_BREAKDOWN_VALUE_BYTES, MAX_BREAKDOWN_VALUES, MAX_BREAKDOWNS, MAX_RETENTION, MAX_STEPS, MAX_USERS, RetentionDef,
+    RetentionMode, RevenueDef, StepDef, TrendDef,
 };
 use crate::engine::trend::MAX_TRENDS;
 use crate::event::FieldNames;
@@ -96,8 +97,10 @@ impl RawConfig {
         let (listen, http_limits) = http(&self.http)?;
         let (log_json, log_level) = log(self.log)?;
         let fields = fields(self.fields, self.max_user_id_bytes)?;
-        let retention = retention(self.retention, self.history_days)?;
-        let funnels = funnels(self.funnel)?;
+        let breakdowns = breakdowns(self.breakdown)?;
+        let retention = retention(self.retention, self.history_days, &breakdowns)?;
+        let funnels = funnels(self.funnel, &breakdowns)?;
+        let activity_breakdowns = breakdown_refs("activity_breakdowns", &self.activity_breakdowns, &breakdowns)?;
         let trends = trends(self.trend)?;
         let revenue = self.revenue.map(revenue).transpose()?;
         if revenue.is_none()
@@ -125,6 +128,8 @@ impl RawConfig {
                 funnels,
                 trends,
                 revenue,
+                breakdowns,
+                activity_breakdowns,
             },
             listen,
             http_limits,
@@ -211,7 +216,11 @@ fn fields(f: RawFields, max_user_id_bytes: u64) -> Result<FieldNames, ConfigErro
 }
 
 /// `[[retention]]`: one definition by default; days that the history holds.
-fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionDef>, ConfigError> {
+fn retention(
+    raw: Vec<RawRetention>,
+    history_days: u32,
+    known: &[BreakdownDef],
+) -> Result<Vec<RetentionDef>, ConfigError> {
     let mut retention = Vec::new();
     let mut names = HashSet::new();
     let raw_retention = if raw.is_empty() {
@@ -224,6 +233,7 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
             granularity: default_granularity(),
             mode: default_mode(),
             revenue: false,
+            breakdowns: Vec::new(),
         }]
     } else {
         raw
@@ -314,7 +324,9 @@ fn retention(raw: Vec<RawRetention>, history_days: u32) -> Result<Vec<RetentionD
                 "cohort revenue is counted by day N: granularity = \"day\", no brackets",
             ));
         }
+        let breakdowns = breakdown_refs(&key("breakdowns"), &r.breakdowns, known)?;
         retention.push(RetentionDef {
+            breakdowns,
             name: r.name,
             cohort_event: EventMatch::parse(&r.cohort_event),
             return_event: EventMatch::parse(&r.return_event),
@@ -370,6 +382,64 @@ fn brackets(key: &str, list: &[toml::Value]) -> Result<Vec<Bracket>, ConfigError
     Ok(out)
 }
 
+/// `[[breakdown]]`: names, props and at most [`MAX_BREAKDOWN_VALUES`]
+/// distinct values each.
+fn breakdowns(raw: Vec<RawBreakdown>) -> Result<Vec<BreakdownDef>, ConfigError> {
+    if raw.len() > MAX_BREAKDOWNS {
+        return Err(invalid("breakdown", format!("{} definitions; at most {MAX_BREAKDOWNS}", raw.len())));
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, b) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("breakdown[{i}].{k}");
+        new_name(&mut names, key("name"), &b.name)?;
+        if b.prop.is_empty() {
+            return Err(invalid(key("prop"), "must not be empty"));
+        }
+        if b.values.is_empty() || b.values.len() > MAX_BREAKDOWN_VALUES {
+            return Err(invalid(
+                key("values"),
+                format!("lists {} values; 1 to {MAX_BREAKDOWN_VALUES} are supported", b.values.len()),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (j, v) in b.values.iter().enumerate() {
+            let vkey = format!("breakdown[{i}].values[{j}]");
+            if v.is_empty() || v.len() > MAX_BREAKDOWN_VALUE_BYTES {
+                return Err(invalid(vkey, format!("must be 1 to {MAX_BREAKDOWN_VALUE_BYTES} bytes")));
+            }
+            if v == "other" || v == "none" {
+                return Err(invalid(vkey, format!("`{v}` is the label of values not listed or absent")));
+            }
+            if !seen.insert(v) {
+                return Err(invalid(vkey, format!("`{v}` is listed twice")));
+            }
+        }
+        out.push(BreakdownDef { name: b.name, prop: b.prop, values: b.values });
+    }
+    Ok(out)
+}
+
+/// A definition's `breakdowns` (under `key`): indices of known breakdowns,
+/// each named once.
+fn breakdown_refs(key: &str, names: &[String], known: &[BreakdownDef]) -> Result<Vec<usize>, ConfigError> {
+    let mut out = Vec::new();
+    for (j, name) in names.iter().enumerate() {
+        let Some(b) = known.iter().position(|d| &d.name == name) else {
+            let defined: Vec<&str> = known.iter().map(|d| d.name.as_str()).collect();
+            return Err(invalid(
+                format!("{key}[{j}]"),
+                format!("`{name}` is not a [[breakdown]] name (defined: {defined:?})"),
+            ));
+        };
+        if out.contains(&b) {
+            return Err(invalid(format!("{key}[{j}]"), format!("`{name}` is named twice")));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
 /// A definition's `name`, under `key`: not empty, and not one an earlier
 /// definition of its kind took (`names`).
 fn new_name(names: &mut HashSet<String>, key: String, name: &str) -> Result<(), ConfigError> {
@@ -383,7 +453,7 @@ fn new_name(names: &mut HashSet<String>, key: String, name: &str) -> Result<(), 
 }
 
 /// `[[funnel]]`: names, windows, modes and steps with their filters.
-fn funnels(raw: Vec<RawFunnel>) -> Result<Vec<FunnelDef>, ConfigError> {
+fn funnels(raw: Vec<RawFunnel>, known: &[BreakdownDef]) -> Result<Vec<FunnelDef>, ConfigError> {
     let mut funnels = Vec::new();
     let mut names = HashSet::new();
     for (i, f) in raw.into_iter().enumerate() {
@@ -412,7 +482,8 @@ fn funnels(raw: Vec<RawFunnel>) -> Result<Vec<FunnelDef>, ConfigError> {
             let skey = format!("funnel[{i}].steps[{j}]");
             steps.push(step(&skey, s)?);
         }
-        funnels.push(FunnelDef { name: f.name, window_ms, mode, steps });
+        let breakdowns = breakdown_refs(&key("breakdowns"), &f.breakdowns, known)?;
+        funnels.push(FunnelDef { name: f.name, window_ms, mode, steps, breakdowns });
     }
 
     Ok(funnels)

@@ -21,10 +21,13 @@ use jiff::civil::Weekday;
 use serde::{Deserialize, Serialize};
 
 use super::StateMismatch;
+use super::breakdown::{Move, SplitRows};
 use super::calendar::{Calendar, Day, month_of, week_of};
 use super::days::{DayRows, NO_DAY, ensure_len};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{ActivityRow, Figures, LifecycleRow, PeriodRow, StickinessRow, StickinessTable};
+use super::figures::{
+    ActivityRow, Figures, LifecycleRow, PeriodRow, Split, SplitActivityRow, StickinessRow, StickinessTable, ValueRows,
+};
 use super::users::Users;
 
 /// The longest activity window (MAU).
@@ -84,7 +87,16 @@ pub struct Activity {
     /// Whether the monthly lifecycle is counted (from the config).
     #[serde(skip)]
     monthly: bool,
+    /// Per activity breakdown, per day and value: new users, DAU, WAU,
+    /// MAU.
+    by: Vec<SplitRows>,
 }
+
+/// Where a split row keeps each count.
+const NEW: usize = 0;
+const DAU: usize = 1;
+const WAU: usize = 2;
+const MAU: usize = 3;
 
 /// The lifecycle row of a period from its counts and those of the period
 /// before.
@@ -107,8 +119,24 @@ impl Activity {
         self.month
     }
 
+    /// Adds `delta` to count `at` of `day` in the rows of the user's
+    /// values (`labels`).
+    fn split(&mut self, labels: &[u8], day: Day, at: usize, delta: i64) {
+        for split in &mut self.by {
+            if let Some(row) = split.row(day, labels[split.breakdown]) {
+                row[at] += delta;
+            }
+        }
+    }
+
     /// A user's first-seen day moves from `old` (or [`NO_DAY`]) to `day`.
-    fn first_seen(&mut self, week_start: Weekday, old: Day, day: Day) {
+    fn first_seen(&mut self, week_start: Weekday, old: Day, day: Day, labels: &[u8]) {
+        if !self.by.is_empty() {
+            if old != NO_DAY {
+                self.split(labels, old, NEW, -1);
+            }
+            self.split(labels, day, NEW, 1);
+        }
         if old != NO_DAY {
             if let Some(row) = self.rows.row(old) {
                 row.new_users -= 1;
@@ -179,7 +207,23 @@ impl Family for Activity {
         Activity {
             sticky: ctx.cfg.stickiness_windows.iter().map(|_| DayRows::default()).collect(),
             monthly: monthly_lifecycle(ctx.cfg.history_days),
+            by: ctx.cfg.activity_breakdowns.iter().map(|&b| SplitRows::new(b, &ctx.cfg.breakdowns[b], 4)).collect(),
             ..Activity::default()
+        }
+    }
+
+    fn relabel(&mut self, _: Ctx<'_>, users: &Users, uid: u32, change: Move) {
+        let u = uid as usize;
+        let first = users.first_seen(uid);
+        for split in self.by.iter_mut().filter(|s| s.breakdown == change.breakdown) {
+            split.shift(first, change, &[1, 0, 0, 0]);
+            for d in split.days() {
+                let active = |window: i32| i64::from(users.active().count_in(u, d - window + 1, d) > 0);
+                let counts = [0, active(1), active(WAU_DAYS), active(MAU_DAYS)];
+                if counts != [0; 4] {
+                    split.shift(d, change, &counts);
+                }
+            }
         }
     }
 
@@ -188,7 +232,7 @@ impl Family for Activity {
     fn record(&mut self, ctx: Ctx<'_>, users: &Users, t: &Touch<'_>) {
         let (day, old_first) = (t.day, t.old_first);
         if old_first == NO_DAY || day < old_first {
-            self.first_seen(ctx.cfg.week_start, old_first, day);
+            self.first_seen(ctx.cfg.week_start, old_first, day, t.labels);
         }
         if !t.newly_active {
             return;
@@ -218,7 +262,13 @@ impl Family for Activity {
                         row.wau += 1;
                     }
                 }
+                if !self.by.is_empty() {
+                    self.split(t.labels, d, if is_mau { MAU } else { WAU }, 1);
+                }
             }
+        }
+        if !self.by.is_empty() {
+            self.split(t.labels, day, DAU, 1);
         }
         self.calendar_periods(ctx.cfg.week_start, day, prev, next);
         // Each window that holds the new day has the user on one day more:
@@ -247,6 +297,7 @@ impl Family for Activity {
             self.known_before += self.rows.range(Day::MIN, from - 1).map(|(_, r)| r.new_users).sum::<i64>();
         }
         self.rows.drop_before(from);
+        self.by.iter_mut().for_each(|split| split.drop_before(from));
         for rows in &mut self.sticky {
             rows.drop_before(from);
         }
@@ -261,6 +312,33 @@ impl Family for Activity {
     }
 
     fn publish(&self, ctx: Ctx<'_>, view: View, out: &mut Figures) {
+        out.activity_breakdowns = self
+            .by
+            .iter()
+            .map(|split| {
+                let bd = &ctx.cfg.breakdowns[split.breakdown];
+                let values = split
+                    .slots()
+                    .map(|slot| {
+                        let rows = split
+                            .days_in(view.from, view.to)
+                            .filter_map(|d| {
+                                let c: Vec<u64> = split.get(d, slot).map(|c| c.max(0) as u64).collect();
+                                (c[MAU] > 0).then(|| SplitActivityRow {
+                                    date: Calendar::label(d),
+                                    new_users: c[NEW],
+                                    dau: c[DAU],
+                                    wau: c[WAU],
+                                    mau: c[MAU],
+                                })
+                            })
+                            .collect();
+                        ValueRows { value: bd.label(slot).to_owned(), rows }
+                    })
+                    .collect();
+                Split { breakdown: bd.name.clone(), values }
+            })
+            .collect();
         out.stickiness =
             ctx.cfg.stickiness_windows.iter().map(|&window| StickinessTable { window, rows: Vec::new() }).collect();
         let mut known = self.known_before;
@@ -356,7 +434,12 @@ impl Family for Activity {
     }
 
     fn read_head(&mut self, ctx: Ctx<'_>, head: &[u8], _: u64) -> Result<u64, StateMismatch> {
-        *self = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("activity: {e}")))?;
+        let read: Activity = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("activity: {e}")))?;
+        let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
+        if split(&read.by) != split(&self.by) {
+            return Err(StateMismatch::new("the activity breakdowns differ"));
+        }
+        *self = read;
         self.monthly = monthly_lifecycle(ctx.cfg.history_days);
         Ok(0)
     }
@@ -372,6 +455,9 @@ pub fn rewindow(out: &mut Figures, cfg: &crate::engine::def::EngineConfig, from:
     let day = |date: &str| date.parse::<jiff::civil::Date>().map(super::calendar::day_number).ok();
     let in_days = |date: &str| day(date).is_some_and(|d| d >= from && d <= to);
     out.activity.retain(|r| in_days(&r.date));
+    for split in &mut out.activity_breakdowns {
+        split.values.iter_mut().for_each(|v| v.rows.retain(|r| in_days(&r.date)));
+    }
     out.lifecycle.day.retain(|r| in_days(&r.date));
     for t in &mut out.stickiness {
         t.rows.retain(|r| in_days(&r.date));

@@ -17,6 +17,13 @@ pub const MAX_RETENTION: usize = 64;
 /// The most users one shard tracks (`max_users`): a compact funnel store
 /// threads a user's index with a garbage flag that must stay clear.
 pub const MAX_USERS: usize = 1 << 31;
+/// The most values a `[[breakdown]]` lists (besides `other` and `none`):
+/// a user's value and its rank among them fit in a byte.
+pub const MAX_BREAKDOWN_VALUES: usize = 32;
+/// The most `[[breakdown]]` definitions.
+pub const MAX_BREAKDOWNS: usize = 16;
+/// Prop values longer than this count as `other`.
+pub const MAX_BREAKDOWN_VALUE_BYTES: usize = 256;
 
 /// Everything the engine's definitions and time semantics depend on.
 #[derive(Debug, Clone)]
@@ -55,6 +62,54 @@ pub struct EngineConfig {
     pub trends: Vec<TrendDef>,
     /// Payments, if configured.
     pub revenue: Option<RevenueDef>,
+    /// Breakdowns (`[[breakdown]]`): the user properties figures can be
+    /// split by.
+    pub breakdowns: Vec<BreakdownDef>,
+    /// The breakdowns (indices into `breakdowns`) of new and active users
+    /// (`activity_breakdowns`).
+    pub activity_breakdowns: Vec<usize>,
+}
+
+/// `[[breakdown]]`: a user property fixed at first touch, and the values
+/// figures are split by.
+#[derive(Debug, Clone)]
+pub struct BreakdownDef {
+    /// Label value `breakdown`.
+    pub name: String,
+    /// The prop whose value on a user's earliest event carrying it is the
+    /// user's value.
+    pub prop: String,
+    /// The values with a series of their own (at most
+    /// [`MAX_BREAKDOWN_VALUES`]); the rest are `other`, users without the
+    /// prop `none`.
+    pub values: Vec<String>,
+}
+
+impl BreakdownDef {
+    /// Label values a figure is split into: the listed values, `other`,
+    /// `none`.
+    pub fn slots(&self) -> usize {
+        self.values.len() + 2
+    }
+
+    /// The slot of `other`.
+    pub fn other(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The slot of `none`.
+    pub fn none(&self) -> usize {
+        self.values.len() + 1
+    }
+
+    /// The label value of slot `slot`.
+    pub fn label(&self, slot: usize) -> &str {
+        match self.values.get(slot) {
+            Some(v) => v,
+            None if slot == self.other() => "other",
+            None => "none",
+        }
+    }
 }
 
 /// `[revenue]`: the payment events and where their amount is.
@@ -195,6 +250,9 @@ pub struct RetentionDef {
     /// Whether the cohorts' revenue and payers through day N are counted
     /// too (`revenue = true`, with `[revenue]`; day definitions).
     pub revenue: bool,
+    /// The breakdowns (indices into `EngineConfig::breakdowns`) its
+    /// cohorts are split by.
+    pub breakdowns: Vec<usize>,
 }
 
 impl RetentionDef {
@@ -209,6 +267,7 @@ impl RetentionDef {
             periods: days.iter().map(|&n| Bracket::one(n)).collect(),
             mode,
             revenue: false,
+            breakdowns: Vec::new(),
         }
     }
 
@@ -286,6 +345,9 @@ pub struct FunnelDef {
     pub mode: FunnelMode,
     /// Ordered steps (1..=32).
     pub steps: Vec<StepDef>,
+    /// The breakdowns (indices into `EngineConfig::breakdowns`) its entry
+    /// days are split by.
+    pub breakdowns: Vec<usize>,
 }
 
 /// One named trend: the events of a name, filtered as a funnel step is.
@@ -320,6 +382,8 @@ impl EngineConfig {
             funnels,
             trends: Vec::new(),
             revenue: None,
+            breakdowns: Vec::new(),
+            activity_breakdowns: Vec::new(),
         }
     }
 }
@@ -329,6 +393,6 @@ impl FunnelDef {
     /// A funnel of plain steps (no filters), for tests.
     pub(crate) fn of_steps(name: &str, window_ms: i64, mode: FunnelMode, steps: &[&str]) -> Self {
         let steps = steps.iter().map(|s| StepDef { event: EventMatch::parse(s), filter: Vec::new() }).collect();
-        FunnelDef { name: name.into(), window_ms, mode, steps }
+        FunnelDef { name: name.into(), window_ms, mode, steps, breakdowns: Vec::new() }
     }
 }

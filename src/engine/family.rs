@@ -11,6 +11,7 @@
 use std::io::Write;
 
 use super::StateMismatch;
+use super::breakdown::Move;
 use super::calendar::{Calendar, Day};
 use super::class::Class;
 use super::def::EngineConfig;
@@ -47,6 +48,8 @@ pub struct Touch<'a> {
     pub prev_latest_active: Option<Day>,
     /// The user's first day seen before this event (or [`super::days::NO_DAY`]).
     pub old_first: Day,
+    /// Per breakdown, the user's slot (their value) with this event.
+    pub labels: &'a [u8],
 }
 
 /// What a maintenance pass (the watermark entered a new day) lets a
@@ -84,6 +87,14 @@ pub trait Family {
     /// What an accepted event does to the family's figures. `users` holds
     /// the event already.
     fn record(&mut self, ctx: Ctx<'_>, users: &Users, touch: &Touch<'_>);
+
+    /// User `uid`'s value of a breakdown moves (see
+    /// [`super::breakdown::Move`]), before the event that moves it reaches
+    /// the families: a family splitting figures by that breakdown moves
+    /// the user's share of them from the old value's rows to the new one's.
+    fn relabel(&mut self, ctx: Ctx<'_>, users: &Users, uid: u32, change: Move) {
+        let _ = (ctx, users, uid, change);
+    }
 
     /// Drops what no accepted event can change and no export shows.
     fn maintain(&mut self, ctx: Ctx<'_>, horizon: Horizon);

@@ -41,6 +41,54 @@ pub struct CohortRow {
     pub mature: Vec<bool>,
 }
 
+/// Rows of a figure split by one breakdown: per value, its rows. Over the
+/// values they sum to the figure's own rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Split<T> {
+    /// The breakdown's name.
+    pub breakdown: String,
+    /// Per value (the listed ones in config order, then `other`, `none`).
+    pub values: Vec<ValueRows<T>>,
+}
+
+/// The rows of one breakdown value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValueRows<T> {
+    /// The value (label `value`).
+    pub value: String,
+    /// Its rows, oldest first.
+    pub rows: Vec<T>,
+}
+
+/// New and active users of one day among the users of one breakdown value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SplitActivityRow {
+    /// The date, `YYYY-MM-DD`.
+    pub date: String,
+    /// Users first seen on this day.
+    pub new_users: u64,
+    /// Distinct users active on this day.
+    pub dau: u64,
+    /// Distinct users active in the 7 days ending on this day.
+    pub wau: u64,
+    /// Distinct users active in the 30 days ending on this day.
+    pub mau: u64,
+}
+
+/// Merges the splits of two shards value by value, rows by date.
+fn merge_splits<T>(
+    a: &mut [Split<T>],
+    b: Vec<Split<T>>,
+    key: impl Fn(&T) -> String + Copy,
+    add: impl Fn(&mut T, &T) + Copy,
+) {
+    for (sa, sb) in a.iter_mut().zip(b) {
+        for (va, vb) in sa.values.iter_mut().zip(sb.values) {
+            va.rows = merge_rows(std::mem::take(&mut va.rows), vb.rows, key, add);
+        }
+    }
+}
+
 /// One retention definition's cohort triangle.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetentionTable {
@@ -55,6 +103,10 @@ pub struct RetentionTable {
     pub periods: Vec<String>,
     /// Cohorts, oldest first.
     pub cohorts: Vec<CohortRow>,
+    /// The cohorts split by each of the definition's breakdowns (JSON:
+    /// with `?breakdown=`).
+    #[serde(skip)]
+    pub breakdowns: Vec<Split<CohortRow>>,
 }
 
 /// Activity of one business day.
@@ -263,6 +315,10 @@ pub struct FunnelTable {
     /// The histograms behind `time_to_convert`, in ms (kept for merging).
     #[serde(skip)]
     pub histograms: Vec<Histogram<u64>>,
+    /// The entry days split by each of the funnel's breakdowns (JSON: with
+    /// `?breakdown=`).
+    #[serde(skip)]
+    pub breakdowns: Vec<Split<FunnelRow>>,
 }
 
 /// Quantiles exported for time to convert.
@@ -307,6 +363,8 @@ pub struct Figures {
     pub retention: Vec<RetentionTable>,
     /// Activity, oldest first.
     pub activity: Vec<ActivityRow>,
+    /// New and active users split by each of `activity_breakdowns`.
+    pub activity_breakdowns: Vec<Split<SplitActivityRow>>,
     /// Users active in each calendar week, oldest first.
     pub weeks: Vec<PeriodRow>,
     /// Users active in each calendar month, oldest first.
@@ -392,17 +450,25 @@ impl Figures {
             out.funnel_store_fill = out.funnel_store_fill.max(p.funnel_store_fill);
             out.tracked_users += p.tracked_users;
             out.state_bytes += p.state_bytes;
+            let add_cohort = |a: &mut CohortRow, b: &CohortRow| {
+                a.users += b.users;
+                add_all(&mut a.retained, &b.retained);
+            };
             for (t, pt) in out.retention.iter_mut().zip(p.retention) {
-                t.cohorts = merge_rows(
-                    std::mem::take(&mut t.cohorts),
-                    pt.cohorts,
-                    |r| r.date.clone(),
-                    |a, b| {
-                        a.users += b.users;
-                        add_all(&mut a.retained, &b.retained);
-                    },
-                );
+                t.cohorts = merge_rows(std::mem::take(&mut t.cohorts), pt.cohorts, |r| r.date.clone(), add_cohort);
+                merge_splits(&mut t.breakdowns, pt.breakdowns, |r| r.date.clone(), add_cohort);
             }
+            merge_splits(
+                &mut out.activity_breakdowns,
+                p.activity_breakdowns,
+                |r| r.date.clone(),
+                |a, b| {
+                    a.new_users += b.new_users;
+                    a.dau += b.dau;
+                    a.wau += b.wau;
+                    a.mau += b.mau;
+                },
+            );
             out.activity = merge_rows(
                 std::mem::take(&mut out.activity),
                 p.activity,
@@ -437,12 +503,9 @@ impl Figures {
             lc.week = merge_rows(std::mem::take(&mut lc.week), plc.week, |r| r.date.clone(), add_status);
             lc.month = merge_rows(std::mem::take(&mut lc.month), plc.month, |r| r.date.clone(), add_status);
             for (t, pt) in out.funnels.iter_mut().zip(p.funnels) {
-                t.entries = merge_rows(
-                    std::mem::take(&mut t.entries),
-                    pt.entries,
-                    |r| r.date.clone(),
-                    |a, b| add_all(&mut a.users, &b.users),
-                );
+                let add_entry = |a: &mut FunnelRow, b: &FunnelRow| add_all(&mut a.users, &b.users);
+                t.entries = merge_rows(std::mem::take(&mut t.entries), pt.entries, |r| r.date.clone(), add_entry);
+                merge_splits(&mut t.breakdowns, pt.breakdowns, |r| r.date.clone(), add_entry);
                 add_all(&mut t.conversions_total, &pt.conversions_total);
                 for (h, ph) in t.histograms.iter_mut().zip(&pt.histograms) {
                     // Same bounds on both sides: adding cannot fail.

@@ -22,6 +22,7 @@
 //! means to each.
 
 pub mod activity;
+pub mod breakdown;
 pub mod calendar;
 pub mod class;
 pub mod days;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 
 use crate::event::{self, Event, Reject};
 use activity::Activity;
+use breakdown::Breakdowns;
 use calendar::{Calendar, Day};
 use class::Classes;
 use def::EngineConfig;
@@ -62,6 +64,11 @@ pub struct Engine {
     cal: Calendar,
     classes: Classes,
     users: Users,
+    /// Each user's breakdown values, read before the families see an event.
+    breakdowns: Breakdowns,
+    /// The breakdown moves of the event being ingested; kept to avoid an
+    /// allocation.
+    moves: Vec<breakdown::Move>,
     // The families, in the order an event reaches them. Adding one: a
     // field here, and a line in `new`, `ingest` and `families(_mut)`.
     activity: Activity,
@@ -85,6 +92,7 @@ impl Engine {
         let ctx = Ctx { cfg: &cfg, cal: &cal };
         let (activity, retention, funnels, trends, revenue) =
             (Activity::new(ctx), Retention::new(ctx), Funnels::new(ctx), Trends::new(ctx), Revenue::new(ctx));
+        let breakdowns = Breakdowns::new(ctx);
         let reach_days =
             [activity.reach_days(ctx), retention.reach_days(ctx), funnels.reach_days(ctx), trends.reach_days(ctx)]
                 .into_iter()
@@ -94,6 +102,8 @@ impl Engine {
         Engine {
             classes: Classes::new(&cfg),
             users: Users::new(cfg.history_days),
+            breakdowns,
+            moves: Vec::new(),
             activity,
             retention,
             funnels,
@@ -109,14 +119,20 @@ impl Engine {
     }
 
     /// The families, in order, for what is not done per event.
-    fn families(&self) -> [&dyn Family; 5] {
-        [&self.activity, &self.retention, &self.funnels, &self.trends, &self.revenue]
+    fn families(&self) -> [&dyn Family; 6] {
+        [&self.breakdowns, &self.activity, &self.retention, &self.funnels, &self.trends, &self.revenue]
     }
 
     /// The same, to change, with what they read.
-    fn families_mut(&mut self) -> (Ctx<'_>, [&mut dyn Family; 5]) {
-        let families: [&mut dyn Family; 5] =
-            [&mut self.activity, &mut self.retention, &mut self.funnels, &mut self.trends, &mut self.revenue];
+    fn families_mut(&mut self) -> (Ctx<'_>, [&mut dyn Family; 6]) {
+        let families: [&mut dyn Family; 6] = [
+            &mut self.breakdowns,
+            &mut self.activity,
+            &mut self.retention,
+            &mut self.funnels,
+            &mut self.trends,
+            &mut self.revenue,
+        ];
         (Ctx { cfg: &self.cfg, cal: &self.cal }, families)
     }
 
@@ -173,6 +189,9 @@ impl Engine {
                 self.maintain(wm_day);
             }
         }
+        if !self.cfg.breakdowns.is_empty() {
+            self.relabel(uid, ev);
+        }
         let day = self.cal.day_of(ts);
         let seen = self.users.touch(uid, day);
         let touch = Touch {
@@ -184,6 +203,7 @@ impl Engine {
             newly_active: seen.newly_active,
             prev_latest_active: seen.prev_latest_active,
             old_first: seen.old_first,
+            labels: self.breakdowns.labels(),
         };
         let ctx = Ctx { cfg: &self.cfg, cal: &self.cal };
         self.activity.record(ctx, &self.users, &touch);
@@ -192,6 +212,24 @@ impl Engine {
         self.trends.record(ctx, &self.users, &touch);
         self.revenue.record(ctx, &self.users, &touch);
         Ok(())
+    }
+
+    /// Reads the event's breakdown values, and moves the user's figures
+    /// to the values it changes, before the event itself is counted.
+    fn relabel(&mut self, uid: u32, ev: &Event<'_>) {
+        let mut moves = std::mem::take(&mut self.moves);
+        moves.clear();
+        self.breakdowns.observe(&self.cfg.breakdowns, uid, ev, ev.ts_ms, &mut moves);
+        // A user with no event yet has no figures to move.
+        if !moves.is_empty() && self.users.first_seen(uid) != days::NO_DAY {
+            let ctx = Ctx { cfg: &self.cfg, cal: &self.cal };
+            for &change in &moves {
+                self.activity.relabel(ctx, &self.users, uid, change);
+                self.retention.relabel(ctx, &self.users, uid, change);
+                self.funnels.relabel(ctx, &self.users, uid, change);
+            }
+        }
+        self.moves = moves;
     }
 
     fn user_index(&mut self, id: &str) -> Option<u32> {

@@ -68,6 +68,11 @@ impl Users {
         Seen { newly_active, prev_latest_active, old_first }
     }
 
+    /// User `u`'s first day seen, or [`NO_DAY`].
+    pub fn first_seen(&self, u: u32) -> Day {
+        self.first_seen[u as usize].unpack()
+    }
+
     /// The users' active days.
     pub fn active(&self) -> &DaySets {
         &self.active

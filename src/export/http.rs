@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Published;
 use super::metrics::render;
+use crate::engine::figures::{Split, ValueRows};
 use crate::ratelimit::LogLimiter;
 
 /// How long a connection in a slot kept for probes may take to send its
@@ -103,14 +104,63 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn retention(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let f = state.published.figures();
-    Json(json!({ "watermark_ms": f.watermark_ms, "retention": f.retention }))
+/// The query of `/api/v1/retention` and `/api/v1/funnels`.
+#[derive(Debug, serde::Deserialize)]
+struct BreakdownQuery {
+    /// A `[[breakdown]]` name: the figures split by its values.
+    breakdown: Option<String>,
 }
 
-async fn funnels(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// A 400 answer saying why.
+fn bad_request(error: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response()
+}
+
+/// The values of breakdown `name` among `splits`, if the figure has it.
+fn split_of<'a, T>(splits: &'a [Split<T>], name: &str) -> Option<&'a [ValueRows<T>]> {
+    splits.iter().find(|s| s.breakdown == name).map(|s| s.values.as_slice())
+}
+
+async fn retention(State(state): State<AppState>, Query(q): Query<BreakdownQuery>) -> Response {
     let f = state.published.figures();
-    Json(json!({ "watermark_ms": f.watermark_ms, "funnels": f.funnels }))
+    let Some(name) = q.breakdown else {
+        return Json(json!({ "watermark_ms": f.watermark_ms, "retention": f.retention })).into_response();
+    };
+    let tables: Vec<_> = f
+        .retention
+        .iter()
+        .filter_map(|t| {
+            let values = split_of(&t.breakdowns, &name)?;
+            let values: Vec<_> = values.iter().map(|v| json!({ "value": v.value, "cohorts": v.rows })).collect();
+            Some(json!({
+                "name": t.name, "granularity": t.granularity, "mode": t.mode, "periods": t.periods, "values": values,
+            }))
+        })
+        .collect();
+    if tables.is_empty() {
+        return bad_request(format!("no retention definition is broken down by `{name}`"));
+    }
+    Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "retention": tables })).into_response()
+}
+
+async fn funnels(State(state): State<AppState>, Query(q): Query<BreakdownQuery>) -> Response {
+    let f = state.published.figures();
+    let Some(name) = q.breakdown else {
+        return Json(json!({ "watermark_ms": f.watermark_ms, "funnels": f.funnels })).into_response();
+    };
+    let tables: Vec<_> = f
+        .funnels
+        .iter()
+        .filter_map(|t| {
+            let values = split_of(&t.breakdowns, &name)?;
+            let values: Vec<_> = values.iter().map(|v| json!({ "value": v.value, "entries": v.rows })).collect();
+            Some(json!({ "name": t.name, "steps": t.steps, "values": values }))
+        })
+        .collect();
+    if tables.is_empty() {
+        return bad_request(format!("no funnel is broken down by `{name}`"));
+    }
+    Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "funnels": tables })).into_response()
 }
 
 /// The query of `/api/v1/activity`.
@@ -118,10 +168,22 @@ async fn funnels(State(state): State<AppState>) -> Json<serde_json::Value> {
 struct ActivityQuery {
     /// `day`, `week` or `month`: that table alone.
     granularity: Option<String>,
+    /// A breakdown of `activity_breakdowns`: new and active users by day,
+    /// split by its values.
+    breakdown: Option<String>,
 }
 
 async fn activity(State(state): State<AppState>, Query(q): Query<ActivityQuery>) -> Response {
     let f = state.published.figures();
+    if let Some(name) = q.breakdown {
+        if q.granularity.as_deref().is_some_and(|g| g != "day") {
+            return bad_request("activity breakdowns are by day: leave granularity out or set it to day".into());
+        }
+        let Some(values) = split_of(&f.activity_breakdowns, &name) else {
+            return bad_request(format!("`{name}` is not one of activity_breakdowns"));
+        };
+        return Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "values": values })).into_response();
+    }
     let rows = match q.granularity.as_deref() {
         None => {
             return Json(json!({
@@ -135,10 +197,7 @@ async fn activity(State(state): State<AppState>, Query(q): Query<ActivityQuery>)
         Some("day") => json!(f.activity),
         Some("week") => json!(f.weeks),
         Some("month") => json!(f.months),
-        Some(other) => {
-            let error = format!("granularity `{other}` is not one of day, week, month");
-            return (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response();
-        }
+        Some(other) => return bad_request(format!("granularity `{other}` is not one of day, week, month")),
     };
     Json(json!({ "watermark_ms": f.watermark_ms, "granularity": q.granularity, "rows": rows })).into_response()
 }

@@ -18,15 +18,16 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 pub use chain::{Entry, Hit, Packed, Pass, Steps, level};
-use record::{Recorded, Recording};
+use record::{Recorded, Recording, entry_levels};
 use store::{Layout, Segments, Store};
 
 use super::StateMismatch;
+use super::breakdown::{Move, SplitRows};
 use super::calendar::{Calendar, Day};
 use super::days::DayRows;
 use super::def::{EngineConfig, EventMatch, FilterValue};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
-use super::figures::{Figures, FunnelRow, FunnelTable, TimeToConvert};
+use super::figures::{Figures, FunnelRow, FunnelTable, Split, TimeToConvert, ValueRows};
 use super::users::Users;
 use crate::event::{Event, PropValue};
 
@@ -94,6 +95,9 @@ struct FunnelTally {
     /// In `default` mode, the passes that found them: an event after all
     /// of the user's others goes on from them. Reused in place.
     passes: Vec<chain::Pass>,
+    /// The rows split by each of the funnel's breakdowns: per value, the
+    /// users with level ≥ k+1.
+    by: Vec<SplitRows>,
 }
 
 /// The funnel family.
@@ -144,6 +148,8 @@ struct Head {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FunnelHead {
     rows: DayRows<Vec<i64>>,
+    /// The rows split by breakdowns.
+    by: Vec<SplitRows>,
     conversions: Vec<u64>,
     /// Per step: (value, count) pairs of the time-to-convert histogram.
     time_to_convert: Vec<Vec<(u64, u64)>>,
@@ -194,8 +200,19 @@ impl Funnels {
     /// moves the counters of each funnel whose levels it raises, unless
     /// the store or the user's share of it is full: the event is then left
     /// out of the funnels.
-    fn store_event(&mut self, ctx: Ctx<'_>, s: usize, uid: u32, hit: Hit, day: Day, masks: &[u32]) -> Recorded {
+    #[allow(clippy::too_many_arguments)]
+    fn store_event(
+        &mut self,
+        ctx: Ctx<'_>,
+        s: usize,
+        uid: u32,
+        hit: Hit,
+        day: Day,
+        masks: &[u32],
+        labels: &[u8],
+    ) -> Recorded {
         let recording = Recording {
+            labels,
             cal: ctx.cal,
             defs: &ctx.cfg.funnels,
             states: &mut self.funnels,
@@ -231,6 +248,11 @@ impl Family for Funnels {
                         .collect(),
                     before: Vec::new(),
                     passes: Vec::new(),
+                    by: def
+                        .breakdowns
+                        .iter()
+                        .map(|&b| SplitRows::new(b, &cfg.breakdowns[b], def.steps.len()))
+                        .collect(),
                 },
             })
             .collect();
@@ -289,7 +311,7 @@ impl Family for Funnels {
                 if mask == 0 {
                     continue;
                 }
-                match self.store_event(ctx, s, t.uid, Hit { ts: t.ts, mask, tag }, t.day, &masks) {
+                match self.store_event(ctx, s, t.uid, Hit { ts: t.ts, mask, tag }, t.day, &masks, t.labels) {
                     Recorded::Kept => {}
                     Recorded::StoreFull => self.refused += 1,
                     Recorded::UserFull => self.capped_events += 1,
@@ -299,9 +321,35 @@ impl Family for Funnels {
         self.scratch_masks = masks;
     }
 
+    fn relabel(&mut self, ctx: Ctx<'_>, _: &Users, uid: u32, change: Move) {
+        for f in 0..self.funnels.len() {
+            let Some(k) = self.funnels[f].tally.by.iter().position(|s| s.breakdown == change.breakdown) else {
+                continue;
+            };
+            let Some(s) = self.members.iter().position(|m| m.contains(&f)) else { continue };
+            let (def, steps) = (&ctx.cfg.funnels[f], self.funnels[f].steps);
+            let levels = match &self.stores[s] {
+                Store::Packed(store) => {
+                    store.load(uid, &mut self.scratch_packed);
+                    entry_levels(ctx.cal, def, steps, &self.scratch_packed)
+                }
+                Store::Wide(store) => {
+                    store.load(uid, &mut self.scratch_wide);
+                    entry_levels(ctx.cal, def, steps, &self.scratch_wide)
+                }
+            };
+            let split = &mut self.funnels[f].tally.by[k];
+            for (d, level) in levels {
+                let counts: Vec<i64> = (0..steps.count).map(|i| i64::from(i < level)).collect();
+                split.shift(d, change, &counts);
+            }
+        }
+    }
+
     fn maintain(&mut self, ctx: Ctx<'_>, horizon: Horizon) {
         for state in &mut self.funnels {
             state.tally.rows.drop_before(horizon.keep_from);
+            state.tally.by.iter_mut().for_each(|split| split.drop_before(horizon.keep_from));
         }
         for (s, store) in self.stores.iter_mut().enumerate() {
             // An accepted event is at or after the horizon and reaches
@@ -337,7 +385,30 @@ impl Family for Funnels {
                     users: (0..steps).map(|k| users.get(k).copied().unwrap_or(0).max(0) as u64).collect(),
                 })
                 .collect();
+            let breakdowns = tally
+                .by
+                .iter()
+                .map(|split| {
+                    let bd = &ctx.cfg.breakdowns[split.breakdown];
+                    let values = split
+                        .slots()
+                        .map(|slot| {
+                            let rows = split
+                                .days_in(view.from, view.to)
+                                .filter_map(|d| {
+                                    let users: Vec<u64> = split.get(d, slot).map(|c| c.max(0) as u64).collect();
+                                    (users.first().is_some_and(|&u| u > 0))
+                                        .then(|| FunnelRow { date: Calendar::label(d), users })
+                                })
+                                .collect();
+                            ValueRows { value: bd.label(slot).to_owned(), rows }
+                        })
+                        .collect();
+                    Split { breakdown: bd.name.clone(), values }
+                })
+                .collect();
             out.funnels.push(FunnelTable {
+                breakdowns,
                 name: def.name.clone(),
                 steps: def.steps.iter().map(|s| s.label().to_owned()).collect(),
                 window_seconds: def.window_ms as f64 / 1000.0,
@@ -361,6 +432,7 @@ impl Family for Funnels {
                 .iter()
                 .map(|f| FunnelHead {
                     rows: f.tally.rows.clone(),
+                    by: f.tally.by.clone(),
                     conversions: f.tally.conversions.clone(),
                     time_to_convert: f
                         .tally
@@ -410,6 +482,10 @@ impl Family for Funnels {
             if h.conversions.len() != steps || h.time_to_convert.len() != steps {
                 return Err(StateMismatch::new("a funnel has another number of steps"));
             }
+            let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
+            if split(&state.tally.by) != split(&h.by) {
+                return Err(StateMismatch::new("a funnel has other breakdowns"));
+            }
         }
         self.pending = Some(head);
         Ok(total)
@@ -449,6 +525,7 @@ impl Family for Funnels {
         for (state, h) in self.funnels.iter_mut().zip(head.funnels) {
             let tally = &mut state.tally;
             tally.rows = h.rows;
+            tally.by = h.by;
             tally.conversions = h.conversions;
             for (hist, values) in tally.time_to_convert.iter_mut().zip(h.time_to_convert) {
                 for (value, count) in values {
@@ -483,6 +560,9 @@ pub(crate) fn rebuild<S: Segments>(lens: &[u32], words: &[u64]) -> Option<S> {
 pub fn rewindow(out: &mut Figures, in_window: impl Fn(&str) -> bool) {
     for t in &mut out.funnels {
         t.entries.retain(|r| in_window(&r.date));
+        for split in &mut t.breakdowns {
+            split.values.iter_mut().for_each(|v| v.rows.retain(|r| in_window(&r.date)));
+        }
     }
 }
 

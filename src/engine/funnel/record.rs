@@ -22,6 +22,8 @@ pub(super) struct Recording<'a> {
     pub(super) user_cap: usize,
     /// The store's users found at the cap (see [`Funnels::capped`]).
     pub(super) capped: &'a mut HashSet<u32, foldhash::fast::FixedState>,
+    /// The user's breakdown slots, per breakdown.
+    pub(super) labels: &'a [u8],
 }
 pub(super) enum Recorded {
     /// In the store (or there already: a replay), and counted.
@@ -128,12 +130,12 @@ impl Recording<'_> {
                     let mut passes = std::mem::take(&mut tally.passes);
                     let pass = &mut passes[i];
                     pass.feed(hit.ts, steps.of(hit.mask));
-                    tally.count(d, old, pass.level(), |k| pass.span(k));
+                    tally.count(d, old, pass.level(), |k| pass.span(k), self.labels);
                     tally.passes = passes;
                 } else {
                     let (start, end) = self.cal.bounds(d);
                     let chain = chain::level(hits, start, end, def.window_ms, steps, def.mode);
-                    tally.count(d, old, chain.level, |k| chain.reached[k]);
+                    tally.count(d, old, chain.level, |k| chain.reached[k], self.labels);
                 }
             }
         }
@@ -148,17 +150,40 @@ impl Recording<'_> {
     }
 }
 
+/// The entry days of a funnel among `hits` (the days of its step-1 hits),
+/// each with the level reached from it.
+pub(super) fn entry_levels<E: Entry>(
+    cal: &Calendar,
+    def: &FunnelDef,
+    steps: chain::Steps,
+    hits: &[E],
+) -> Vec<(Day, usize)> {
+    let mut days: Vec<Day> = hits.iter().filter(|h| steps.of(h.mask()) & 1 != 0).map(|h| cal.day_of(h.ts())).collect();
+    days.dedup();
+    days.into_iter()
+        .map(|d| {
+            let (start, end) = cal.bounds(d);
+            (d, chain::level(hits, start, end, def.window_ms, steps, def.mode).level)
+        })
+        .collect()
+}
+
 impl FunnelTally {
     /// Moves entry day `d` from level `old` to level `new` (when higher):
     /// its row, the conversions, and the time to convert to each step
     /// reached (`span(k)`: ms from step 1 to step k+1).
-    fn count(&mut self, d: Day, old: usize, new: usize, span: impl Fn(usize) -> i64) {
+    fn count(&mut self, d: Day, old: usize, new: usize, span: impl Fn(usize) -> i64, labels: &[u8]) {
         if new <= old {
             return;
         }
         if let Some(row) = self.rows.row(d) {
             for u in ensure_len(row, self.conversions.len()).iter_mut().take(new).skip(old) {
                 *u += 1;
+            }
+        }
+        for split in &mut self.by {
+            if let Some(row) = split.row(d, labels[split.breakdown]) {
+                row.iter_mut().take(new).skip(old).for_each(|u| *u += 1);
             }
         }
         for k in old..new {

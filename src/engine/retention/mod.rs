@@ -25,11 +25,12 @@ mod rolling;
 use periods::Periods;
 use rolling::{NO_TIME, ReturnTimes, SLICE_MS, Slice};
 
+use super::breakdown::{Move, SplitRows};
 use super::calendar::{Calendar, Day};
 use super::days::{Day16, DayRows, DaySets, NO_DAY, ensure_len};
 use super::def::{Bracket, EngineConfig, EventMatch, Granularity, RetentionDef, RetentionMode};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
-use super::figures::{CohortRow, Figures, RetentionTable};
+use super::figures::{CohortRow, Figures, RetentionTable, Split, ValueRows};
 use super::users::Users;
 
 /// What an event name means to the retention definitions.
@@ -89,6 +90,32 @@ struct Definition {
     /// Return slices announced by a snapshot head, until the columns are
     /// read.
     slices: u64,
+    /// The cohort rows split by each of the definition's breakdowns: per
+    /// value, the cohort's size and then its retained users per figure.
+    by: Vec<SplitRows>,
+}
+
+impl Definition {
+    /// Adds `users` to the size of the cohort whose period starts on
+    /// `start`, and `sign` to each of its figures set in `flags` (bit i:
+    /// the i-th of `n`), in the total row and in the rows of the user's
+    /// values (`labels`, per breakdown).
+    fn add(&mut self, n: usize, start: Day, users: i64, flags: u128, sign: i64, labels: &[u8]) {
+        if let Some(row) = self.rows.row(start) {
+            row.users += users;
+            for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
+                *cell += sign * (flags >> i & 1) as i64;
+            }
+        }
+        for split in &mut self.by {
+            if let Some(row) = split.row(start, labels[split.breakdown]) {
+                row[0] += users;
+                for (i, cell) in row[1..].iter_mut().enumerate() {
+                    *cell += sign * (flags >> i & 1) as i64;
+                }
+            }
+        }
+    }
 }
 
 /// Where a retention definition finds each user's cohort day.
@@ -138,6 +165,8 @@ struct Head {
     /// With `returns = 3`: the return slices of all users together.
     slices: u64,
     rows: DayRows<CohortCounts>,
+    /// The rows split by breakdowns.
+    by: Vec<SplitRows>,
 }
 
 impl Retention {
@@ -183,14 +212,10 @@ impl Retention {
     }
 
     /// Adds `sign` times the user's flags to the row of cohort day `day`.
-    fn count_rolling(&mut self, ctx: Ctx<'_>, r: usize, day: Day, flags: u128, users: i64, sign: i64) {
+    #[allow(clippy::too_many_arguments)]
+    fn count_rolling(&mut self, ctx: Ctx<'_>, r: usize, day: Day, flags: u128, users: i64, sign: i64, labels: &[u8]) {
         let n = ctx.cfg.retention[r].periods.len();
-        if let Some(row) = self.defs[r].rows.row(day) {
-            row.users += users;
-            for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
-                *cell += sign * (flags >> i & 1) as i64;
-            }
-        }
+        self.defs[r].add(n, day, users, flags, sign, labels);
     }
 
     /// `rolling_24h`: what an event does to definition `r`.
@@ -215,21 +240,21 @@ impl Retention {
                 let after = self.rolling_flags(ctx, r, t.uid, t0);
                 if after != before {
                     let day = ctx.cal.day_of(t0);
-                    self.count_rolling(ctx, r, day, before, 0, -1);
-                    self.count_rolling(ctx, r, day, after, 0, 1);
+                    self.count_rolling(ctx, r, day, before, 0, -1, t.labels);
+                    self.count_rolling(ctx, r, day, after, 0, 1, t.labels);
                 }
             }
         }
         if cohort && t.ts < t0 {
             if t0 != NO_TIME {
                 let was = self.rolling_flags(ctx, r, t.uid, t0);
-                self.count_rolling(ctx, r, ctx.cal.day_of(t0), was, -1, -1);
+                self.count_rolling(ctx, r, ctx.cal.day_of(t0), was, -1, -1, t.labels);
             }
             if let Cohort::Time(v) = &mut self.defs[r].cohort {
                 v[u] = t.ts;
             }
             let now = self.rolling_flags(ctx, r, t.uid, t.ts);
-            self.count_rolling(ctx, r, t.day, now, 1, 1);
+            self.count_rolling(ctx, r, t.day, now, 1, 1, t.labels);
         }
     }
 
@@ -265,10 +290,8 @@ impl Retention {
         match def.mode {
             RetentionMode::On if plain => {
                 let offset = day - cohort;
-                if let Some(i) = def.periods.iter().position(|b| b.from as i32 == offset)
-                    && let Some(row) = state.rows.row(cohort)
-                {
-                    ensure_len(&mut row.retained, n)[i] += 1;
+                if let Some(i) = def.periods.iter().position(|b| b.from as i32 == offset) {
+                    state.add(n, cohort, 0, 1 << i, 1, t.labels);
                 }
             }
             RetentionMode::On => {
@@ -283,12 +306,8 @@ impl Retention {
                     let (from, to) = periods.window(cohort, b);
                     m | u128::from((from..=to).contains(&day) && returned(from, to) == 1) << i
                 });
-                if filled != 0
-                    && let Some(row) = state.rows.row(periods.start(cohort))
-                {
-                    for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
-                        *cell += (filled >> i & 1) as i64;
-                    }
+                if filled != 0 {
+                    state.add(n, periods.start(cohort), 0, filled, 1, t.labels);
                 }
             }
             RetentionMode::OnOrAfter => {
@@ -296,48 +315,37 @@ impl Retention {
                     let target = if plain { cohort + b.from as Day } else { periods.window(cohort, b).0 };
                     m | u128::from(target <= day && prev_latest.is_none_or(|p| p < target)) << i
                 });
-                if filled != 0
-                    && let Some(row) = state.rows.row(periods.start(cohort))
-                {
-                    for (i, cell) in ensure_len(&mut row.retained, n).iter_mut().enumerate() {
-                        *cell += (filled >> i & 1) as i64;
-                    }
+                if filled != 0 {
+                    state.add(n, periods.start(cohort), 0, filled, 1, t.labels);
                 }
             }
             RetentionMode::Rolling24h => {}
         }
     }
 
-    /// Moves a user from cohort `old` (maybe none) to the earlier `new`.
-    fn move_cohort(&mut self, ctx: Ctx<'_>, users: &Users, r: usize, uid: u32, old: Day, new: Day) {
+    /// Bit i: whether user `uid` of cohort day `cohort` is retained by
+    /// definition `r`'s i-th figure (config validation keeps them under
+    /// 128).
+    fn flags(&self, ctx: Ctx<'_>, users: &Users, r: usize, uid: u32, cohort: Day) -> u128 {
         let periods = &ctx.cfg.retention[r].periods;
-        // Bit i: retained by the i-th figure (config validation keeps
-        // them under 128).
-        let flags = |this: &Self, c: Day| -> u128 {
-            let by = |b| this.retained_by(ctx, users, r, uid, c, b);
-            periods.iter().enumerate().fold(0, |m, (i, &b)| m | u128::from(by(b)) << i)
-        };
+        let by = |b| self.retained_by(ctx, users, r, uid, cohort, b);
+        periods.iter().enumerate().fold(0, |m, (i, &b)| m | u128::from(by(b)) << i)
+    }
+
+    /// Moves a user from cohort `old` (maybe none) to the earlier `new`.
+    fn move_cohort(&mut self, ctx: Ctx<'_>, users: &Users, r: usize, t: &Touch<'_>, old: Day, new: Day) {
+        let n = ctx.cfg.retention[r].periods.len();
         let shape = self.defs[r].periods;
         if old != NO_DAY {
-            let was = flags(self, old);
-            if let Some(row) = self.defs[r].rows.row(shape.start(old)) {
-                row.users -= 1;
-                for (i, cell) in ensure_len(&mut row.retained, periods.len()).iter_mut().enumerate() {
-                    *cell -= (was >> i & 1) as i64;
-                }
-            }
+            let was = self.flags(ctx, users, r, t.uid, old);
+            self.defs[r].add(n, shape.start(old), -1, was, -1, t.labels);
         }
-        let now = flags(self, new);
+        let now = self.flags(ctx, users, r, t.uid, new);
         let state = &mut self.defs[r];
         if let Cohort::Own(cohort) = &mut state.cohort {
-            cohort[uid as usize] = Day16::pack(new);
+            cohort[t.uid as usize] = Day16::pack(new);
         }
-        if let Some(row) = state.rows.row(shape.start(new)) {
-            row.users += 1;
-            for (i, cell) in ensure_len(&mut row.retained, periods.len()).iter_mut().enumerate() {
-                *cell += (now >> i & 1) as i64;
-            }
-        }
+        state.add(n, shape.start(new), 1, now, 1, t.labels);
     }
 }
 
@@ -370,6 +378,11 @@ impl Family for Retention {
                 periods: Periods { granularity: def.granularity, week_start: ctx.cfg.week_start },
                 plain: def.granularity == Granularity::Day && def.periods.iter().all(|b| b.is_one()) && !rolling(def),
                 slices: 0,
+                by: def
+                    .breakdowns
+                    .iter()
+                    .map(|&b| SplitRows::new(b, &ctx.cfg.breakdowns[b], 1 + def.periods.len()))
+                    .collect(),
             })
             .collect();
         Retention { defs }
@@ -414,16 +427,37 @@ impl Family for Retention {
                 // For `FirstSeen`, the first day seen before this event.
                 let current = self.cohort_day(ctx, r, t.uid, t.old_first);
                 if current == NO_DAY || t.day < current {
-                    self.move_cohort(ctx, users, r, t.uid, current, t.day);
+                    self.move_cohort(ctx, users, r, t, current, t.day);
                 }
             }
+        }
+    }
+
+    fn relabel(&mut self, ctx: Ctx<'_>, users: &Users, uid: u32, change: Move) {
+        for r in 0..self.defs.len() {
+            let Some(k) = self.defs[r].by.iter().position(|s| s.breakdown == change.breakdown) else { continue };
+            let (day, flags) = match &self.defs[r].cohort {
+                Cohort::Time(t0) => match t0[uid as usize] {
+                    NO_TIME => continue,
+                    t0 => (ctx.cal.day_of(t0), self.rolling_flags(ctx, r, uid, t0)),
+                },
+                _ => match self.cohort_day(ctx, r, uid, users.first_seen(uid)) {
+                    NO_DAY => continue,
+                    c => (self.defs[r].periods.start(c), self.flags(ctx, users, r, uid, c)),
+                },
+            };
+            let n = ctx.cfg.retention[r].periods.len();
+            let counts: Vec<i64> = std::iter::once(1).chain((0..n).map(|i| (flags >> i & 1) as i64)).collect();
+            self.defs[r].by[k].shift(day, change, &counts);
         }
     }
 
     fn maintain(&mut self, _: Ctx<'_>, horizon: Horizon) {
         for state in &mut self.defs {
             // A period's row goes with the period that holds the horizon.
-            state.rows.drop_before(state.periods.start(horizon.keep_from));
+            let from = state.periods.start(horizon.keep_from);
+            state.rows.drop_before(from);
+            state.by.iter_mut().for_each(|split| split.drop_before(from));
         }
     }
 
@@ -447,12 +481,40 @@ impl Family for Retention {
                     mature: maturity(ctx, def, d, view.watermark_ms),
                 });
             }
+            let breakdowns = state
+                .by
+                .iter()
+                .map(|split| {
+                    let bd = &ctx.cfg.breakdowns[split.breakdown];
+                    let values = split
+                        .slots()
+                        .map(|slot| {
+                            let rows = split
+                                .days_in(state.periods.start(view.from), view.to)
+                                .filter_map(|d| {
+                                    let mut counts = split.get(d, slot).map(|c| c.max(0) as u64);
+                                    let users = counts.next().unwrap_or(0);
+                                    (users > 0).then(|| CohortRow {
+                                        date: Calendar::label(d),
+                                        users,
+                                        retained: counts.collect(),
+                                        mature: maturity(ctx, def, d, view.watermark_ms),
+                                    })
+                                })
+                                .collect();
+                            ValueRows { value: bd.label(slot).to_owned(), rows }
+                        })
+                        .collect();
+                    Split { breakdown: bd.name.clone(), values }
+                })
+                .collect();
             out.retention.push(RetentionTable {
                 name: def.name.clone(),
                 granularity: def.granularity.as_str(),
                 mode: def.mode.as_str(),
                 periods: def.periods.iter().map(Bracket::to_string).collect(),
                 cohorts,
+                breakdowns,
             });
         }
     }
@@ -495,6 +557,7 @@ impl Family for Retention {
                     _ => 0,
                 },
                 rows: r.rows.clone(),
+                by: r.by.clone(),
             })
             .collect();
         postcard::to_stdvec(&heads)
@@ -541,7 +604,8 @@ impl Family for Retention {
                 Returns::Days(_) => 2,
                 Returns::Times(_) => 3,
             };
-            if own != h.cohort || kind != h.returns {
+            let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
+            if own != h.cohort || kind != h.returns || split(&state.by) != split(&h.by) {
                 let name = &ctx.cfg.retention[r].name;
                 return Err(StateMismatch::new(format!("retention definition {name} has another shape")));
             }
@@ -561,6 +625,7 @@ impl Family for Retention {
                 .ok_or_else(out_of_range)?;
             state.slices = h.slices;
             state.rows = h.rows;
+            state.by = h.by;
         }
         Ok(total)
     }
@@ -613,11 +678,17 @@ pub fn rewindow(out: &mut Figures, ctx: Ctx<'_>, watermark_ms: i64, from: Day, t
     for (t, def) in out.retention.iter_mut().zip(&ctx.cfg.retention) {
         let first = Periods { granularity: def.granularity, week_start: ctx.cfg.week_start }.start(from);
         let day = |date: &str| date.parse::<jiff::civil::Date>().ok().map(super::calendar::day_number);
-        t.cohorts.retain(|r| day(&r.date).is_some_and(|d| d >= first && d <= to) && r.users > 0);
-        for row in &mut t.cohorts {
-            if let Some(d) = day(&row.date) {
-                row.mature = maturity(ctx, def, d, watermark_ms);
+        let keep = |rows: &mut Vec<CohortRow>| {
+            rows.retain(|r| day(&r.date).is_some_and(|d| d >= first && d <= to) && r.users > 0);
+            for row in rows {
+                if let Some(d) = day(&row.date) {
+                    row.mature = maturity(ctx, def, d, watermark_ms);
+                }
             }
+        };
+        keep(&mut t.cohorts);
+        for split in &mut t.breakdowns {
+            split.values.iter_mut().for_each(|v| keep(&mut v.rows));
         }
     }
 }

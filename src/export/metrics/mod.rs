@@ -5,7 +5,7 @@
 //!
 //! A module per metric family declares its metric families (a `FAMILIES`
 //! table: name, help, type, labels) and builds them from the figures:
-//! `retention`, `activity`, `funnel`, `trend`, `revenue`; `shard` has what every
+//! `retention`, `activity`, `funnel`, `breakdown`, `trend`, `revenue`; `shard` has what every
 //! shard reports, `source` the Kafka source's status. `docs/metrics.md`
 //! is generated from the tables ([`reference()`]).
 //!
@@ -13,6 +13,7 @@
 //! from the `export_days` window, reasons and windows from fixed sets.
 
 mod activity;
+mod breakdown;
 mod family;
 mod funnel;
 mod retention;
@@ -56,6 +57,7 @@ fn all() -> impl Iterator<Item = &'static Def> {
         retention::FAMILIES,
         activity::FAMILIES,
         funnel::FAMILIES,
+        breakdown::FAMILIES,
         trend::FAMILIES,
         revenue::FAMILIES,
         shard::FAMILIES,
@@ -97,6 +99,7 @@ pub fn families(f: &Figures, max_users: u64) -> Vec<MetricFamily> {
     retention::families(f, &mut out);
     activity::families(f, &mut out);
     funnel::families(f, &mut out);
+    breakdown::families(f, &mut out);
     trend::families(f, &mut out);
     revenue::families(f, &mut out);
     shard::families(f, max_users, &mut out);
