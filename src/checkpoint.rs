@@ -34,7 +34,7 @@ const MAGIC: &[u8; 8] = b"CFSNAP\r\n";
 /// Bumped whenever the payload's layout changes (10: a head section per
 /// metric family; 11: calendar weeks and months, lifecycle and known
 /// users in the activity head).
-pub const FORMAT_VERSION: u32 = 12;
+pub const FORMAT_VERSION: u32 = 13;
 // Where the header's fields start (see the layout above).
 const VERSION_AT: usize = 8;
 const FINGERPRINT_AT: usize = 12;

@@ -99,6 +99,45 @@ fn hostile(ts: i64) -> Vec<Vec<u8>> {
     v
 }
 
+/// The events of users whose channel a late event moves.
+fn twists() -> Vec<Vec<u8>> {
+    const MIN: i64 = 60_000;
+    let long = format!("\"{}\"", "a".repeat(300));
+    let mut out = Vec::new();
+    for i in 0..300i64 {
+        let t = START + (i % 5) * DAY + (i * 7919 % 86_400) * 1000;
+        let earlier = match i % 5 {
+            0 => "\"referral\"".to_owned(),
+            1 => "7".to_owned(),
+            2 => "true".to_owned(),
+            3 => long.clone(),
+            _ => "\"organic\"".to_owned(),
+        };
+        let mut events = vec![
+            ("signup", t, None),
+            ("view", t + 10 * MIN, Some("\"ads\"".to_owned())),
+            ("add_to_cart", t + 20 * MIN, Some("\"organic\"".to_owned())),
+            ("view", t + 5 * MIN, Some(earlier)),
+            ("order", t + 25 * MIN, None),
+            ("view", t + (1 + i % 3) * DAY + 60 * MIN, Some("\"organic\"".to_owned())),
+        ];
+        if i % 3 == 0 {
+            events.push(("view", t + 5 * MIN, Some("\"ads\"".to_owned())));
+        }
+        if i % 4 == 0 {
+            events.push(("view", t - MIN, Some("null".to_owned())));
+        }
+        if i % 6 == 0 {
+            events.push(("view", t - 2 * MIN, Some("\"\\udfff\"".to_owned())));
+        }
+        for (event, ts, channel) in events {
+            let props = channel.map_or(String::new(), |c| format!(r#","props":{{"channel":{c}}}"#));
+            out.push(format!(r#"{{"user_id":"bd{i}","event":"{event}","ts":{ts}{props}}}"#).into_bytes());
+        }
+    }
+    out
+}
+
 fn dataset(path: &Path) -> usize {
     let mut g = Generator::new(2026, START, 2500.0);
     let mut lines = Vec::new();
@@ -133,6 +172,14 @@ fn dataset(path: &Path) -> usize {
         let again = out[i - 300].clone();
         out.insert(i, again);
     }
+    // Breakdown twists, at random places: users whose earliest event
+    // carries no channel, whose channel changes, and late events with an
+    // earlier channel (a string, a number, a boolean, one too long, a tie
+    // at one millisecond, a null and a lone surrogate, which are none).
+    for line in twists() {
+        let at = rng.usize(1000..out.len());
+        out.insert(at, line);
+    }
     // Hostile lines, several rounds, at random places.
     for round in 0..5 {
         let ts = START + DAY + round * 3 * 3_600_000;
@@ -162,7 +209,9 @@ fn figures_equal_clickhouse_in_three_time_zones() {
     // and Saturday.
     for (tz, week_start) in [("UTC", "monday"), ("Asia/Shanghai", "sunday"), ("America/New_York", "saturday")] {
         let config = dir.path().join("config.toml");
-        let top = format!("timezone = \"{tz}\"\nweek_start = \"{week_start}\"\nhistory_days = 63\n");
+        let top = format!(
+            "timezone = \"{tz}\"\nweek_start = \"{week_start}\"\nhistory_days = 63\nactivity_breakdowns = [\"channel\"]\n"
+        );
         std::fs::write(&config, format!("{top}{CONFIG}")).expect("config");
         let replay = Command::new(env!("CARGO_BIN_EXE_cohortflow"))
             .args(["replay", "--config"])

@@ -841,7 +841,10 @@ const FIXTURE: &str = include_str!("fixtures/definitions.toml");
 
 /// Events over the fixture's names and channels.
 fn fixture_events() -> impl Strategy<Value = Vec<Ev>> {
-    events_of(event_of(vec!["signup", "verify", "pay", "view", "add_to_cart", "order"], vec!["ads", "organic"]))
+    events_of(event_of(
+        vec!["signup", "verify", "pay", "view", "add_to_cart", "order"],
+        vec!["ads", "organic", "referral"],
+    ))
 }
 
 proptest! {

@@ -59,13 +59,12 @@ pub struct Breakdowns {
 }
 
 /// The text of a prop as a breakdown takes it: a string's value, else its
-/// JSON text; `null` is no value.
+/// JSON text as written; `null`, and a string with a lone surrogate
+/// (which no UTF-8 text holds), are no value.
 fn prop_text<'a>(ev: &Event<'a>, prop: &str) -> Option<Cow<'a, str>> {
     let raw = ev.prop_raw(prop)?;
     if raw.starts_with('"') {
-        // The decoder validated the props: a string that fails here has
-        // a lone surrogate; it is taken as its JSON text.
-        Some(serde_json::from_str::<Cow<'a, str>>(raw).unwrap_or(Cow::Borrowed(raw)))
+        serde_json::from_str::<Cow<'a, str>>(raw).ok()
     } else if raw == "null" {
         None
     } else {
@@ -331,8 +330,12 @@ mod tests {
         assert_eq!(observe(&mut b, &cfg, r#"{"channel":"organic"}"#, 50).1, organic);
         // "ads" < "organic" at the same time.
         assert_eq!(observe(&mut b, &cfg, r#"{"channel":"ads"}"#, 50).1, ads);
-        // A number is its JSON text ("7" sorts before "ads"); null is none.
+        // A number is its JSON text ("7" sorts before "ads"); null, and a
+        // lone surrogate, are no value.
         assert_eq!(observe(&mut b, &cfg, r#"{"channel":null}"#, 10).1, ads);
+        assert_eq!(observe(&mut b, &cfg, r#"{"channel":"\udfff"}"#, 10).1, ads);
+        // Escapes are read: "\u0061ds" is "ads".
+        assert_eq!(observe(&mut b, &cfg, r#"{"channel":"\u0061ds"}"#, 50).1, ads);
         assert_eq!(observe(&mut b, &cfg, r#"{"channel":7}"#, 50).1, other);
         // Too long a listed-looking value is other.
         let long = format!(r#"{{"channel":"{}"}}"#, "a".repeat(300));

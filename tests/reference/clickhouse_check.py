@@ -133,11 +133,55 @@ def trends(config):
     return out
 
 
+def breakdowns(config):
+    """A config's breakdowns, as (name, prop, values), and which retention
+    definitions and funnels each splits, by name."""
+    defs = [(b["name"], b["prop"], b["values"]) for b in config.get("breakdown", [])]
+    split = {name: {r["name"] for r in config.get("retention", []) + config.get("funnel", [])
+                    if name in r.get("breakdowns", [])} for name, _, _ in defs}
+    return defs, split
+
+
 with open(FIXTURE, "rb") as fixture:
     _FIXTURE = tomllib.load(fixture)
     RETENTION, FUNNELS = definitions(_FIXTURE)
     TRENDS = trends(_FIXTURE)
     REVENUE = revenue_def(_FIXTURE)
+    BREAKDOWNS, SPLIT = breakdowns(_FIXTURE)
+# As tests/clickhouse.rs sets it.
+ACTIVITY_BREAKDOWNS = ["channel"]
+
+
+class Num(str):
+    """A JSON number, as its text."""
+
+
+def prop_text(raw, prop):
+    """A breakdown's value of an event line (docs/semantics.md): a string
+    as it is, a number or boolean as its JSON text; null, a string with a
+    lone surrogate, or no such prop: None."""
+    top = json.loads(raw.decode("utf-8"), object_pairs_hook=Obj, parse_float=Num, parse_int=Num,
+                     parse_constant=no_constants)
+    props = None
+    for k, v in top:
+        if k == "props":
+            props = v
+    if not isinstance(props, Obj):
+        return None
+    v = dict(props).get(prop)
+    if v is None:
+        return None
+    if isinstance(v, Num):
+        return str.__str__(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return v if valid_unicode(v) else None
+    raise SystemExit(f"the reference takes no object or array as a breakdown value: {raw[:200]!r}")
+
+
+def sql_str(s):
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
@@ -454,6 +498,47 @@ def clickhouse_figures(q, base, wm_day, retention=RETENTION, funnels=FUNNELS, we
     return expected, at_least
 
 
+SPLIT_OF = {
+    "cohortflow_cohort_users": "cohortflow_breakdown_cohort_users",
+    "cohortflow_retained_users": "cohortflow_breakdown_retained_users",
+    "cohortflow_funnel_users": "cohortflow_breakdown_funnel_users",
+    "cohortflow_new_users": "cohortflow_breakdown_new_users",
+    "cohortflow_active_users": "cohortflow_breakdown_active_users",
+}
+
+
+def split_sums(got):
+    """Where the values of a breakdown do not sum to the figure itself in
+    cohortflow's output, as (key, the figure, the sum); every series of a
+    split definition is compared, and at least one."""
+    total_of = {v: k for k, v in SPLIT_OF.items()}
+    sums = {}
+    for (name, labels), v in got.items():
+        if name in total_of:
+            d = dict(labels)
+            b = d.pop("breakdown")
+            d.pop("value")
+            key = (total_of[name], tuple(sorted(d.items())), b)
+            sums[key] = sums.get(key, 0) + v
+    diffs = []
+    compared = 0
+    for bname, _, _ in BREAKDOWNS:
+        for (name, labels), v in got.items():
+            d = dict(labels)
+            split = (name in ("cohortflow_new_users", "cohortflow_active_users")
+                     and bname in ACTIVITY_BREAKDOWNS and d.get("window", "1d") in ("1d", "7d", "30d")) or (
+                name in SPLIT_OF and d.get("retention", d.get("funnel")) in SPLIT[bname])
+            if not split:
+                continue
+            compared += 1
+            s = sums.get((name, labels, bname), 0)
+            if s != v:
+                diffs.append(((name, labels + (("breakdown", bname),)), f"sum {s} over values", v))
+    if compared == 0:
+        diffs.append((("split sums", ()), "some series", None))
+    return diffs
+
+
 def differences(expected, at_least, got):
     """The series where ClickHouse's figure and cohortflow's differ, as
     (key, clickhouse, cohortflow), and how many `at_least` series
@@ -511,20 +596,24 @@ def main():
                 amount, why = amount_text(raw, REVENUE[1], REVENUE[2])
                 if why:
                     amount_rejects[why] = amount_rejects.get(why, 0) + 1
-            accepted.append(ev + (amount,))
+            accepted.append(ev + (amount, [prop_text(raw, prop) for _, prop, _ in BREAKDOWNS]))
 
     wm_day = dt.datetime.fromtimestamp((max_ts - LATENESS_MS) / 1000, tz).date()
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "events.jsonl")
         with open(path, "w") as f:
-            for uid, ev, ts, props, amount in accepted:
+            for uid, ev, ts, props, amount, values in accepted:
                 channel = usable_str(props.get("channel")) if props else None
-                f.write(json.dumps({"user_id": uid, "event": ev, "ts_ms": ts, "channel": channel,
-                                    "props": canonical(props), "amount": amount}) + "\n")
+                row = {"user_id": uid, "event": ev, "ts_ms": ts, "channel": channel, "props": canonical(props),
+                       "amount": amount}
+                row.update({f"b{i}": v for i, v in enumerate(values)})
+                f.write(json.dumps(row) + "\n")
+        bcols = "".join(f", b{i} Nullable(String)" for i in range(len(BREAKDOWNS)))
+        bnames = "".join(f", b{i}" for i in range(len(BREAKDOWNS)))
         src = (f"file('{path}', 'JSONEachRow', 'user_id String, event String, ts_ms Int64, channel Nullable(String), "
-               f"props String, amount Nullable(String)')")
-        base = (f"(SELECT DISTINCT user_id, event, ts_ms, channel, props, amount, "
+               f"props String, amount Nullable(String){bcols}')")
+        base = (f"(SELECT DISTINCT user_id, event, ts_ms, channel, props, amount{bnames}, "
                 f"toDate(fromUnixTimestamp64Milli(ts_ms, '{args.tz}')) AS day FROM {src})")
 
         def q(sql):
@@ -532,6 +621,35 @@ def main():
             return [json.loads(l) for l in str(res).splitlines() if l.strip()]
 
         expected, at_least = clickhouse_figures(q, base, wm_day, week_start=args.week_start, tz=args.tz)
+        # Breakdowns: each user's value is argMin of the prop by (time,
+        # value); a value's figures are those of its users alone.
+        for i, (bname, _, values) in enumerate(BREAKDOWNS):
+            col = f"assumeNotNull(b{i})"
+            users_v = (f"(SELECT user_id, argMin({col}, (ts_ms, {col})) AS v FROM {base} "
+                       f"WHERE b{i} IS NOT NULL GROUP BY user_id)")
+            listed = ", ".join(sql_str(v) for v in values)
+            groups = [(v, f"user_id IN (SELECT user_id FROM {users_v} WHERE v = {sql_str(v)})") for v in values]
+            groups += [("other", f"user_id IN (SELECT user_id FROM {users_v} WHERE v NOT IN ({listed}))"),
+                       ("none", f"user_id NOT IN (SELECT user_id FROM {users_v})")]
+            rdefs = [r for r in RETENTION if r[0] in SPLIT[bname]]
+            fdefs = [f for f in FUNNELS if f[0] in SPLIT[bname]]
+            for label, cond in groups:
+                sub = f"(SELECT * FROM {base} WHERE {cond})"
+                if int(q(f"SELECT count() AS c FROM {sub}")[0]["c"]) == 0:
+                    continue
+                part, part_at_least = clickhouse_figures(q, sub, wm_day, retention=rdefs, funnels=fdefs,
+                                                         week_start=args.week_start, tz=args.tz, trend_defs=[])
+                for (metric, labels), v in part.items():
+                    target = SPLIT_OF.get(metric)
+                    if target is None:
+                        continue
+                    if metric in ("cohortflow_new_users", "cohortflow_active_users"):
+                        if bname not in ACTIVITY_BREAKDOWNS or dict(labels).get("window", "1d") not in ("1d", "7d", "30d"):
+                            continue
+                    key = (target, tuple(sorted(labels + (("breakdown", bname), ("value", label)))))
+                    expected[key] = v
+                    if (metric, labels) in part_at_least:
+                        at_least.add(key)
         if REVENUE:
             # Payments: one per user, event, time and amount; sums in
             # Decimal128 of the configured scale.
@@ -580,7 +698,10 @@ def main():
     expected[("cohortflow_events_ingested_total", ())] = counts.get("ingested", 0)
 
     got = parse_metrics(args.metrics)
-    checked = {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
+    # In the same run: over the values of a breakdown, each split figure
+    # sums to the figure itself.
+    sum_diffs = split_sums(got)
+    checked = set(SPLIT_OF.values()) | {"cohortflow_new_users", "cohortflow_active_users", "cohortflow_cohort_users", "cohortflow_retained_users",
                "cohortflow_funnel_users", "cohortflow_events_rejected_total", "cohortflow_events_ingested_total",
                "cohortflow_known_users", "cohortflow_lifecycle_users", "cohortflow_stickiness_users",
                "cohortflow_trend_events", "cohortflow_trend_users", "cohortflow_trend_events_total",
@@ -589,12 +710,20 @@ def main():
                "cohortflow_cohort_revenue", "cohortflow_cohort_paying_users"}
     got = {k: v for k, v in got.items() if k[0] in checked}
     diffs, above = differences(expected, at_least, got)
+    diffs += sum_diffs
     # Every definition is compared on something it retained: a check of
     # empty figures would pass whatever the engine did.
     for name, *_ in RETENTION:
         retained = [v for k, v in expected.items() if k[0] == "cohortflow_retained_users" and ("retention", name) in k[1]]
         if not any(retained):
             diffs.append((("cohortflow_retained_users", (("retention", name),)), "some retained users", None))
+    # Every breakdown value, other and none included, is compared on users.
+    for bname, _, values in BREAKDOWNS:
+        for label in values + ["other", "none"]:
+            if not any(k[0] == "cohortflow_breakdown_cohort_users" and ("value", label) in k[1]
+                       and ("breakdown", bname) in k[1] and v for k, v in expected.items()):
+                diffs.append((("cohortflow_breakdown_cohort_users", (("breakdown", bname), ("value", label))),
+                              "some users", None))
     # The data has refunds, string amounts and bad ones: all compared.
     if REVENUE:
         for key in (("cohortflow_refunds_total", ()),
