@@ -143,4 +143,44 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert_eq!(weekly["periods"], serde_json::json!(["1", "2", "3"]));
     let first = weekly["cohorts"][0]["date"].as_str().expect("date").parse::<jiff::civil::Date>().expect("a date");
     assert_eq!(first.weekday(), jiff::civil::Weekday::Monday, "a weekly cohort is dated by its week's first day");
+
+    // Breakdowns: in one scrape, the values of a breakdown sum to the
+    // figure itself, and every value has users.
+    for (split, total) in [
+        (
+            "cohortflow_breakdown_cohort_users{retention=\"new_users\",breakdown=\"channel\"",
+            "cohortflow_cohort_users{retention=\"new_users\"",
+        ),
+        (
+            "cohortflow_breakdown_cohort_users{retention=\"new_users\",breakdown=\"platform\"",
+            "cohortflow_cohort_users{retention=\"new_users\"",
+        ),
+        (
+            "cohortflow_breakdown_retained_users{retention=\"weekly\",breakdown=\"channel\"",
+            "cohortflow_retained_users{retention=\"weekly\"",
+        ),
+        (
+            "cohortflow_breakdown_funnel_users{funnel=\"checkout\",breakdown=\"channel\"",
+            "cohortflow_funnel_users{funnel=\"checkout\"",
+        ),
+        ("cohortflow_breakdown_new_users{breakdown=\"platform\"", "cohortflow_new_users{"),
+    ] {
+        let (a, b) = (sum(&metrics, split), sum(&metrics, total));
+        assert!(b > 0.0 && a == b, "{split}: {a} against {b}");
+    }
+    for value in ["organic", "ads", "referral"] {
+        let prefix = format!(
+            "cohortflow_breakdown_cohort_users{{retention=\"new_users\",breakdown=\"channel\",value=\"{value}\""
+        );
+        assert!(sum(&metrics, &prefix) > 100.0, "{value}");
+    }
+    let json = api(&addr, "/api/v1/retention?breakdown=channel");
+    let values: Vec<&str> =
+        json["retention"][0]["values"].as_array().expect("values").iter().filter_map(|v| v["value"].as_str()).collect();
+    assert_eq!(values, ["organic", "ads", "referral", "other", "none"]);
+    let json = api(&addr, "/api/v1/activity?breakdown=platform");
+    assert!(json["values"][0]["rows"].as_array().is_some_and(|r| !r.is_empty()), "{json}");
+    let (status, body) = get(&addr, "/api/v1/funnels?breakdown=device").expect("api");
+    assert_eq!(status, 400);
+    assert!(body.contains("device"), "{body}");
 }

@@ -356,6 +356,74 @@ mod tests {
     }
 
     #[test]
+    fn breakdowns_are_read_or_refused_by_key() {
+        let channel = "[[breakdown]]\nname = \"channel\"\nprop = \"ch\"\nvalues = [\"ads\", \"organic\"]\n";
+        let c = Config::from_toml_str(&format!(
+            "activity_breakdowns = [\"channel\"]\n{channel}[[retention]]\nname = \"r\"\nbreakdowns = [\"channel\"]\n\
+             [[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]\nbreakdowns = [\"channel\"]"
+        ))
+        .expect("config");
+        let e = &c.engine;
+        assert_eq!((e.breakdowns[0].prop.as_str(), e.breakdowns[0].values.len()), ("ch", 2));
+        assert_eq!(
+            (&e.activity_breakdowns[..], &e.retention[0].breakdowns[..], &e.funnels[0].breakdowns[..]),
+            (&[0][..], &[0][..], &[0][..])
+        );
+        let values = |n: usize| (0..n).map(|i| format!("\"v{i}\"")).collect::<Vec<_>>().join(", ");
+        let long = "x".repeat(257);
+        for (body, key, says) in [
+            (format!("[[breakdown]]\nname = \"\"\nprop = \"p\"\nvalues = [\"a\"]"), "breakdown[0].name", "empty"),
+            (format!("[[breakdown]]\nname = \"b\"\nprop = \"\"\nvalues = [\"a\"]"), "breakdown[0].prop", "empty"),
+            (format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = []"), "breakdown[0].values", "1 to 32"),
+            (
+                format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [{}]", values(33)),
+                "breakdown[0].values",
+                "1 to 32",
+            ),
+            (
+                format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"a\", \"a\"]"),
+                "breakdown[0].values[1]",
+                "twice",
+            ),
+            (
+                format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"other\"]"),
+                "breakdown[0].values[0]",
+                "label",
+            ),
+            (
+                format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"{long}\"]"),
+                "breakdown[0].values[0]",
+                "256",
+            ),
+            (format!("{channel}{channel}"), "breakdown[1].name", "twice"),
+            (
+                format!("{channel}[[retention]]\nname = \"r\"\nbreakdowns = [\"platform\"]"),
+                "retention[0].breakdowns[0]",
+                "platform",
+            ),
+            (
+                format!("{channel}[[retention]]\nname = \"r\"\nbreakdowns = [\"channel\", \"channel\"]"),
+                "retention[0].breakdowns[1]",
+                "twice",
+            ),
+            (
+                format!("{channel}[[funnel]]\nname = \"f\"\nwindow = \"1h\"\nsteps = [\"a\"]\nbreakdowns = [\"x\"]"),
+                "funnel[0].breakdowns[0]",
+                "not a [[breakdown]]",
+            ),
+            (format!("activity_breakdowns = [\"x\"]\n{channel}"), "activity_breakdowns[0]", "not a [[breakdown]]"),
+        ] {
+            let e = err(&body);
+            assert!(e.contains(&format!("`{key}`")) && e.contains(says), "{body}: {e}");
+        }
+        let many = (0..17)
+            .map(|i| format!("[[breakdown]]\nname = \"b{i}\"\nprop = \"p\"\nvalues = [\"a\"]\n"))
+            .collect::<String>();
+        let e = err(&many);
+        assert!(e.contains("`breakdown`") && e.contains("at most 16"), "{e}");
+    }
+
+    #[test]
     fn bounds_are_checked_without_wrapping() {
         // max + 2 once wrapped round to 1 and passed.
         let e = err("[[retention]]\nname = \"r\"\ndays = [1, 4294967295]");
