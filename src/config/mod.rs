@@ -372,21 +372,21 @@ mod tests {
         let values = |n: usize| (0..n).map(|i| format!("\"v{i}\"")).collect::<Vec<_>>().join(", ");
         let long = "x".repeat(257);
         for (body, key, says) in [
-            (format!("[[breakdown]]\nname = \"\"\nprop = \"p\"\nvalues = [\"a\"]"), "breakdown[0].name", "empty"),
-            (format!("[[breakdown]]\nname = \"b\"\nprop = \"\"\nvalues = [\"a\"]"), "breakdown[0].prop", "empty"),
-            (format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = []"), "breakdown[0].values", "1 to 32"),
+            ("[[breakdown]]\nname = \"\"\nprop = \"p\"\nvalues = [\"a\"]".to_owned(), "breakdown[0].name", "empty"),
+            ("[[breakdown]]\nname = \"b\"\nprop = \"\"\nvalues = [\"a\"]".to_owned(), "breakdown[0].prop", "empty"),
+            ("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = []".to_owned(), "breakdown[0].values", "1 to 32"),
             (
                 format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [{}]", values(33)),
                 "breakdown[0].values",
                 "1 to 32",
             ),
             (
-                format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"a\", \"a\"]"),
+                "[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"a\", \"a\"]".to_owned(),
                 "breakdown[0].values[1]",
                 "twice",
             ),
             (
-                format!("[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"other\"]"),
+                "[[breakdown]]\nname = \"b\"\nprop = \"p\"\nvalues = [\"other\"]".to_owned(),
                 "breakdown[0].values[0]",
                 "label",
             ),
