@@ -204,7 +204,11 @@ fn every_rule_and_dashboard_query_works_on_a_real_prometheus() {
                 .replace("$weekly", "weekly")
                 .replace("$monthly", "monthly")
                 .replace("$trend", "orders")
-                .replace("$ltv", "payers");
+                .replace("$ltv", "payers")
+                .replace("$active_by", "channel")
+                .replace("$entry_by", "channel")
+                .replace("$by", "channel")
+                .replace("$step", "2");
             let (status, n, error) = query(&prom, &expr);
             assert_eq!(status, "success", "{name}: {expr}: {error}");
             if !kafka_only.iter().any(|k| expr.contains(k)) && !monthly && !past {

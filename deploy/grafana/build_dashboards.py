@@ -121,10 +121,35 @@ retention = dashboard(
               [target('sum by (days, date) (cohortflow_stickiness_users{window="7d"})', instant=True, fmt="table")],
               0, 44, w=24, transformations=matrix("date", "days"),
               description="A sticky product has weight at the high k; a product visited once a week at k = 1."),
+        panel(11, "D1 retention by $by value, by cohort date", "table",
+              [target('cohortflow:breakdown_retention_ratio{retention="$retention",breakdown="$by",day="1"}',
+                      instant=True, fmt="table")],
+              0, 52, unit="percentunit", transformations=matrix("cohort_date", "value"),
+              description="Each user counts under one value: the prop on their earliest event carrying it "
+                          "(other: a value not listed; none: never carried). Immature cells still grow."),
+        panel(12, "D1 by $by value: latest mature cohort vs the 7 before it", "timeseries",
+              [target('cohortflow:breakdown_retention_latest_ratio{retention="$retention",breakdown="$by",day="1"}',
+                      "{{value}} latest"),
+               target('cohortflow:breakdown_retention_trailing_ratio{retention="$retention",breakdown="$by",day="1"}',
+                      "{{value}} 7 before", ref="B")],
+              12, 52, unit="percentunit",
+              description="The alert CohortflowBreakdownRetentionDrop fires when one value's latest falls under "
+                          "half of its 7 before."),
+        panel(13, "Cohort size by $by value", "table",
+              [target('cohortflow:breakdown_cohort_users:sum{retention="$retention",breakdown="$by"}',
+                      instant=True, fmt="table")],
+              0, 60, transformations=matrix("cohort_date", "value")),
+        panel(14, "DAU by $active_by value", "table",
+              [target('cohortflow:breakdown_active_users:sum{breakdown="$active_by",window="1d"}',
+                      instant=True, fmt="table")],
+              12, 60, transformations=matrix("date", "value"),
+              description="activity_breakdowns: new and active users (1d, 7d, 30d) per value."),
     ],
     [variable("retention", 'label_values(cohortflow_retained_users{day!=""}, retention)'),
      variable("weekly", 'label_values(cohortflow_retained_users{week!=""}, retention)'),
-     variable("monthly", 'label_values(cohortflow_retained_users{month!=""}, retention)')],
+     variable("monthly", 'label_values(cohortflow_retained_users{month!=""}, retention)'),
+     variable("by", 'label_values(cohortflow_breakdown_cohort_users{retention="$retention"}, breakdown)'),
+     variable("active_by", "label_values(cohortflow_breakdown_active_users, breakdown)")],
 )
 
 funnels = dashboard(
@@ -147,8 +172,15 @@ funnels = dashboard(
               [target('max by (step, quantile) (cohortflow_funnel_time_to_convert_seconds{funnel="$funnel"})',
                       "step {{step}} p{{quantile}}")],
               0, 28, w=24, unit="s"),
+        panel(6, "Conversion to step $step by $entry_by value, by entry day", "table",
+              [target('cohortflow:breakdown_funnel_conversion_ratio{funnel="$funnel",breakdown="$entry_by",step="$step"}',
+                      instant=True, fmt="table")],
+              0, 36, w=24, h=10, unit="percentunit", transformations=matrix("entry_date", "value"),
+              description="Each user counts under one value: the prop on their earliest event carrying it."),
     ],
-    [variable("funnel", "label_values(cohortflow_funnel_users, funnel)")],
+    [variable("funnel", "label_values(cohortflow_funnel_users, funnel)"),
+     variable("entry_by", 'label_values(cohortflow_breakdown_funnel_users{funnel="$funnel"}, breakdown)'),
+     variable("step", 'label_values(cohortflow_funnel_users{funnel="$funnel"}, step)')],
 )
 
 def repeated(p, var):
