@@ -37,7 +37,7 @@
 //!
 //! # Adding a metric family
 //!
-//! A metric family (retention, activity, funnels and trends today) is a room of
+//! A metric family (retention, activity, funnels, trends and revenue today) is a room of
 //! its own under `src/engine/`; the shard ([`engine::Engine`]) keeps only
 //! what all of them read (users, first-seen and active days, calendar,
 //! watermark). A new family touches these files and no others:
@@ -65,6 +65,13 @@
 //!    every key.
 //! 7. Docs: its definition in `docs/semantics.md`, its cost in
 //!    `docs/sizing.md`, and a bump of `checkpoint::FORMAT_VERSION`.
+//!
+//! A family whose figures can be split by a breakdown (`[[breakdown]]`,
+//! [`engine::breakdown`]) keeps [`engine::breakdown::SplitRows`] beside its
+//! own rows, adds to them wherever it adds to its own (the user's values
+//! are [`engine::family::Touch::labels`]), and moves a user's share of them
+//! in [`engine::family::Family::relabel`] when a late event changes the
+//! user's value.
 //!
 //! A family that is not configured must cost nothing per event: return
 //! from `record` before any work when its part of the event's class is

@@ -205,6 +205,7 @@ fn config(tz: &str, window: &str, mode: FunnelMode) -> String {
         [[trend]]
         name = "ta"
         event = "a"
+        breakdowns = ["ch2", "channel"]
         [[trend]]
         name = "tb_x"
         event = {{ event = "b", where = {{ channel = "x" }} }}
@@ -298,6 +299,19 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                 out.funnels[f].breakdowns.push(Split { breakdown: def.name.clone(), values });
             }
         }
+        for (t, tdef) in cfg.engine.trends.iter().enumerate() {
+            if tdef.breakdowns.contains(&b) {
+                let values = labels
+                    .iter()
+                    .zip(&parts)
+                    .map(|(l, p)| ValueRows {
+                        value: l.clone(),
+                        rows: p.as_ref().map(|p| p.trends[t].rows.clone()).unwrap_or_default(),
+                    })
+                    .collect();
+                out.trends[t].breakdowns.push(Split { breakdown: def.name.clone(), values });
+            }
+        }
         if cfg.engine.activity_breakdowns.contains(&b) {
             let values = labels
                 .iter()
@@ -331,6 +345,10 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
         t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
     }
     for (t, def) in out.funnels.iter_mut().zip(&cfg.engine.funnels) {
+        let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
+        t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+    }
+    for (t, def) in out.trends.iter_mut().zip(&cfg.engine.trends) {
         let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
         t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
     }
@@ -553,6 +571,7 @@ fn model_at(cfg: &Config, events: &[Ev], max_ts: i64) -> Figures {
                     users: who.len() as u64,
                 })
                 .collect(),
+            breakdowns: Vec::new(),
         });
     }
 
@@ -773,6 +792,14 @@ fn splits_sum_to_totals(f: &Figures) -> Result<(), TestCaseError> {
         for split in &t.breakdowns {
             let parts = sums(split.values.iter().flat_map(|v| &v.rows), |r| r.date.clone(), |r| r.users.clone());
             prop_assert_eq!(&parts, &total, "funnel {} by {}", &t.name, &split.breakdown);
+        }
+    }
+    for t in &f.trends {
+        let total = sums(t.rows.iter(), |r| r.date.clone(), |r| vec![r.events, r.users]);
+        for split in &t.breakdowns {
+            let parts =
+                sums(split.values.iter().flat_map(|v| &v.rows), |r| r.date.clone(), |r| vec![r.events, r.users]);
+            prop_assert_eq!(&parts, &total, "trend {} by {}", &t.name, &split.breakdown);
         }
     }
     let total = sums(f.activity.iter(), |r| r.date.clone(), |r| vec![r.new_users, r.dau, r.wau, r.mau]);

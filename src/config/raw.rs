@@ -303,6 +303,8 @@ pub(super) struct RawTrend {
     pub(super) name: String,
     /// An event name, or `{ event, where }` as a funnel step.
     pub(super) event: RawStep,
+    #[serde(default)]
+    pub(super) breakdowns: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

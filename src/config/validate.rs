@@ -101,7 +101,7 @@ impl RawConfig {
         let retention = retention(self.retention, self.history_days, &breakdowns)?;
         let funnels = funnels(self.funnel, &breakdowns)?;
         let activity_breakdowns = breakdown_refs("activity_breakdowns", &self.activity_breakdowns, &breakdowns)?;
-        let trends = trends(self.trend)?;
+        let trends = trends(self.trend, &breakdowns)?;
         let revenue = self.revenue.map(revenue).transpose()?;
         if revenue.is_none()
             && let Some(i) = retention.iter().position(|r| r.revenue)
@@ -536,7 +536,7 @@ fn revenue(r: RawRevenue) -> Result<RevenueDef, ConfigError> {
 }
 
 /// `[[trend]]`: names and the events each counts.
-fn trends(raw: Vec<RawTrend>) -> Result<Vec<TrendDef>, ConfigError> {
+fn trends(raw: Vec<RawTrend>, known: &[BreakdownDef]) -> Result<Vec<TrendDef>, ConfigError> {
     if raw.len() > MAX_TRENDS {
         return Err(invalid("trend", format!("{} trends; at most {MAX_TRENDS} are supported", raw.len())));
     }
@@ -550,7 +550,8 @@ fn trends(raw: Vec<RawTrend>) -> Result<Vec<TrendDef>, ConfigError> {
             RawStep::Name(n) if n.is_empty() => return Err(invalid(key("event"), "must not be empty")),
             s => step(&key("event"), s)?,
         };
-        trends.push(TrendDef { name: t.name, step });
+        let breakdowns = breakdown_refs(&key("breakdowns"), &t.breakdowns, known)?;
+        trends.push(TrendDef { name: t.name, step, breakdowns });
     }
     Ok(trends)
 }

@@ -124,7 +124,11 @@ impl Breakdowns {
         for (b, def) in defs.iter().enumerate() {
             let kept = self.columns[b][u];
             let (kept_ts, kept_code) = ((kept >> CODE_BITS) as i64, kept & CODE_MASK);
-            if let Some(text) = prop_text(ev, &def.prop) {
+            // Only an event no later than the one that set the value can
+            // change it: the props of the others (nearly all, in order)
+            // are not read.
+            let may_set = kept_code == 0 || ts <= kept_ts;
+            if may_set && let Some(text) = prop_text(ev, &def.prop) {
                 let code = self.code(def, b, &text);
                 let earlier = kept_code == 0
                     || ts < kept_ts

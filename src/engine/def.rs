@@ -357,6 +357,9 @@ pub struct TrendDef {
     pub name: String,
     /// The events it counts.
     pub step: StepDef,
+    /// The breakdowns (indices into `EngineConfig::breakdowns`) its days
+    /// are split by.
+    pub breakdowns: Vec<usize>,
 }
 
 #[cfg(test)]

@@ -273,6 +273,10 @@ pub struct TrendTable {
     pub events_total: u64,
     /// Days, oldest first.
     pub rows: Vec<TrendRow>,
+    /// The days split by each of the trend's breakdowns (JSON: with
+    /// `?breakdown=`).
+    #[serde(skip)]
+    pub breakdowns: Vec<Split<TrendRow>>,
 }
 
 /// Users per step among those entering a funnel on one day.
@@ -437,15 +441,12 @@ impl Figures {
             }
             for (t, pt) in out.trends.iter_mut().zip(p.trends) {
                 t.events_total += pt.events_total;
-                t.rows = merge_rows(
-                    std::mem::take(&mut t.rows),
-                    pt.rows,
-                    |r| r.date.clone(),
-                    |a, b| {
-                        a.events += b.events;
-                        a.users += b.users;
-                    },
-                );
+                let add = |a: &mut TrendRow, b: &TrendRow| {
+                    a.events += b.events;
+                    a.users += b.users;
+                };
+                t.rows = merge_rows(std::mem::take(&mut t.rows), pt.rows, |r| r.date.clone(), add);
+                merge_splits(&mut t.breakdowns, pt.breakdowns, |r| r.date.clone(), add);
             }
             out.funnel_store_fill = out.funnel_store_fill.max(p.funnel_store_fill);
             out.tracked_users += p.tracked_users;

@@ -17,9 +17,11 @@
 //! ([`users`]), the calendar, the watermark and the counters. Each metric
 //! family is a room of its own that keeps its per-user columns, its
 //! per-day rows, its snapshot section and its figures, behind
-//! [`family::Family`]: [`activity`], [`retention`], [`funnel`], [`trend`]. The
-//! definitions they run are [`def`]; [`class`] says what an event name
-//! means to each.
+//! [`family::Family`]: [`activity`], [`retention`], [`funnel`], [`trend`],
+//! [`revenue`]. [`breakdown`] keeps each user's value of each breakdown,
+//! read before an event reaches the families, which split their figures by
+//! it. The definitions they run are [`def`]; [`class`] says what an event
+//! name means to each.
 
 pub mod activity;
 pub mod breakdown;
@@ -227,6 +229,7 @@ impl Engine {
                 self.activity.relabel(ctx, &self.users, uid, change);
                 self.retention.relabel(ctx, &self.users, uid, change);
                 self.funnels.relabel(ctx, &self.users, uid, change);
+                self.trends.relabel(ctx, &self.users, uid, change);
             }
         }
         self.moves = moves;

@@ -13,7 +13,8 @@
 //!   | per family, in the shard's order: its columns
 //! ```
 //!
-//! The families' columns: retention, per definition, cohort days [Day16; n]
+//! The families' columns: breakdowns, per breakdown, the users' values
+//! and their times [u64; n]; retention, per definition, cohort days [Day16; n]
 //! (unless another's serve), latest return days [Day16; n] or return day
 //! sets; funnels, per store, hits per user [u32; n] and hits [Packed or
 //! Hit; total] in user order (which funnels share a store follows from

@@ -16,11 +16,12 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use super::StateMismatch;
-use super::calendar::Calendar;
+use super::breakdown::{Move, SplitRows};
+use super::calendar::{Calendar, Day};
 use super::days::DayRows;
 use super::def::{EngineConfig, EventMatch};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{Figures, TrendRow, TrendTable};
+use super::figures::{Figures, Split, TrendRow, TrendTable, ValueRows};
 use super::funnel::store::{CompactStore, Segments};
 use super::funnel::{Entry, Hit, Packed, prop_equals, rebuild, write_store};
 use super::users::Users;
@@ -70,6 +71,9 @@ struct Tally {
     /// Per day: `[events, users]`.
     rows: DayRows<[i64; 2]>,
     total: u64,
+    /// The rows split by each of the trend's breakdowns: per value,
+    /// events and users.
+    by: Vec<SplitRows>,
 }
 
 /// The trends family.
@@ -98,7 +102,16 @@ struct Head {
 
 impl Family for Trends {
     fn new(ctx: Ctx<'_>) -> Self {
-        Trends { tallies: vec![Tally::default(); ctx.cfg.trends.len()], ..Trends::default() }
+        let tallies = ctx
+            .cfg
+            .trends
+            .iter()
+            .map(|def| Tally {
+                by: def.breakdowns.iter().map(|&b| SplitRows::new(b, &ctx.cfg.breakdowns[b], 2)).collect(),
+                ..Tally::default()
+            })
+            .collect();
+        Trends { tallies, ..Trends::default() }
     }
 
     fn push_user(&mut self) {
@@ -154,9 +167,38 @@ impl Family for Trends {
             bits &= bits - 1;
             let tally = &mut self.tallies[tr];
             tally.total += 1;
+            let new_user = i64::from(on_day & (1 << tr) == 0);
             if let Some(row) = tally.rows.row(t.day) {
                 row[0] += 1;
-                row[1] += i64::from(on_day & (1 << tr) == 0);
+                row[1] += new_user;
+            }
+            for split in &mut tally.by {
+                if let Some(row) = split.row(t.day, t.labels[split.breakdown]) {
+                    row[0] += 1;
+                    row[1] += new_user;
+                }
+            }
+        }
+    }
+
+    fn relabel(&mut self, ctx: Ctx<'_>, _: &Users, uid: u32, change: Move) {
+        if !self.tallies.iter().any(|t| t.by.iter().any(|s| s.breakdown == change.breakdown)) {
+            return;
+        }
+        self.store.load(uid, &mut self.hits);
+        // Per trend, per day: the user's events, and 1 for the user.
+        for (tr, tally) in self.tallies.iter_mut().enumerate() {
+            let Some(split) = tally.by.iter_mut().find(|s| s.breakdown == change.breakdown) else { continue };
+            let mut days: Vec<(Day, i64)> = Vec::new();
+            for h in self.hits.iter().filter(|h| h.mask() & (1 << tr) != 0) {
+                let d = ctx.cal.day_of(h.ts());
+                match days.last_mut() {
+                    Some((last, n)) if *last == d => *n += 1,
+                    _ => days.push((d, 1)),
+                }
+            }
+            for (d, events) in days {
+                split.shift(d, change, &[events, 1]);
             }
         }
     }
@@ -164,6 +206,7 @@ impl Family for Trends {
     fn maintain(&mut self, ctx: Ctx<'_>, horizon: Horizon) {
         for tally in &mut self.tallies {
             tally.rows.drop_before(horizon.keep_from);
+            tally.by.iter_mut().for_each(|split| split.drop_before(horizon.keep_from));
         }
         if !self.tallies.is_empty() {
             // An accepted event is at or after the horizon; whether its
@@ -187,7 +230,28 @@ impl Family for Trends {
                 .filter(|(_, r)| r[0] > 0)
                 .map(|(d, r)| TrendRow { date: Calendar::label(d), events: r[0] as u64, users: r[1].max(0) as u64 })
                 .collect();
-            out.trends.push(TrendTable { name: def.name.clone(), events_total: tally.total, rows });
+            let breakdowns = tally
+                .by
+                .iter()
+                .map(|split| {
+                    let bd = &ctx.cfg.breakdowns[split.breakdown];
+                    let values = split
+                        .slots()
+                        .map(|slot| {
+                            let rows = split
+                                .days_in(view.from, view.to)
+                                .filter_map(|d| {
+                                    let c: Vec<u64> = split.get(d, slot).map(|c| c.max(0) as u64).collect();
+                                    (c[0] > 0).then(|| TrendRow { date: Calendar::label(d), events: c[0], users: c[1] })
+                                })
+                                .collect();
+                            ValueRows { value: bd.label(slot).to_owned(), rows }
+                        })
+                        .collect();
+                    Split { breakdown: bd.name.clone(), values }
+                })
+                .collect();
+            out.trends.push(TrendTable { name: def.name.clone(), events_total: tally.total, rows, breakdowns });
         }
     }
 
@@ -211,6 +275,10 @@ impl Family for Trends {
         let head: Head = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("trends: {e}")))?;
         if head.tallies.len() != self.tallies.len() {
             return Err(StateMismatch::new("the number of trends differs"));
+        }
+        let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
+        if self.tallies.iter().zip(&head.tallies).any(|(a, b)| split(&a.by) != split(&b.by)) {
+            return Err(StateMismatch::new("a trend has other breakdowns"));
         }
         if self.tallies.is_empty() {
             return Ok(0);
@@ -242,5 +310,8 @@ impl Family for Trends {
 pub fn rewindow(out: &mut Figures, in_window: impl Fn(&str) -> bool) {
     for t in &mut out.trends {
         t.rows.retain(|r| in_window(&r.date));
+        for split in &mut t.breakdowns {
+            split.values.iter_mut().for_each(|v| v.rows.retain(|r| in_window(&r.date)));
+        }
     }
 }

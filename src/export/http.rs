@@ -104,7 +104,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The query of `/api/v1/retention` and `/api/v1/funnels`.
+/// The query of `/api/v1/retention`, `/api/v1/funnels` and `/api/v1/trends`.
 #[derive(Debug, serde::Deserialize)]
 struct BreakdownQuery {
     /// A `[[breakdown]]` name: the figures split by its values.
@@ -257,9 +257,24 @@ async fn revenue(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn trends(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn trends(State(state): State<AppState>, Query(q): Query<BreakdownQuery>) -> Response {
     let f = state.published.figures();
-    Json(json!({ "watermark_ms": f.watermark_ms, "trends": f.trends }))
+    let Some(name) = q.breakdown else {
+        return Json(json!({ "watermark_ms": f.watermark_ms, "trends": f.trends })).into_response();
+    };
+    let tables: Vec<_> = f
+        .trends
+        .iter()
+        .filter_map(|t| {
+            let values = split_of(&t.breakdowns, &name)?;
+            let values: Vec<_> = values.iter().map(|v| json!({ "value": v.value, "rows": v.rows })).collect();
+            Some(json!({ "name": t.name, "values": values }))
+        })
+        .collect();
+    if tables.is_empty() {
+        return bad_request(format!("no trend is broken down by `{name}`"));
+    }
+    Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "trends": tables })).into_response()
 }
 
 async fn stickiness(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -137,7 +137,7 @@ def breakdowns(config):
     """A config's breakdowns, as (name, prop, values), and which retention
     definitions and funnels each splits, by name."""
     defs = [(b["name"], b["prop"], b["values"]) for b in config.get("breakdown", [])]
-    split = {name: {r["name"] for r in config.get("retention", []) + config.get("funnel", [])
+    split = {name: {r["name"] for r in config.get("retention", []) + config.get("funnel", []) + config.get("trend", [])
                     if name in r.get("breakdowns", [])} for name, _, _ in defs}
     return defs, split
 
@@ -504,6 +504,8 @@ SPLIT_OF = {
     "cohortflow_funnel_users": "cohortflow_breakdown_funnel_users",
     "cohortflow_new_users": "cohortflow_breakdown_new_users",
     "cohortflow_active_users": "cohortflow_breakdown_active_users",
+    "cohortflow_trend_events": "cohortflow_breakdown_trend_events",
+    "cohortflow_trend_users": "cohortflow_breakdown_trend_users",
 }
 
 
@@ -527,7 +529,7 @@ def split_sums(got):
             d = dict(labels)
             split = (name in ("cohortflow_new_users", "cohortflow_active_users")
                      and bname in ACTIVITY_BREAKDOWNS and d.get("window", "1d") in ("1d", "7d", "30d")) or (
-                name in SPLIT_OF and d.get("retention", d.get("funnel")) in SPLIT[bname])
+                name in SPLIT_OF and d.get("retention", d.get("funnel", d.get("trend"))) in SPLIT[bname])
             if not split:
                 continue
             compared += 1
@@ -633,12 +635,13 @@ def main():
                        ("none", f"user_id NOT IN (SELECT user_id FROM {users_v})")]
             rdefs = [r for r in RETENTION if r[0] in SPLIT[bname]]
             fdefs = [f for f in FUNNELS if f[0] in SPLIT[bname]]
+            tdefs = [t for t in TRENDS if t[0] in SPLIT[bname]]
             for label, cond in groups:
                 sub = f"(SELECT * FROM {base} WHERE {cond})"
                 if int(q(f"SELECT count() AS c FROM {sub}")[0]["c"]) == 0:
                     continue
                 part, part_at_least = clickhouse_figures(q, sub, wm_day, retention=rdefs, funnels=fdefs,
-                                                         week_start=args.week_start, tz=args.tz, trend_defs=[])
+                                                         week_start=args.week_start, tz=args.tz, trend_defs=tdefs)
                 for (metric, labels), v in part.items():
                     target = SPLIT_OF.get(metric)
                     if target is None:

@@ -1,4 +1,4 @@
-//! Breakdowns: the cohort, activity and funnel figures split by a
+//! Breakdowns: the cohort, activity, trend and funnel figures split by a
 //! first-touch user property, as metrics of their own (a `breakdown` and a
 //! `value` label beside the figure's own), so that no `sum()` over the
 //! figure's series counts a user twice. Over the values of a breakdown
@@ -66,6 +66,18 @@ pub(super) const FAMILIES: &[Def] = &[
         &["breakdown", "value", "window", "date"],
     ),
     (
+        "breakdown_trend_events",
+        "trend_events of the users of one breakdown value.",
+        MetricType::GAUGE,
+        &["trend", "breakdown", "value", "date"],
+    ),
+    (
+        "breakdown_trend_users",
+        "trend_users of one breakdown value.",
+        MetricType::GAUGE,
+        &["trend", "breakdown", "value", "date"],
+    ),
+    (
         "breakdown_funnel_users",
         "funnel_users of the users of one breakdown value.",
         MetricType::GAUGE,
@@ -130,6 +142,19 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
             }
         }
     }
+    let mut trend_events = Family::new("breakdown_trend_events");
+    let mut trend_users = Family::new("breakdown_trend_users");
+    for table in &f.trends {
+        for split in &table.breakdowns {
+            for v in &split.values {
+                for row in &v.rows {
+                    let labels = [table.name.as_str(), split.breakdown.as_str(), v.value.as_str(), row.date.as_str()];
+                    trend_events.value(&labels, row.events as f64);
+                    trend_users.value(&labels, row.users as f64);
+                }
+            }
+        }
+    }
     let mut funnel_users = Family::new("breakdown_funnel_users");
     let mut conversion = Family::new("breakdown_funnel_conversion_ratio");
     for table in &f.funnels {
@@ -167,6 +192,8 @@ pub(super) fn families(f: &Figures, out: &mut Vec<MetricFamily>) {
             trailing_retained,
             new_users,
             active,
+            trend_events,
+            trend_users,
             funnel_users,
             conversion,
         ]
