@@ -252,9 +252,11 @@ impl Family for Activity {
             row.returning += 1;
         }
         let until = next.unwrap_or(Day::MAX);
-        for (window, is_mau) in [(WAU_DAYS, false), (MAU_DAYS, true)] {
+        let mut windows = [(WAU, day..day), (MAU, day..day)];
+        for ((window, is_mau), (_, days)) in [(WAU_DAYS, false), (MAU_DAYS, true)].into_iter().zip(&mut windows) {
             let from = prev.map_or(day, |p| day.max(p + window));
-            for d in from..(day + window).min(until) {
+            *days = from..(day + window).min(until);
+            for d in days.clone() {
                 if let Some(row) = self.rows.row(d) {
                     if is_mau {
                         row.mau += 1;
@@ -262,13 +264,16 @@ impl Family for Activity {
                         row.wau += 1;
                     }
                 }
-                if !self.by.is_empty() {
-                    self.split(t.labels, d, if is_mau { MAU } else { WAU }, 1);
-                }
             }
         }
+        // The same for the user's values, apart: no cost without breakdowns.
         if !self.by.is_empty() {
             self.split(t.labels, day, DAU, 1);
+            for (at, days) in windows {
+                for d in days {
+                    self.split(t.labels, d, at, 1);
+                }
+            }
         }
         self.calendar_periods(ctx.cfg.week_start, day, prev, next);
         // Each window that holds the new day has the user on one day more:

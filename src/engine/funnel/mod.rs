@@ -23,7 +23,7 @@ use store::{Layout, Segments, Store};
 
 use super::StateMismatch;
 use super::breakdown::{Move, SplitRows};
-use super::calendar::{Calendar, Day};
+use super::calendar::Calendar;
 use super::days::DayRows;
 use super::def::{EngineConfig, EventMatch, FilterValue};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
@@ -196,23 +196,15 @@ impl Funnels {
     }
 
     /// Adds `hit` (its mask: the steps of every funnel of store `s` the
-    /// event fills; `masks`: per funnel, its own steps) to the store, and
+    /// event fills; `masks`: per funnel, its own steps) of the event `t` to
+    /// the store, and
     /// moves the counters of each funnel whose levels it raises, unless
     /// the store or the user's share of it is full: the event is then left
     /// out of the funnels.
-    #[allow(clippy::too_many_arguments)]
-    fn store_event(
-        &mut self,
-        ctx: Ctx<'_>,
-        s: usize,
-        uid: u32,
-        hit: Hit,
-        day: Day,
-        masks: &[u32],
-        labels: &[u8],
-    ) -> Recorded {
+    fn store_event(&mut self, ctx: Ctx<'_>, s: usize, hit: Hit, masks: &[u32], t: &Touch<'_>) -> Recorded {
+        let (uid, day) = (t.uid, t.day);
         let recording = Recording {
-            labels,
+            labels: t.labels,
             cal: ctx.cal,
             defs: &ctx.cfg.funnels,
             states: &mut self.funnels,
@@ -311,7 +303,7 @@ impl Family for Funnels {
                 if mask == 0 {
                     continue;
                 }
-                match self.store_event(ctx, s, t.uid, Hit { ts: t.ts, mask, tag }, t.day, &masks, t.labels) {
+                match self.store_event(ctx, s, Hit { ts: t.ts, mask, tag }, &masks, t) {
                     Recorded::Kept => {}
                     Recorded::StoreFull => self.refused += 1,
                     Recorded::UserFull => self.capped_events += 1,
