@@ -169,6 +169,16 @@ pub(super) fn entry_levels<E: Entry>(
 }
 
 impl FunnelTally {
+    /// The levels `old` → `new` of entry day `d` in the rows of the user's
+    /// values (`labels`).
+    fn count_split(&mut self, d: Day, old: usize, new: usize, labels: &[u8]) {
+        for split in &mut self.by {
+            if let Some(row) = split.row(d, labels[split.breakdown]) {
+                row.iter_mut().take(new).skip(old).for_each(|u| *u += 1);
+            }
+        }
+    }
+
     /// Moves entry day `d` from level `old` to level `new` (when higher):
     /// its row, the conversions, and the time to convert to each step
     /// reached (`span(k)`: ms from step 1 to step k+1).
@@ -181,10 +191,8 @@ impl FunnelTally {
                 *u += 1;
             }
         }
-        for split in &mut self.by {
-            if let Some(row) = split.row(d, labels[split.breakdown]) {
-                row.iter_mut().take(new).skip(old).for_each(|u| *u += 1);
-            }
+        if !self.by.is_empty() {
+            self.count_split(d, old, new, labels);
         }
         for k in old..new {
             self.conversions[k] += 1;

@@ -107,6 +107,11 @@ impl Definition {
                 *cell += sign * (flags >> i & 1) as i64;
             }
         }
+        self.add_split(start, users, flags, sign, labels);
+    }
+
+    /// The same, in the rows of the user's values alone.
+    fn add_split(&mut self, start: Day, users: i64, flags: u128, sign: i64, labels: &[u8]) {
         for split in &mut self.by {
             if let Some(row) = split.row(start, labels[split.breakdown]) {
                 row[0] += users;
@@ -291,7 +296,13 @@ impl Retention {
             RetentionMode::On if plain => {
                 let offset = day - cohort;
                 if let Some(i) = def.periods.iter().position(|b| b.from as i32 == offset) {
-                    state.add(n, cohort, 0, 1 << i, 1, t.labels);
+                    // The hot path: one cell, and the splits only with breakdowns.
+                    if let Some(row) = state.rows.row(cohort) {
+                        ensure_len(&mut row.retained, n)[i] += 1;
+                    }
+                    if !state.by.is_empty() {
+                        state.add_split(cohort, 0, 1 << i, 1, t.labels);
+                    }
                 }
             }
             RetentionMode::On => {
