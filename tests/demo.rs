@@ -180,6 +180,14 @@ fn demo_serves_cohorts_retention_and_funnels() {
     assert_eq!(values, ["organic", "ads", "referral", "other", "none"]);
     let json = api(&addr, "/api/v1/activity?breakdown=platform");
     assert!(json["values"][0]["rows"].as_array().is_some_and(|r| !r.is_empty()), "{json}");
+    let json = api(&addr, "/api/v1/trends?breakdown=channel");
+    assert_eq!(json["trends"][0]["name"], "orders", "{json}");
+    assert!(json["trends"][0]["values"][0]["rows"].as_array().is_some_and(|r| !r.is_empty()), "{json}");
+    let (split, total) = (
+        sum(&metrics, "cohortflow_breakdown_trend_events{trend=\"orders\",breakdown=\"channel\""),
+        sum(&metrics, "cohortflow_trend_events{trend=\"orders\""),
+    );
+    assert!(total > 0.0 && split == total, "{split} against {total}");
     let (status, body) = get(&addr, "/api/v1/funnels?breakdown=device").expect("api");
     assert_eq!(status, 400);
     assert!(body.contains("device"), "{body}");
