@@ -278,12 +278,7 @@ impl SplitRows {
         self.rows.drop_before(day);
     }
 
-    /// Heap bytes (roughly: the rows' counts).
-    pub fn heap_bytes(&self) -> usize {
-        self.rows.range(Day::MIN, Day::MAX).map(|(_, r)| r.capacity() * 8 + 24).sum()
-    }
-
-    /// The label values of the slots, and the slot index, for `def`.
+    /// The slots the rows are split into (see [`BreakdownDef::label`]).
     pub fn slots(&self) -> std::ops::Range<usize> {
         0..self.slots
     }
