@@ -173,12 +173,15 @@ fn main() -> Result<()> {
             if config.kafka.is_some() {
                 check_state_dir(&config).with_context(|| format!("{} is not valid", file.display()))?;
             }
+            let e = &config.engine;
             println!(
-                "{}: ok ({} retention definitions, {} funnels, time zone {})",
+                "{}: ok ({} retention definitions, {} funnels, {} trends, {} breakdowns, time zone {})",
                 file.display(),
-                config.engine.retention.len(),
-                config.engine.funnels.len(),
-                config.engine.timezone_name
+                e.retention.len(),
+                e.funnels.len(),
+                e.trends.len(),
+                e.breakdowns.len(),
+                e.timezone_name
             );
             Ok(())
         }
