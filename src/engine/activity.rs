@@ -25,9 +25,7 @@ use super::breakdown::{Move, SplitRows};
 use super::calendar::{Calendar, Day, month_of, week_of};
 use super::days::{DayRows, NO_DAY, ensure_len};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{
-    ActivityRow, Figures, LifecycleRow, PeriodRow, Split, SplitActivityRow, StickinessRow, StickinessTable, ValueRows,
-};
+use super::figures::{ActivityRow, Figures, LifecycleRow, PeriodRow, SplitActivityRow, StickinessRow, StickinessTable};
 use super::users::Users;
 
 /// The longest activity window (MAU).
@@ -321,27 +319,15 @@ impl Family for Activity {
             .by
             .iter()
             .map(|split| {
-                let bd = &ctx.cfg.breakdowns[split.breakdown];
-                let values = split
-                    .slots()
-                    .map(|slot| {
-                        let rows = split
-                            .days_in(view.from, view.to)
-                            .filter_map(|d| {
-                                let c: Vec<u64> = split.get(d, slot).map(|c| c.max(0) as u64).collect();
-                                (c[MAU] > 0).then(|| SplitActivityRow {
-                                    date: Calendar::label(d),
-                                    new_users: c[NEW],
-                                    dau: c[DAU],
-                                    wau: c[WAU],
-                                    mau: c[MAU],
-                                })
-                            })
-                            .collect();
-                        ValueRows { value: bd.label(slot).to_owned(), rows }
+                split.publish(&ctx.cfg.breakdowns[split.breakdown], view.from, view.to, |d, c| {
+                    (c[MAU] > 0).then(|| SplitActivityRow {
+                        date: Calendar::label(d),
+                        new_users: c[NEW],
+                        dau: c[DAU],
+                        wau: c[WAU],
+                        mau: c[MAU],
                     })
-                    .collect();
-                Split { breakdown: bd.name.clone(), values }
+                })
             })
             .collect();
         out.stickiness =
@@ -440,8 +426,7 @@ impl Family for Activity {
 
     fn read_head(&mut self, ctx: Ctx<'_>, head: &[u8], _: u64) -> Result<u64, StateMismatch> {
         let read: Activity = postcard::from_bytes(head).map_err(|e| StateMismatch::new(format!("activity: {e}")))?;
-        let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
-        if split(&read.by) != split(&self.by) {
+        if SplitRows::shape(&read.by) != SplitRows::shape(&self.by) {
             return Err(StateMismatch::new("the activity breakdowns differ"));
         }
         *self = read;

@@ -26,7 +26,7 @@ use super::calendar::Day;
 use super::days::{DayRows, ensure_len};
 use super::def::{BreakdownDef, MAX_BREAKDOWN_VALUE_BYTES, MAX_BREAKDOWN_VALUES};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
-use super::figures::Figures;
+use super::figures::{Figures, Split, ValueRows};
 use super::users::Users;
 use crate::event::Event;
 
@@ -276,6 +276,33 @@ impl SplitRows {
     /// Drops rows before `day`.
     pub fn drop_before(&mut self, day: Day) {
         self.rows.drop_before(day);
+    }
+
+    /// The rows of the days in `from..=to` as figures of breakdown `def`:
+    /// per slot, the row `row` makes of each day's counts (`None`: the
+    /// value has none that day).
+    pub fn publish<T>(
+        &self,
+        def: &BreakdownDef,
+        from: Day,
+        to: Day,
+        mut row: impl FnMut(Day, Vec<u64>) -> Option<T>,
+    ) -> Split<T> {
+        let values = self
+            .slots()
+            .map(|slot| {
+                let rows =
+                    self.days_in(from, to).filter_map(|d| row(d, self.get(d, slot).map(|c| c.max(0) as u64).collect()));
+                ValueRows { value: def.label(slot).to_owned(), rows: rows.collect() }
+            })
+            .collect();
+        Split { breakdown: def.name.clone(), values }
+    }
+
+    /// What a snapshot's split rows must match: per split, its breakdown
+    /// and slots.
+    pub fn shape(splits: &[SplitRows]) -> Vec<(usize, usize)> {
+        splits.iter().map(|s| (s.breakdown, s.slots)).collect()
     }
 
     /// The slots the rows are split into (see [`BreakdownDef::label`]).

@@ -21,7 +21,7 @@ use super::calendar::{Calendar, Day};
 use super::days::DayRows;
 use super::def::{EngineConfig, EventMatch};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View};
-use super::figures::{Figures, Split, TrendRow, TrendTable, ValueRows};
+use super::figures::{Figures, TrendRow, TrendTable};
 use super::funnel::store::{CompactStore, Segments};
 use super::funnel::{Entry, Hit, Packed, prop_equals, rebuild, write_store};
 use super::users::Users;
@@ -234,21 +234,9 @@ impl Family for Trends {
                 .by
                 .iter()
                 .map(|split| {
-                    let bd = &ctx.cfg.breakdowns[split.breakdown];
-                    let values = split
-                        .slots()
-                        .map(|slot| {
-                            let rows = split
-                                .days_in(view.from, view.to)
-                                .filter_map(|d| {
-                                    let c: Vec<u64> = split.get(d, slot).map(|c| c.max(0) as u64).collect();
-                                    (c[0] > 0).then(|| TrendRow { date: Calendar::label(d), events: c[0], users: c[1] })
-                                })
-                                .collect();
-                            ValueRows { value: bd.label(slot).to_owned(), rows }
-                        })
-                        .collect();
-                    Split { breakdown: bd.name.clone(), values }
+                    split.publish(&ctx.cfg.breakdowns[split.breakdown], view.from, view.to, |d, c| {
+                        (c[0] > 0).then(|| TrendRow { date: Calendar::label(d), events: c[0], users: c[1] })
+                    })
                 })
                 .collect();
             out.trends.push(TrendTable { name: def.name.clone(), events_total: tally.total, rows, breakdowns });
@@ -276,8 +264,7 @@ impl Family for Trends {
         if head.tallies.len() != self.tallies.len() {
             return Err(StateMismatch::new("the number of trends differs"));
         }
-        let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
-        if self.tallies.iter().zip(&head.tallies).any(|(a, b)| split(&a.by) != split(&b.by)) {
+        if self.tallies.iter().zip(&head.tallies).any(|(a, b)| SplitRows::shape(&a.by) != SplitRows::shape(&b.by)) {
             return Err(StateMismatch::new("a trend has other breakdowns"));
         }
         if self.tallies.is_empty() {

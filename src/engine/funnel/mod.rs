@@ -27,7 +27,7 @@ use super::calendar::Calendar;
 use super::days::DayRows;
 use super::def::{EngineConfig, EventMatch, FilterValue};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
-use super::figures::{Figures, FunnelRow, FunnelTable, Split, TimeToConvert, ValueRows};
+use super::figures::{Figures, FunnelRow, FunnelTable, TimeToConvert};
 use super::users::Users;
 use crate::event::{Event, PropValue};
 
@@ -381,22 +381,9 @@ impl Family for Funnels {
                 .by
                 .iter()
                 .map(|split| {
-                    let bd = &ctx.cfg.breakdowns[split.breakdown];
-                    let values = split
-                        .slots()
-                        .map(|slot| {
-                            let rows = split
-                                .days_in(view.from, view.to)
-                                .filter_map(|d| {
-                                    let users: Vec<u64> = split.get(d, slot).map(|c| c.max(0) as u64).collect();
-                                    (users.first().is_some_and(|&u| u > 0))
-                                        .then(|| FunnelRow { date: Calendar::label(d), users })
-                                })
-                                .collect();
-                            ValueRows { value: bd.label(slot).to_owned(), rows }
-                        })
-                        .collect();
-                    Split { breakdown: bd.name.clone(), values }
+                    split.publish(&ctx.cfg.breakdowns[split.breakdown], view.from, view.to, |d, users| {
+                        (users.first().is_some_and(|&u| u > 0)).then(|| FunnelRow { date: Calendar::label(d), users })
+                    })
                 })
                 .collect();
             out.funnels.push(FunnelTable {
@@ -474,8 +461,7 @@ impl Family for Funnels {
             if h.conversions.len() != steps || h.time_to_convert.len() != steps {
                 return Err(StateMismatch::new("a funnel has another number of steps"));
             }
-            let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
-            if split(&state.tally.by) != split(&h.by) {
+            if SplitRows::shape(&state.tally.by) != SplitRows::shape(&h.by) {
                 return Err(StateMismatch::new("a funnel has other breakdowns"));
             }
         }

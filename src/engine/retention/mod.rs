@@ -30,7 +30,7 @@ use super::calendar::{Calendar, Day};
 use super::days::{Day16, DayRows, DaySets, NO_DAY, ensure_len};
 use super::def::{Bracket, EngineConfig, EventMatch, Granularity, RetentionDef, RetentionMode};
 use super::family::{Columns, Ctx, Family, Horizon, Touch, View, column};
-use super::figures::{CohortRow, Figures, RetentionTable, Split, ValueRows};
+use super::figures::{CohortRow, Figures, RetentionTable};
 use super::users::Users;
 
 /// What an event name means to the retention definitions.
@@ -492,31 +492,19 @@ impl Family for Retention {
                     mature: maturity(ctx, def, d, view.watermark_ms),
                 });
             }
+            let from = state.periods.start(view.from);
             let breakdowns = state
                 .by
                 .iter()
                 .map(|split| {
-                    let bd = &ctx.cfg.breakdowns[split.breakdown];
-                    let values = split
-                        .slots()
-                        .map(|slot| {
-                            let rows = split
-                                .days_in(state.periods.start(view.from), view.to)
-                                .filter_map(|d| {
-                                    let mut counts = split.get(d, slot).map(|c| c.max(0) as u64);
-                                    let users = counts.next().unwrap_or(0);
-                                    (users > 0).then(|| CohortRow {
-                                        date: Calendar::label(d),
-                                        users,
-                                        retained: counts.collect(),
-                                        mature: maturity(ctx, def, d, view.watermark_ms),
-                                    })
-                                })
-                                .collect();
-                            ValueRows { value: bd.label(slot).to_owned(), rows }
+                    split.publish(&ctx.cfg.breakdowns[split.breakdown], from, view.to, |d, c| {
+                        (c[0] > 0).then(|| CohortRow {
+                            date: Calendar::label(d),
+                            users: c[0],
+                            retained: c[1..].to_vec(),
+                            mature: maturity(ctx, def, d, view.watermark_ms),
                         })
-                        .collect();
-                    Split { breakdown: bd.name.clone(), values }
+                    })
                 })
                 .collect();
             out.retention.push(RetentionTable {
@@ -615,8 +603,7 @@ impl Family for Retention {
                 Returns::Days(_) => 2,
                 Returns::Times(_) => 3,
             };
-            let split = |v: &[SplitRows]| v.iter().map(|s| (s.breakdown, s.slots())).collect::<Vec<_>>();
-            if own != h.cohort || kind != h.returns || split(&state.by) != split(&h.by) {
+            if own != h.cohort || kind != h.returns || SplitRows::shape(&state.by) != SplitRows::shape(&h.by) {
                 let name = &ctx.cfg.retention[r].name;
                 return Err(StateMismatch::new(format!("retention definition {name} has another shape")));
             }
