@@ -121,26 +121,40 @@ fn split_of<'a, T>(splits: &'a [Split<T>], name: &str) -> Option<&'a [ValueRows<
     splits.iter().find(|s| s.breakdown == name).map(|s| s.values.as_slice())
 }
 
+/// The answer of `?breakdown=name` on an endpoint of `what` (its key and,
+/// in errors, its kind): per table split by it, its `head` fields and its
+/// values' rows under `rows`; a 400 when none is split by it.
+fn by_breakdown<'a, T: serde::Serialize + 'a>(
+    watermark_ms: Option<i64>,
+    name: &str,
+    (what, kind): (&str, &str),
+    rows: &str,
+    tables: impl Iterator<Item = (serde_json::Value, &'a [Split<T>])>,
+) -> Response {
+    let tables: Vec<_> = tables
+        .filter_map(|(mut head, splits)| {
+            let values: Vec<_> =
+                split_of(splits, name)?.iter().map(|v| json!({ "value": v.value, rows: v.rows })).collect();
+            head["values"] = json!(values);
+            Some(head)
+        })
+        .collect();
+    if tables.is_empty() {
+        return bad_request(format!("no {kind} is broken down by `{name}`"));
+    }
+    Json(json!({ "watermark_ms": watermark_ms, "breakdown": name, what: tables })).into_response()
+}
+
 async fn retention(State(state): State<AppState>, Query(q): Query<BreakdownQuery>) -> Response {
     let f = state.published.figures();
     let Some(name) = q.breakdown else {
         return Json(json!({ "watermark_ms": f.watermark_ms, "retention": f.retention })).into_response();
     };
-    let tables: Vec<_> = f
-        .retention
-        .iter()
-        .filter_map(|t| {
-            let values = split_of(&t.breakdowns, &name)?;
-            let values: Vec<_> = values.iter().map(|v| json!({ "value": v.value, "cohorts": v.rows })).collect();
-            Some(json!({
-                "name": t.name, "granularity": t.granularity, "mode": t.mode, "periods": t.periods, "values": values,
-            }))
-        })
-        .collect();
-    if tables.is_empty() {
-        return bad_request(format!("no retention definition is broken down by `{name}`"));
-    }
-    Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "retention": tables })).into_response()
+    let tables = f.retention.iter().map(|t| {
+        let head = json!({ "name": t.name, "granularity": t.granularity, "mode": t.mode, "periods": t.periods });
+        (head, t.breakdowns.as_slice())
+    });
+    by_breakdown(f.watermark_ms, &name, ("retention", "retention definition"), "cohorts", tables)
 }
 
 async fn funnels(State(state): State<AppState>, Query(q): Query<BreakdownQuery>) -> Response {
@@ -148,19 +162,8 @@ async fn funnels(State(state): State<AppState>, Query(q): Query<BreakdownQuery>)
     let Some(name) = q.breakdown else {
         return Json(json!({ "watermark_ms": f.watermark_ms, "funnels": f.funnels })).into_response();
     };
-    let tables: Vec<_> = f
-        .funnels
-        .iter()
-        .filter_map(|t| {
-            let values = split_of(&t.breakdowns, &name)?;
-            let values: Vec<_> = values.iter().map(|v| json!({ "value": v.value, "entries": v.rows })).collect();
-            Some(json!({ "name": t.name, "steps": t.steps, "values": values }))
-        })
-        .collect();
-    if tables.is_empty() {
-        return bad_request(format!("no funnel is broken down by `{name}`"));
-    }
-    Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "funnels": tables })).into_response()
+    let tables = f.funnels.iter().map(|t| (json!({ "name": t.name, "steps": t.steps }), t.breakdowns.as_slice()));
+    by_breakdown(f.watermark_ms, &name, ("funnels", "funnel"), "entries", tables)
 }
 
 /// The query of `/api/v1/activity`.
@@ -262,19 +265,8 @@ async fn trends(State(state): State<AppState>, Query(q): Query<BreakdownQuery>) 
     let Some(name) = q.breakdown else {
         return Json(json!({ "watermark_ms": f.watermark_ms, "trends": f.trends })).into_response();
     };
-    let tables: Vec<_> = f
-        .trends
-        .iter()
-        .filter_map(|t| {
-            let values = split_of(&t.breakdowns, &name)?;
-            let values: Vec<_> = values.iter().map(|v| json!({ "value": v.value, "rows": v.rows })).collect();
-            Some(json!({ "name": t.name, "values": values }))
-        })
-        .collect();
-    if tables.is_empty() {
-        return bad_request(format!("no trend is broken down by `{name}`"));
-    }
-    Json(json!({ "watermark_ms": f.watermark_ms, "breakdown": name, "trends": tables })).into_response()
+    let tables = f.trends.iter().map(|t| (json!({ "name": t.name }), t.breakdowns.as_slice()));
+    by_breakdown(f.watermark_ms, &name, ("trends", "trend"), "rows", tables)
 }
 
 async fn stickiness(State(state): State<AppState>) -> Json<serde_json::Value> {
