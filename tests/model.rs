@@ -272,89 +272,68 @@ fn model(cfg: &Config, events: &[Ev]) -> Figures {
                 (!mine.is_empty()).then(|| model_at(cfg, &mine, max_ts))
             })
             .collect();
-        let split = |rows: &dyn Fn(&Figures) -> Vec<CohortRow>| Split {
-            breakdown: def.name.clone(),
-            values: labels
+        /// Per value, the rows `rows` takes from that value's figures.
+        fn split<T>(
+            name: &str,
+            labels: &[String],
+            parts: &[Option<Figures>],
+            rows: impl Fn(&Figures) -> Vec<T>,
+        ) -> Split<T> {
+            let values = labels
                 .iter()
-                .zip(&parts)
-                .map(|(l, p)| ValueRows { value: l.clone(), rows: p.as_ref().map(rows).unwrap_or_default() })
-                .collect(),
-        };
+                .zip(parts)
+                .map(|(l, p)| ValueRows { value: l.clone(), rows: p.as_ref().map(&rows).unwrap_or_default() })
+                .collect();
+            Split { breakdown: name.to_owned(), values }
+        }
+        let name = def.name.as_str();
         for (r, rdef) in cfg.engine.retention.iter().enumerate() {
             if rdef.breakdowns.contains(&b) {
-                let s = split(&|f: &Figures| f.retention[r].cohorts.clone());
-                out.retention[r].breakdowns.push(s);
+                out.retention[r].breakdowns.push(split(name, &labels, &parts, |f| f.retention[r].cohorts.clone()));
             }
         }
         for (f, fdef) in cfg.engine.funnels.iter().enumerate() {
             if fdef.breakdowns.contains(&b) {
-                let values = labels
-                    .iter()
-                    .zip(&parts)
-                    .map(|(l, p)| ValueRows {
-                        value: l.clone(),
-                        rows: p.as_ref().map(|p| p.funnels[f].entries.clone()).unwrap_or_default(),
-                    })
-                    .collect();
-                out.funnels[f].breakdowns.push(Split { breakdown: def.name.clone(), values });
+                out.funnels[f].breakdowns.push(split(name, &labels, &parts, |p| p.funnels[f].entries.clone()));
             }
         }
         for (t, tdef) in cfg.engine.trends.iter().enumerate() {
             if tdef.breakdowns.contains(&b) {
-                let values = labels
-                    .iter()
-                    .zip(&parts)
-                    .map(|(l, p)| ValueRows {
-                        value: l.clone(),
-                        rows: p.as_ref().map(|p| p.trends[t].rows.clone()).unwrap_or_default(),
-                    })
-                    .collect();
-                out.trends[t].breakdowns.push(Split { breakdown: def.name.clone(), values });
+                out.trends[t].breakdowns.push(split(name, &labels, &parts, |p| p.trends[t].rows.clone()));
             }
         }
         if cfg.engine.activity_breakdowns.contains(&b) {
-            let values = labels
-                .iter()
-                .zip(&parts)
-                .map(|(l, p)| ValueRows {
-                    value: l.clone(),
-                    rows: p
-                        .as_ref()
-                        .map(|p| {
-                            p.activity
-                                .iter()
-                                .map(|a| SplitActivityRow {
-                                    date: a.date.clone(),
-                                    new_users: a.new_users,
-                                    dau: a.dau,
-                                    wau: a.wau,
-                                    mau: a.mau,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-                .collect();
-            out.activity_breakdowns.push(Split { breakdown: def.name.clone(), values });
+            out.activity_breakdowns.push(split(name, &labels, &parts, |p| {
+                p.activity
+                    .iter()
+                    .map(|a| SplitActivityRow {
+                        date: a.date.clone(),
+                        new_users: a.new_users,
+                        dau: a.dau,
+                        wau: a.wau,
+                        mau: a.mau,
+                    })
+                    .collect()
+            }));
         }
     }
     // In the order the engine publishes them: by the definitions'
     // breakdown lists.
+    let order =
+        |list: &[usize]| -> Vec<String> { list.iter().map(|&b| cfg.engine.breakdowns[b].name.clone()).collect() };
+    fn sort<T>(splits: &mut [Split<T>], names: &[String]) {
+        splits.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+    }
     for (t, def) in out.retention.iter_mut().zip(&cfg.engine.retention) {
-        let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
-        t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+        sort(&mut t.breakdowns, &order(&def.breakdowns));
     }
     for (t, def) in out.funnels.iter_mut().zip(&cfg.engine.funnels) {
-        let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
-        t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+        sort(&mut t.breakdowns, &order(&def.breakdowns));
     }
     for (t, def) in out.trends.iter_mut().zip(&cfg.engine.trends) {
-        let names: Vec<&str> = def.breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
-        t.breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+        sort(&mut t.breakdowns, &order(&def.breakdowns));
     }
-    let names: Vec<&str> =
-        cfg.engine.activity_breakdowns.iter().map(|&b| cfg.engine.breakdowns[b].name.as_str()).collect();
-    out.activity_breakdowns.sort_by_key(|s| names.iter().position(|n| *n == s.breakdown));
+    sort(&mut out.activity_breakdowns, &order(&cfg.engine.activity_breakdowns));
     out
 }
 
